@@ -1,0 +1,56 @@
+"""Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`.
+
+Each subcommand lives in ``tui_trainer/commands/<name>.py`` as ``add_arguments(parser)``
+and ``run(args) -> int``. Bad input ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tui_trainer.engine.blas import ensure_fast_blas
+
+COMMANDS = {
+    "train": "train a policy (the app, or --headless with a progress bar)",
+    "rollout": "sample completions from a model and print them",
+    "doctor": "show platform, MLX device, BLAS in use, default model, llama.cpp version",
+    "init": "write a commented default config",
+    "plugins": "list judge plugins: name, version, judges, status",
+    "judge": "try a judge from the shell",
+    "labels": "export human labels (e.g. for DPO)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tui-trainer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(f"tui_trainer.commands.{name}")
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ensure_fast_blas()
+    from tui_trainer.engine.errors import TrainerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return int(args._module.run(args) or 0)
+    except TrainerError as exc:
+        print(f"tui-trainer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tui-trainer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

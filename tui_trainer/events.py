@@ -1,0 +1,101 @@
+"""The contract between the engine and its front ends.
+
+The engine reports everything through one callable, ``observer(event)``, with
+the event types below. The Textual app, the headless CLI and the metrics.jsonl
+writer are three observers of that stream. Nothing here imports MLX or Textual.
+
+A human judge asks through a ``JudgeRequest``: the engine thread blocks on
+``request.future`` and the front end resolves it with a ``Verdict`` (pairwise)
+or a float rating (pointwise).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from tui_trainer.plugins.judge import Verdict
+
+__all__ = [
+    "StepMetrics", "Sample", "JudgeRequest", "RunState", "LogMessage", "CheckpointSaved",
+    "Event", "Observer", "Verdict", "fan_out",
+]
+
+
+@dataclass
+class StepMetrics:
+    """One PPO step's metrics, flat keys (the same dict goes to metrics.jsonl)."""
+
+    step: int
+    values: dict[str, float]
+
+    def as_record(self) -> dict[str, Any]:
+        return {"step": self.step, **self.values}
+
+
+@dataclass
+class Sample:
+    """One prompt/completion pair from a rollout, with its judged score."""
+
+    step: int
+    prompt: str
+    completion: str
+    score: float | None
+    scores: dict[str, float] = field(default_factory=dict)  # per judge
+    finished: bool = True  # ended with EOS
+
+
+@dataclass
+class JudgeRequest:
+    """A question for a person. ``kind`` is 'pairwise' (a vs b) or 'pointwise' (rate a)."""
+
+    kind: Literal["pairwise", "pointwise"]
+    prompt: str
+    a: str
+    b: str | None = None
+    judge: str = "human"
+    step: int = 0
+    scale: tuple[int, int] = (0, 9)
+    future: Future = field(default_factory=Future)
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class RunState:
+    """Where the run stands. status: starting, running, paused, stopping, finished, failed."""
+
+    status: str
+    step: int = 0
+    total_steps: int = 0
+    run_dir: str = ""
+    message: str = ""
+
+
+@dataclass
+class LogMessage:
+    level: Literal["info", "warning", "error"]
+    message: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class CheckpointSaved:
+    step: int
+    path: str
+
+
+Event = StepMetrics | Sample | JudgeRequest | RunState | LogMessage | CheckpointSaved | list
+Observer = Callable[[Any], None]
+
+
+def fan_out(*observers: Observer | None) -> Observer:
+    """One observer that forwards every event to each of ``observers`` in order."""
+    live = [o for o in observers if o is not None]
+
+    def emit(event: Any) -> None:
+        for obs in live:
+            obs(event)
+
+    return emit
