@@ -1,0 +1,52 @@
+"""Builders shared by the tests: a tiny random llama saved as an mlx-lm model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+SPECIALS = ["<pad>", "<eos>", "<bos>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant: {% endif %}"
+)
+
+
+def tiny_args(vocab_size: int, **over) -> dict:
+    args = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=vocab_size,
+                rope_traditional=False, tie_word_embeddings=True, max_position_embeddings=512)
+    args.update(over)
+    return args
+
+
+def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, **over) -> Path:
+    """A random 2-layer llama + a byte-level BPE tokenizer, loadable by mlx_lm.load(path)."""
+    from mlx_lm.models import llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    byte_chars = list(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(SPECIALS + sorted(byte_chars))}
+    tok = Tokenizer(models.BPE(vocab, [], fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<eos>", "bos_token": "<bos>", "pad_token": "<eos>" if eos_is_pad else "<pad>",
+        "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+    }))
+    (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<eos>", "bos_token": "<bos>"}))
+    args = tiny_args(len(vocab), **over)
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(args))
+    mx.eval(model.parameters())
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (path / "config.json").write_text(json.dumps({**args, "eos_token_id": 1, "bos_token_id": 2}))
+    return path

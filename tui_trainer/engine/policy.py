@@ -1,0 +1,178 @@
+"""The trainable policy: base model + adapter + value head, and its batched forward.
+
+``forward`` runs a full left-padded batch with the same RoPE offsets and padding
+mask as the KV-cached rollout (``Positions`` stands in for the cache), so the
+log-probs it recomputes equal the rollout's. The reference is the same model
+with its adapter switched off (``adapter_off``): no second copy in memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models.base import create_causal_mask
+from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
+from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from tui_trainer.config import AdapterConfig
+from tui_trainer.engine import ppo
+from tui_trainer.engine.models import hidden_and_head
+
+ADAPTER_TYPES = (LoRALinear, DoRALinear, LoRAEmbedding, DoRAEmbedding)
+
+
+class Positions:
+    """A stand-in for a KV cache in a full-sequence forward of left-padded rows.
+
+    Gives row i the RoPE offset ``-left_pad[i]`` (its first real token at position 0)
+    and a causal mask that hides the padding, exactly like mlx-lm's BatchKVCache prefill.
+    """
+
+    def __init__(self, left_pad: mx.array):
+        self.left_pad = left_pad
+        self.offset = -left_pad
+
+    def update_and_fetch(self, keys, values):
+        return keys, values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size=None):
+        return create_causal_mask(n, 0, window_size=window_size, left_padding=self.left_pad)
+
+
+class _Hold:
+    """Keeps a value out of nn.Module's parameter tree (Modules adopt dicts and arrays)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w . h_t + b on the policy's last hidden state; zero-initialised."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        self.linear = nn.Linear(dims, 1)
+        self.linear.weight = mx.zeros_like(self.linear.weight)
+        self.linear.bias = mx.zeros_like(self.linear.bias)
+
+    def __call__(self, hidden: mx.array) -> mx.array:
+        return self.linear(hidden)[..., 0]
+
+
+class Policy(nn.Module):
+    """The trainable bundle. Trainable leaves: adapter weights (or all, for full) + value head."""
+
+    def __init__(self, model: nn.Module, adapter: AdapterConfig):
+        super().__init__()
+        self.model = model
+        self.adapter_type = adapter.type
+        model.freeze()
+        n_layers = len(model.layers)
+        num = n_layers if adapter.layers < 0 else min(adapter.layers, n_layers)
+        if adapter.type in ("lora", "dora"):
+            params = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout}
+            if adapter.keys:
+                params["keys"] = list(adapter.keys)
+            linear_to_lora_layers(model, num, params, use_dora=adapter.type == "dora")
+            self.adapter_layers = num
+        elif adapter.type == "full":
+            model.unfreeze()
+            self.adapter_layers = n_layers
+            # the reference for full fine-tuning: the initial weights (arrays are immutable,
+            # so keeping the references costs nothing until the optimizer replaces them)
+            self._frozen = _Hold(model.parameters())
+        else:
+            raise ValueError(f"unknown adapter type {adapter.type!r}")
+        backbone, _ = hidden_and_head(model)
+        dims = backbone.embed_tokens.weight.shape[-1]
+        if hasattr(model, "args") and getattr(model.args, "hidden_size", None):
+            dims = model.args.hidden_size
+        self.value_head = ValueHead(dims)
+        model.eval()  # no dropout in PPO
+        lora = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout}
+        if adapter.keys:
+            lora["keys"] = list(adapter.keys)
+        self._lora = _Hold(lora)
+
+    @property
+    def lora_parameters(self) -> dict:
+        return self._lora.value
+
+    def adapter_weights(self) -> dict[str, mx.array]:
+        """The adapter's tensors in mlx-lm's naming (what adapters.safetensors holds)."""
+        return dict(tree_flatten(self.model.trainable_parameters()))
+
+    def value_head_weights(self) -> dict[str, mx.array]:
+        return dict(tree_flatten(self.value_head.parameters()))
+
+
+@contextmanager
+def adapter_off(policy: Policy):
+    """Run the base model: adapted layers swapped for their base layers (LoRA/DoRA),
+    or the initial weights restored (full fine-tuning); put back on exit."""
+    model = policy.model
+    if policy.adapter_type == "full":
+        current = model.parameters()
+        model.update(policy._frozen.value)
+        try:
+            yield model
+        finally:
+            model.update(current)
+        return
+    adapted = [(name, m) for name, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)]
+    base = [(name, m.linear if hasattr(m, "linear") else m.embedding) for name, m in adapted]
+    model.update_modules(tree_unflatten(base))
+    try:
+        yield model
+    finally:
+        model.update_modules(tree_unflatten(adapted))
+
+
+def forward(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width: int):
+    """Hidden states and logits for the response positions of a left-padded batch.
+
+    Position t of the result predicts response token t (it reads the state at column
+    prompt_width - 1 + t), so logits[:, t] scores tokens[:, prompt_width + t].
+    """
+    backbone, head = hidden_and_head(model)
+    cache = [Positions(left_pad) for _ in backbone.layers]
+    hidden = backbone(tokens[:, :-1], cache=cache)[:, prompt_width - 1:]
+    logits = head(hidden).astype(mx.float32)
+    return hidden, logits
+
+
+def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> tuple[mx.array, mx.array]:
+    """(log pi(target) at logits / T, logits / T). T = 0 (greedy) uses T = 1."""
+    scaled = logits / temperature if temperature > 0 else logits
+    logp = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
+    return mx.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], scaled
+
+
+def evaluate(policy: Policy, tokens: mx.array, left_pad: mx.array, prompt_width: int, temperature: float,
+             with_values: bool = True, with_entropy: bool = False, entropy_grad: bool = False):
+    """Log-probs of the response tokens (+ values, + entropy) under the current policy.
+
+    The entropy is a reported statistic unless ``entropy_grad`` (an entropy bonus in the loss).
+    """
+    hidden, logits = forward(policy.model, tokens, left_pad, prompt_width)
+    targets = tokens[:, prompt_width:]
+    logp, scaled = token_logprobs(logits, targets, temperature)
+    values = policy.value_head(hidden.astype(mx.float32)) if with_values else None
+    entropy = None
+    if with_entropy:
+        entropy = ppo.entropy_from_logits(scaled if entropy_grad else mx.stop_gradient(scaled))
+    return logp, values, entropy
+
+
+def reference_logprobs(policy: Policy, tokens, left_pad, prompt_width, temperature, reference=None):
+    """Reference log-probs: a separate reference model if given, else the policy with its adapter off."""
+    if reference is not None:
+        _, logits = forward(reference, tokens, left_pad, prompt_width)
+        return token_logprobs(logits, tokens[:, prompt_width:], temperature)[0]
+    with adapter_off(policy) as base:
+        _, logits = forward(base, tokens, left_pad, prompt_width)
+        return token_logprobs(logits, tokens[:, prompt_width:], temperature)[0]

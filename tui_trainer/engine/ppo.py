@@ -1,0 +1,183 @@
+"""PPO for language models: the formulas, one function each, no state.
+
+Shapes: ``(N, R)`` arrays hold one row per sequence and one column per response
+token; ``mask`` is 1.0 on real response tokens (EOS included) and 0.0 on padding.
+Names follow TRL and "The N Implementation Details of RLHF with PPO".
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+
+def masked_mean(x: mx.array, mask: mx.array, axis=None) -> mx.array:
+    """sum(x * mask) / sum(mask) (over ``axis``, or everything)."""
+    return (x * mask).sum(axis=axis) / mx.maximum(mask.sum(axis=axis), 1e-8)
+
+
+def masked_var(x: mx.array, mask: mx.array, unbiased: bool = True) -> mx.array:
+    """Variance of x over mask: mean((x - mean)^2), times n/(n-1) when unbiased."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        var = var * n / mx.maximum(n - 1, 1.0)
+    return var
+
+
+def whiten(x: mx.array, mask: mx.array, shift_mean: bool = True) -> mx.array:
+    """(x - mean) / sqrt(var + 1e-8) over masked entries; the mean is added back when not shift_mean."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * mx.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_k1(logp: mx.array, logp_ref: mx.array) -> mx.array:
+    """k1 = log pi(a|s) - log pi_ref(a|s): unbiased per-token KL estimate, used in the reward."""
+    return logp - logp_ref
+
+
+def kl_k3(logp: mx.array, logp_ref: mx.array) -> mx.array:
+    """k3 = exp(-d) - 1 + d with d = logp - logp_ref: non-negative, low-variance KL estimate."""
+    d = logp - logp_ref
+    return mx.exp(-d) - 1.0 + d
+
+
+def last_token_index(mask: mx.array) -> mx.array:
+    """Column of the last real response token of each row (lengths - 1, at least 0)."""
+    return mx.maximum(mask.sum(axis=1).astype(mx.int32) - 1, 0)
+
+
+def compute_rewards(scores: mx.array, logp_old: mx.array, logp_ref: mx.array, mask: mx.array,
+                    beta: float) -> tuple[mx.array, mx.array]:
+    """Per-token rewards: r_t = -beta * k1_t on every response token, plus the score on the last one.
+
+    Returns ``(rewards, non_score_reward)``, where non_score_reward = -beta * k1 * mask.
+    """
+    non_score = -beta * kl_k1(logp_old, logp_ref) * mask
+    last = last_token_index(mask)
+    cols = mx.arange(mask.shape[1])[None, :]
+    at_last = (cols == last[:, None]).astype(mask.dtype) * (mask.sum(axis=1, keepdims=True) > 0)
+    return non_score + at_last * scores[:, None], non_score
+
+
+def gae(rewards: mx.array, values: mx.array, mask: mx.array, gamma: float, lam: float
+        ) -> tuple[mx.array, mx.array]:
+    """Generalised advantage estimation over response tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 after the last token);
+    A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V. Padding gives 0.
+    """
+    rewards, values = rewards * mask, values * mask
+    n, length = rewards.shape
+    last = mx.zeros((n,), dtype=rewards.dtype)
+    advs = []
+    for t in reversed(range(length)):
+        next_v = values[:, t + 1] if t + 1 < length else mx.zeros((n,), dtype=values.dtype)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advs.append(last)
+    advantages = mx.stack(advs[::-1], axis=1)
+    return advantages, (advantages + values) * mask
+
+
+def adaptive_kl_beta(beta: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
+    """Ziegler et al.: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)."""
+    err = min(max(kl / target - 1.0, -0.2), 0.2)
+    return beta * (1.0 + err * n_steps / horizon)
+
+
+def policy_loss(logp: mx.array, logp_old: mx.array, advantages: mx.array, mask: mx.array,
+                epsilon: float) -> tuple[mx.array, dict[str, mx.array]]:
+    """Clipped surrogate: mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps))), r = exp(logp - logp_old).
+
+    Stats (response tokens only): clip_fraction = share of tokens where the clipped
+    term is the larger loss; approx_kl = 0.5 * mean((logp - logp_old)^2); ratio mean.
+    """
+    diff = logp - logp_old
+    ratio = mx.exp(diff)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * mx.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
+    loss = masked_mean(mx.maximum(pg1, pg2), mask)
+    stats = {
+        "clip_fraction": masked_mean((pg2 > pg1).astype(mx.float32), mask),
+        "approx_kl": 0.5 * masked_mean(diff * diff, mask),
+        "ratio": masked_mean(ratio, mask),
+    }
+    return loss, stats
+
+
+def value_loss(values: mx.array, values_old: mx.array, returns: mx.array, mask: mx.array,
+               clip: float) -> tuple[mx.array, mx.array]:
+    """Clipped value loss: 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)).
+
+    Returns ``(loss, value_clip_fraction)``.
+    """
+    clipped = values_old + mx.clip(values - values_old, -clip, clip)
+    l1 = (values - returns) ** 2
+    l2 = (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(mx.maximum(l1, l2), mask)
+    return loss, masked_mean((l2 > l1).astype(mx.float32), mask)
+
+
+def entropy_from_logits(logits: mx.array) -> mx.array:
+    """H = logsumexp(z) - sum(softmax(z) * z), per position."""
+    lse = mx.logsumexp(logits, axis=-1)
+    return lse - (mx.softmax(logits, axis=-1) * logits).sum(axis=-1)
+
+
+def explained_variance(values: mx.array, returns: mx.array, mask: mx.array) -> mx.array:
+    """1 - Var(returns - values) / Var(returns) over response tokens."""
+    var_r = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / mx.maximum(var_r, 1e-8)
+
+
+def group_advantages(scores: mx.array, group_size: int, kind: str) -> mx.array:
+    """Critic-free advantages from groups of ``group_size`` samples of one prompt.
+
+    rloo: A_i = s_i - mean_{j != i} s_j (leave-one-out baseline);
+    grpo: A_i = (s_i - mean(s)) / (std(s) + 1e-4).
+    """
+    g = scores.reshape(-1, group_size)
+    if kind == "rloo":
+        if group_size < 2:
+            raise ValueError("rloo needs num_samples >= 2")
+        baseline = (g.sum(axis=1, keepdims=True) - g) / (group_size - 1)
+        adv = g - baseline
+    elif kind == "grpo":
+        mean = g.mean(axis=1, keepdims=True)
+        std = mx.sqrt(((g - mean) ** 2).mean(axis=1, keepdims=True))
+        adv = (g - mean) / (std + 1e-4)
+    else:
+        raise ValueError(f"unknown group baseline {kind!r}")
+    return adv.reshape(-1)
+
+
+def verdict_rewards(choices: list[str], win: float = 1.0, lose: float = -1.0, tie: float = 0.0
+                    ) -> list[tuple[float, float] | None]:
+    """Pairwise verdicts -> (reward of a, reward of b); 'skip' gives None (the pair is dropped)."""
+    table = {"a": (win, lose), "b": (lose, win), "tie": (tie, tie)}
+    return [table.get(c) for c in choices]
+
+
+def studio_pairwise_loss(mean_logp: mx.array, mean_logp_old: mx.array, mean_logp_ref: mx.array,
+                         winner_first: mx.array, beta: float) -> tuple[mx.array, dict[str, mx.array]]:
+    """The MLX-LoRA-Studio pairwise objective, with gradients flowing through ``mean_logp``.
+
+    Inputs are length-normalised sequence log-probs, shape (2P,), rows (2i, 2i+1) one pair;
+    ``winner_first`` (P,) is 1 where row 2i won, 0 where row 2i+1 won.
+    gap = mean_logp_old[winner] - mean_logp_old[loser]; advantage of the winner A = sigmoid(-gap)
+    (large while the policy still prefers the loser), the loser gets -A;
+    ratio_i = exp(mean_logp_i - mean_logp_ref_i) (against the reference);
+    loss = -mean(A_i * ratio_i) + beta * mean(mean_logp_i - mean_logp_ref_i).
+    """
+    first, second = mean_logp_old[0::2], mean_logp_old[1::2]
+    sign = 2.0 * winner_first - 1.0  # +1: row 2i won
+    gap = sign * (first - second)
+    a = mx.sigmoid(-gap)
+    adv = mx.stack([sign * a, -sign * a], axis=1).reshape(-1)
+    log_ratio = mean_logp - mean_logp_ref
+    loss = -(adv * mx.exp(log_ratio)).mean() + beta * log_ratio.mean()
+    return loss, {"gap": gap.mean(), "log_ratio": log_ratio.mean()}

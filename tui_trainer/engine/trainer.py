@@ -1,0 +1,529 @@
+"""The PPO loop (see DESIGN.md, "PPO"). Formulas live in ppo.py; this file orders them.
+
+One step:
+ 1. rollout: ``batch_size`` prompts x ``num_samples`` completions, batched + KV-cached;
+    the sampling-time log-probs are pi_old;
+ 2. reference log-probs: the same weights with the adapter off (or ``reference_model``);
+ 3. values from the value head (PPO; the group-baseline modes have no critic);
+ 4. scores from the judges on the last token, per-token KL penalty, optional
+    missing-EOS penalty, score scaling/clipping, reward whitening, adaptive KL;
+ 5. GAE, returns, advantage whitening (or group baselines for rloo / grpo);
+ 6. ``ppo_epochs`` x shuffled minibatches: clipped surrogate + clipped value loss
+    (+ entropy bonus), gradient clipping, separate actor / critic optimizers;
+ 7. metrics to the observers and metrics.jsonl, samples to samples.jsonl.
+
+All MLX work runs on the thread that calls ``run()``. ``pause``/``resume``/
+``request_checkpoint``/``stop`` are safe from any thread and act between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+
+from tui_trainer import events as ev
+from tui_trainer.config import Config
+from tui_trainer.engine import ppo
+from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from tui_trainer.engine.errors import TrainerError
+from tui_trainer.engine.models import load_policy
+from tui_trainer.engine.policy import Policy, evaluate, forward, reference_logprobs
+from tui_trainer.engine.rollout import Rollout, sample
+
+
+class RunFiles:
+    """An observer that appends StepMetrics to metrics.jsonl and samples to samples.jsonl."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self._samples = open(run_dir / "samples.jsonl", "a", buffering=1)
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, ev.StepMetrics):
+            self._metrics.write(json.dumps(event.as_record()) + "\n")
+        elif isinstance(event, list) and event and isinstance(event[0], ev.Sample):
+            for s in event:
+                self._samples.write(json.dumps({"step": s.step, "prompt": s.prompt, "completion": s.completion,
+                                                "score": s.score, "scores": s.scores, "finished": s.finished}) + "\n")
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._samples.close()
+
+
+def _peak_memory_mb() -> float:
+    peak = 0.0
+    try:
+        peak = mx.get_peak_memory() / 2**20
+    except AttributeError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    return float(max(peak, rss_mb))
+
+
+def make_schedule(cfg: Config, lr: float, total_updates: int):
+    """constant / linear decay to 0 / cosine decay, after ``warmup_steps`` optimizer updates."""
+    decay_steps = max(total_updates - cfg.warmup_steps, 1)
+    if cfg.scheduler == "linear":
+        main = optim.linear_schedule(lr, 0.0, decay_steps)
+    elif cfg.scheduler == "cosine":
+        main = optim.cosine_decay(lr, decay_steps)
+    else:
+        main = lr
+    if cfg.warmup_steps > 0:
+        warm = optim.linear_schedule(1e-8, lr, cfg.warmup_steps)
+        main = main if callable(main) else (lambda _s, _lr=lr: _lr)
+        return optim.join_schedules([warm, main], [cfg.warmup_steps])
+    return main
+
+
+class Trainer:
+    def __init__(self, config: Config, observer: ev.Observer | None = None, prompter=None,
+                 resume: bool = False):
+        self.cfg = config
+        self._user_observer = observer
+        self.prompter = prompter
+        self.resume_requested = resume
+        self.run_dir = Path(config.run_dir)
+        self._pause = threading.Event()
+        self._stop = threading.Event()
+        self._ckpt = threading.Event()
+        self.step = 0
+        self.beta = config.beta
+        self.state = ev.RunState("starting", 0, config.steps, str(self.run_dir))
+        self.last_metrics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- controls (any thread)
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    def request_checkpoint(self) -> None:
+        self._ckpt.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pause.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    # ----------------------------------------------------------------- events
+    def emit(self, event: Any) -> None:
+        if self._observer is not None:
+            self._observer(event)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit(ev.LogMessage(level, message))
+
+    def _set_state(self, status: str, message: str = "") -> None:
+        self.state = ev.RunState(status, self.step, self.cfg.steps, str(self.run_dir), message)
+        self.emit(self.state)
+
+    # ----------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from tui_trainer.config import save_config
+        from tui_trainer.data import PromptSet
+        from tui_trainer.plugins.manager import build_judge_set
+
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(self.run_dir) if self.resume_requested else None
+        if self.resume_requested and ckpt is None:
+            raise TrainerError(f"{self.run_dir}: nothing to resume (no checkpoints/)")
+        if not self.resume_requested and latest_checkpoint(self.run_dir) is not None:
+            raise TrainerError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
+                               "or choose another --run-dir")
+        self.files = RunFiles(self.run_dir)
+        self._observer = ev.fan_out(self.files, self._user_observer)
+        self._set_state("starting", "loading model")
+        save_config(cfg, self.run_dir / "config.yaml")
+
+        mx.random.seed(cfg.seed)
+        model, self.tokenizer = load_policy(cfg.model, quantized=cfg.quantized_base)
+        self.policy = Policy(model, cfg.adapter)
+        self.reference = None
+        if cfg.reference_model:
+            self.reference, _ = load_policy(cfg.reference_model, quantized=cfg.quantized_base)
+            self.reference.freeze()
+        n_params = sum(v.size for _, v in tree_flatten(self.policy.trainable_parameters()))
+        self.log(f"model loaded: {cfg.model or 'embedded SmolLM2-135M-Instruct'}; "
+                 f"{cfg.adapter.type} adapter, {n_params / 1e6:.2f}M trainable parameters")
+
+        context = getattr(getattr(model, "args", None), "max_position_embeddings", None) or 2048
+        self.prompts = PromptSet.load(cfg.data, self.tokenizer,
+                                      max_prompt_tokens=max(16, min(context, 4096) - cfg.max_new_tokens),
+                                      seed=cfg.seed)
+        self.judges = build_judge_set(cfg.judges, prompter=self.prompter, run_dir=self.run_dir,
+                                      failure=cfg.judge_failure, retries=cfg.judge_retries,
+                                      timeout=cfg.judge_timeout, log=lambda m: self.log(m, "warning"))
+        if cfg.mode == "pairwise" and not self.judges.can_compare:
+            raise TrainerError("mode 'pairwise' needs a judge that can compare two completions")
+
+        rows = cfg.batch_size * cfg.num_samples
+        n_mb = math.ceil(rows / cfg.minibatch_size)
+        total_updates = max(1, cfg.steps * cfg.ppo_epochs * math.ceil(n_mb / cfg.grad_accum))
+        self.actor_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.actor_lr, total_updates), eps=1e-5)
+        self.critic_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.critic_lr, total_updates), eps=1e-5)
+        self._loss_and_grad = nn.value_and_grad(self.policy, self._loss)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.eos_ids = set(self.tokenizer.eos_token_ids)
+
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.log(f"run directory: {self.run_dir}" + (f" (resumed at step {self.step})" if ckpt else ""))
+
+    def _restore(self, path: Path) -> None:
+        data = load_checkpoint(path)
+        self.policy.model.load_weights(list(data["adapters"].items()), strict=False)
+        self.policy.value_head.load_weights(list(data["value_head"].items()))
+        for name, opt in (("actor", self.actor_opt), ("critic", self.critic_opt)):
+            if name in data["optimizers"]:
+                opt.init(self._trainable(name))
+                opt.state = tree_map(lambda x: x, data["optimizers"][name])
+        st = data["state"]
+        self.step = int(st["step"])
+        self.beta = float(st["beta"])
+        self.prompts.set_state(st["data"])
+        mx.eval(self.policy.parameters())
+
+    def _trainable(self, which: str) -> dict:
+        params = self.policy.trainable_parameters()
+        if which == "critic":
+            return {"value_head": params["value_head"]}
+        return {k: v for k, v in params.items() if k != "value_head"}
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        cfg = self.cfg
+        adapter_config = {
+            "fine_tune_type": cfg.adapter.type,
+            "num_layers": self.policy.adapter_layers,
+            "lora_parameters": self.policy.lora_parameters,
+            "model": cfg.model,
+            "tui_trainer": {"step": self.step, "mode": cfg.mode},
+        }
+        state = {"step": self.step, "beta": self.beta, "data": self.prompts.state(), "seed": cfg.seed,
+                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "shuffle_seed_rule": "seed * 7919 + step"}}
+        path = save_checkpoint(self.run_dir, self.step, adapter_weights=self.policy.adapter_weights(),
+                               adapter_config=adapter_config, value_head=self.policy.value_head_weights(),
+                               optimizers={"actor": self.actor_opt, "critic": self.critic_opt}, state=state)
+        self.emit(ev.CheckpointSaved(self.step, str(path)))
+        self.log(f"checkpoint saved: {path}")
+        return path
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> ev.RunState:
+        self._observer = self._user_observer
+        try:
+            self.setup()
+            self._set_state("running")
+            while self.step < self.cfg.steps and not self._stop.is_set():
+                if self._pause.is_set():
+                    if self.state.status != "paused":
+                        self._set_state("paused")
+                    self._stop.wait(0.05)
+                    if self._ckpt.is_set():
+                        self._ckpt.clear()
+                        self.save()
+                    continue
+                self.train_step()
+                if self._ckpt.is_set() or (self.cfg.save_every > 0 and self.step % self.cfg.save_every == 0):
+                    self._ckpt.clear()
+                    self.save()
+                self._set_state("paused" if self._pause.is_set() else "running")
+            if self.step > 0 and (latest_checkpoint(self.run_dir) is None
+                                  or int(latest_checkpoint(self.run_dir).name) != self.step):
+                self.save()
+            self._set_state("stopped" if self._stop.is_set() and self.step < self.cfg.steps else "finished")
+        except KeyboardInterrupt:
+            self._save_after_failure()
+            self._set_state("stopped", "interrupted")
+            raise
+        except TrainerError as exc:
+            self._save_after_failure()
+            self._set_state("failed", str(exc))
+            raise
+        finally:
+            if hasattr(self, "judges"):
+                self.judges.close()
+            if hasattr(self, "files"):
+                self.files.close()
+        return self.state
+
+    def _save_after_failure(self) -> None:
+        if getattr(self, "actor_opt", None) is not None and self.step > 0:
+            try:
+                self.save()
+            except Exception as exc:  # never hide the original error
+                self.log(f"could not save a checkpoint: {exc}", "error")
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        step = self.step + 1
+        mx.random.seed(cfg.seed * 1000003 + step)
+        shuffle = random.Random(cfg.seed * 7919 + step)
+        t0 = time.perf_counter()
+
+        batch = self.prompts.next_batch(cfg.batch_size)
+        roll = sample(self.policy.model, [p.ids for p in batch], num_samples=cfg.num_samples,
+                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id)
+        texts = [batch[i].text for i in roll.prompt_index]
+        completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
+                       for r in roll.responses]
+        t1 = time.perf_counter()
+
+        scores, per_judge = self._judge(texts, completions, step)
+        t2 = time.perf_counter()
+
+        stats = self._update(roll, scores, shuffle)
+        t3 = time.perf_counter()
+
+        self.step = step
+        valid = [s for s in scores if s is not None]
+        n_tok = roll.num_tokens
+        metrics = {
+            "step": step,
+            "score_mean": float(sum(valid) / len(valid)) if valid else float("nan"),
+            "score_std": float(_std(valid)),
+            **stats,
+            "response_length": float(sum(roll.lengths) / len(roll.lengths)),
+            "eos_rate": float(sum(roll.finished) / len(roll.finished)),
+            "beta": float(self.beta),
+            "actor_lr": float(self.actor_opt.learning_rate.item()),
+            "critic_lr": float(self.critic_opt.learning_rate.item()),
+            "time_rollout": t1 - t0,
+            "time_judge": t2 - t1,
+            "time_update": t3 - t2,
+            "time_step": t3 - t0,
+            "tokens_per_second": n_tok / max(t3 - t0, 1e-9),
+            "rollout_tokens_per_second": n_tok / max(t1 - t0, 1e-9),
+            "peak_memory_mb": _peak_memory_mb(),
+            "dropped_samples": float(sum(s is None for s in scores)),
+        }
+        for name, vals in per_judge.items():
+            v = [x for x in vals if x is not None]
+            metrics[f"score/{name}"] = float(sum(v) / len(v)) if v else float("nan")
+        if cfg.kl_target:
+            self.beta = ppo.adaptive_kl_beta(self.beta, stats["kl"], cfg.kl_target,
+                                             cfg.batch_size * cfg.num_samples, cfg.kl_horizon)
+        self.last_metrics = metrics
+        self.emit(ev.StepMetrics(step, metrics))
+        self.emit([ev.Sample(step, p, c, s, {k: v[i] for k, v in per_judge.items()}, f)
+                   for i, (p, c, s, f) in enumerate(zip(texts, completions, scores, roll.finished))])
+        return metrics
+
+    def _judge(self, texts: list[str], completions: list[str], step: int):
+        cfg = self.cfg
+        if cfg.mode != "pairwise":
+            res = self.judges.score(texts, completions, step=step)
+            return list(res.scores), dict(res.per_judge)
+        scores: list[float | None] = []
+        choices = []
+        for i in range(0, len(texts), 2):
+            verdict = self.judges.compare(texts[i], completions[i], completions[i + 1], step=step)
+            choices.append(verdict.choice)
+        for pair in ppo.verdict_rewards(choices):
+            scores.extend(pair if pair is not None else (None, None))
+        return scores, {"verdict": scores}
+
+    def _shape_scores(self, roll: Rollout, scores: list[float | None]) -> tuple[mx.array, mx.array]:
+        """Scores as an array (0 where dropped) and a row-keep mask; EOS penalty, scale, clip applied."""
+        cfg = self.cfg
+        keep = mx.array([0.0 if s is None else 1.0 for s in scores])
+        vals = []
+        for s, fin in zip(scores, roll.finished):
+            s = 0.0 if s is None else float(s)
+            if cfg.missing_eos_penalty is not None and not fin:
+                s -= cfg.missing_eos_penalty
+            s *= cfg.score_scale
+            if cfg.score_clip is not None:
+                s = max(-cfg.score_clip, min(cfg.score_clip, s))
+            vals.append(s)
+        return mx.array(vals, dtype=mx.float32), keep
+
+    def _update(self, roll: Rollout, raw_scores: list[float | None], shuffle: random.Random) -> dict[str, float]:
+        cfg = self.cfg
+        P, T = roll.prompt_width, cfg.temperature
+        scores, keep = self._shape_scores(roll, raw_scores)
+        mask = roll.response_mask * keep[:, None]
+        logp_old = roll.logprobs
+        n = mask.shape[0]
+        chunks = [list(range(i, min(i + cfg.minibatch_size, n))) for i in range(0, n, cfg.minibatch_size)]
+
+        # reference log-probs (adapter off) and old values, in minibatch-sized chunks, no gradient
+        ref_parts, val_parts = [], []
+        critic = cfg.mode in ("ppo", "pairwise") and cfg.pairwise_objective != "studio"
+        for idx in chunks:
+            ids = mx.array(idx)
+            tok, lp = roll.tokens[ids], roll.left_pad[ids]
+            ref_parts.append(reference_logprobs(self.policy, tok, lp, P, T, self.reference))
+            if critic:
+                hidden, _ = _hidden_only(self.policy.model, tok, lp, P)
+                val_parts.append(self.policy.value_head(hidden.astype(mx.float32)))
+            mx.eval(ref_parts[-1], *val_parts[-1:])
+        logp_ref = mx.concatenate(ref_parts) * roll.response_mask
+        kl1 = ppo.kl_k1(logp_old, logp_ref) * mask
+        kl3 = ppo.kl_k3(logp_old, logp_ref) * mask
+        kl_seq = kl1.sum(axis=1)
+        stats: dict[str, float] = {
+            "kl": float(kl_seq.sum().item() / max(keep.sum().item(), 1.0)),
+            "kl_k3": float(kl3.sum().item() / max(keep.sum().item(), 1.0)),
+            "kl_estimator": 1.0 if cfg.kl_estimator == "k1" else 3.0,
+        }
+
+        values_old = returns = None
+        if critic:
+            values_old = mx.concatenate(val_parts) * mask
+            rewards, non_score = ppo.compute_rewards(scores, logp_old, logp_ref, mask, self.beta)
+            if cfg.whiten_rewards:
+                rewards = ppo.whiten(rewards, mask, shift_mean=False)
+            advantages, returns = ppo.gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
+            advantages = ppo.whiten(advantages, mask)
+            stats["reward_mean"] = float(rewards.sum().item() / max(keep.sum().item(), 1.0))
+            stats["non_score_reward"] = float(non_score.sum().item() / max(keep.sum().item(), 1.0))
+        elif cfg.mode in ("rloo", "grpo"):
+            seq = scores - (self.beta * kl_seq if cfg.mode == "rloo" else 0.0)
+            adv_seq = ppo.group_advantages(seq, cfg.num_samples, cfg.mode) * keep
+            advantages = adv_seq[:, None] * mask
+            stats["reward_mean"] = float((seq * keep).sum().item() / max(keep.sum().item(), 1.0))
+            stats["non_score_reward"] = float(-self.beta * kl_seq.sum().item() / max(keep.sum().item(), 1.0))
+        else:  # pairwise with the studio objective
+            advantages = mx.zeros_like(mask)
+            stats["reward_mean"] = float((scores * keep).sum().item() / max(keep.sum().item(), 1.0))
+            stats["non_score_reward"] = 0.0
+        mx.eval(advantages, logp_ref, *( [returns, values_old] if critic else []))
+
+        acc: dict[str, list[float]] = {}
+        rows = [i for i in range(n) if keep[i].item() > 0]
+        if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
+            rows = [i for i in range(0, n, 2) if keep[i].item() > 0]  # pair starts
+        for epoch in range(cfg.ppo_epochs):
+            order = list(rows)
+            if not (epoch == 0 and cfg.ppo_epochs == 1):
+                shuffle.shuffle(order)
+            per_mb = cfg.minibatch_size if cfg.pairwise_objective != "studio" or cfg.mode != "pairwise" \
+                else max(1, cfg.minibatch_size // 2)
+            mbs = [order[i:i + per_mb] for i in range(0, len(order), per_mb)]
+            grads_sum, n_acc = None, 0
+            for k, mb in enumerate(mbs):
+                if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
+                    mb = [j for i in mb for j in (i, i + 1)]
+                ids = mx.array(mb)
+                batch = {
+                    "tokens": roll.tokens[ids], "left_pad": roll.left_pad[ids], "mask": mask[ids],
+                    "logp_old": logp_old[ids], "adv": advantages[ids], "logp_ref": logp_ref[ids],
+                    "values_old": values_old[ids] if critic else None,
+                    "returns": returns[ids] if critic else None,
+                    "scores": scores[ids],
+                }
+                (loss, aux), grads = self._loss_and_grad(self.policy, batch, P)
+                grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+                n_acc += 1
+                if n_acc == cfg.grad_accum or k == len(mbs) - 1:
+                    if n_acc > 1:
+                        grads_sum = tree_map(lambda g: g / n_acc, grads_sum)
+                    gnorm = self._apply(grads_sum)
+                    aux["grad_norm"] = gnorm
+                    grads_sum, n_acc = None, 0
+                mx.eval(loss, aux, self.policy.trainable_parameters(),
+                        self.actor_opt.state, self.critic_opt.state)
+                acc.setdefault("loss", []).append(loss.item())
+                for key, val in aux.items():
+                    acc.setdefault(key, []).append(float(val.item()))
+                if epoch == 0 and k == 0:
+                    stats["first_ratio"] = float(aux["ratio"].item()) if "ratio" in aux else 1.0
+                    stats["first_approx_kl"] = float(aux["approx_kl"].item()) if "approx_kl" in aux else 0.0
+                    stats["first_clip_fraction"] = float(aux["clip_fraction"].item()) if "clip_fraction" in aux else 0.0
+        for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy", "value_clip_fraction",
+                    "ratio", "grad_norm", "loss", "explained_variance"):
+            vals = acc.get(key, [])
+            stats[key] = float(sum(vals) / len(vals)) if vals else 0.0
+        if critic:
+            stats["explained_variance"] = float(ppo.explained_variance(values_old, returns, mask).item())
+        return stats
+
+    def _loss(self, policy: Policy, b: dict, prompt_width: int):
+        """The loss of one minibatch; everything here is inside the differentiated function."""
+        cfg = self.cfg
+        mask = b["mask"]
+        critic = b["values_old"] is not None
+        logp, values, entropy = evaluate(policy, b["tokens"], b["left_pad"], prompt_width, cfg.temperature,
+                                         with_values=critic, with_entropy=True,
+                                         entropy_grad=cfg.entropy_coef > 0)
+        aux = {}
+        if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
+            lengths = mx.maximum(mask.sum(axis=1), 1.0)
+            mean_lp = (logp * mask).sum(axis=1) / lengths
+            mean_old = (b["logp_old"] * mask).sum(axis=1) / lengths
+            mean_ref = (b["logp_ref"] * mask).sum(axis=1) / lengths
+            winner_first = (b["scores"][0::2] > b["scores"][1::2]).astype(mx.float32)
+            loss, st = ppo.studio_pairwise_loss(mean_lp, mean_old, mean_ref, winner_first, self.beta)
+            aux["policy_loss"] = loss
+            aux.update(st)
+        else:
+            pg_loss, st = ppo.policy_loss(logp, b["logp_old"], b["adv"], mask, cfg.epsilon)
+            loss = pg_loss
+            aux.update(st)
+            aux["policy_loss"] = pg_loss
+            if critic:
+                vf_loss, vf_clip = ppo.value_loss(values, b["values_old"], b["returns"], mask, cfg.value_clip)
+                loss = loss + cfg.vf_coef * vf_loss
+                aux["value_loss"] = vf_loss
+                aux["value_clip_fraction"] = vf_clip
+            if cfg.mode == "grpo" and self.beta > 0:
+                loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
+        ent = ppo.masked_mean(entropy, mask)
+        aux["entropy"] = ent
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * ent
+        return loss, aux
+
+    def _apply(self, grads: dict) -> mx.array:
+        cfg = self.cfg
+        if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+            grads, norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+        else:
+            norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
+        critic = {"value_head": grads["value_head"]} if "value_head" in grads else None
+        actor = {k: v for k, v in grads.items() if k != "value_head"}
+        if actor:
+            self.actor_opt.update(self.policy, actor)
+        if critic and tree_flatten(critic):
+            self.critic_opt.update(self.policy, critic)
+        return norm
+
+
+def _hidden_only(model, tokens, left_pad, prompt_width):
+    from tui_trainer.engine.models import hidden_and_head
+    from tui_trainer.engine.policy import Positions
+
+    backbone, _ = hidden_and_head(model)
+    cache = [Positions(left_pad) for _ in backbone.layers]
+    return backbone(tokens[:, :-1], cache=cache)[:, prompt_width - 1:], None
+
+
+def _std(vals: list[float]) -> float:
+    if len(vals) < 2:
+        return 0.0
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
