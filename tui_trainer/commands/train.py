@@ -1,12 +1,95 @@
-"""`tui-trainer train` (filled in by its issue)."""
+"""`tui-trainer train`: the Textual app, or `--headless` with a rich progress bar and a metrics line per step."""
+
+from __future__ import annotations
 
 import argparse
+import math
+import signal
+import sys
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    from tui_trainer.config import add_config_arguments
+
+    add_config_arguments(p)
+    p.add_argument("--headless", action="store_true", help="train without the TUI (progress bar + metrics lines)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--start", action="store_true", help="app: skip the setup screen and start training")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+LINE_KEYS = [("score", "score_mean"), ("kl", "kl"), ("clip", "clip_fraction"), ("akl", "approx_kl"),
+             ("ent", "entropy"), ("vloss", "value_loss"), ("len", "response_length"), ("eos", "eos_rate"),
+             ("tok/s", "tokens_per_second")]
+
+
+def metrics_line(values: dict) -> str:
+    parts = [f"step {values['step']:>4}"]
+    parts += [f"{label} {_fmt(values[key])}" for label, key in LINE_KEYS if key in values]
+    parts.append(f"t {values.get('time_rollout', 0):.1f}/{values.get('time_judge', 0):.1f}/"
+                 f"{values.get('time_update', 0):.1f}s")
+    return "  ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("not yet available")
-    return 1
+    from tui_trainer.config import config_from_args
+
+    config = config_from_args(args)
+    if not args.headless:
+        from tui_trainer.app import run_app
+
+        return run_app(config, config_path=getattr(args, "config", None), resume=args.resume, start=args.start)
+    return run_headless(config, resume=args.resume)
+
+
+def run_headless(config, resume: bool = False) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from tui_trainer import events as ev
+    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.plugins.builtin.human import ConsolePrompter
+
+    console = Console(stderr=False)
+    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                        transient=False)
+    task = progress.add_task("train", total=config.steps)
+
+    def observe(event: Any) -> None:
+        if isinstance(event, ev.StepMetrics):
+            progress.console.print(metrics_line(event.as_record()), markup=False, highlight=False)
+            progress.update(task, completed=event.step)
+        elif isinstance(event, ev.LogMessage):
+            style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
+            progress.console.print(f"[{style}]{event.message}[/]", highlight=False)
+        elif isinstance(event, ev.RunState) and event.status == "running":
+            progress.update(task, completed=event.step)
+
+    prompter = ConsolePrompter(console=progress.console, pause=progress.stop, unpause=progress.start)
+    trainer = Trainer(config, observer=observe, prompter=prompter, resume=resume)
+
+    def on_hangup(signum, frame):  # a dropped SSH session: checkpoint and stop
+        trainer.stop()
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hangup)
+    signal.signal(signal.SIGTERM, on_hangup)
+    with progress:
+        try:
+            state = trainer.run()
+        except KeyboardInterrupt:
+            console.print(f"interrupted at step {trainer.step}; checkpoint saved in {config.run_dir}; "
+                          "continue with --resume")
+            return 130
+    console.print(f"{state.status} at step {state.step}; run directory {config.run_dir}")
+    return 0 if state.status in ("finished", "stopped") else 1
