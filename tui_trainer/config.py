@@ -1,12 +1,36 @@
 """Run configuration: dataclasses, loaded from YAML, overridden from the command line.
 
 Precedence: explicit command-line flag > YAML file > default.
+
+``load_config(path, overrides)`` reads a YAML file with ``yaml.safe_load``, maps the
+names users bring from other tools (TRL, mlx-lm, MLX-LoRA-Studio) onto ours (see
+``ALIASES``), checks every key, type and range, and returns a ``Config``. Every
+problem is a ``ConfigError`` whose text is one line, naming the file, the line
+and the key.
+
+LoRA scale: mlx-lm multiplies the adapter output by ``scale``; PEFT and TRL
+multiply it by ``lora_alpha / r``. A config that gives ``alpha`` (or
+``lora_alpha``) therefore gets ``adapter.scale = alpha / rank``, which trains
+the same adapter as PEFT would.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from tui_trainer.engine.errors import ConfigError
 
 
 @dataclass
@@ -34,6 +58,7 @@ class DataConfig:
     chat_template: bool = True
     system_prompt: str | None = None
     shuffle: bool = True
+    drop_long: bool = False  # drop prompts longer than the context instead of stopping with an error
 
 
 @dataclass
@@ -84,3 +109,706 @@ class Config:
     judge_failure: str = "drop"  # drop | retry | stop
     judge_retries: int = 2
     judge_timeout: float = 120.0
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+MODES = ("ppo", "pairwise", "rloo", "grpo")
+PAIRWISE_OBJECTIVES = ("ppo", "studio")
+ADAPTER_TYPES = ("lora", "dora", "full")
+SCHEDULERS = ("constant", "linear", "cosine")
+KL_ESTIMATORS = ("k1", "k3")
+JUDGE_FAILURES = ("drop", "retry", "stop")
+
+SECTIONS = {"adapter": AdapterConfig, "data": DataConfig}
+
+# Names from other tools -> our key ("section.key" for keys inside a section).
+ALIASES: dict[str, str] = {
+    # TRL PPOConfig / PPOv2 / GRPOConfig, MLX-LoRA-Studio (rl_*), HF TrainingArguments
+    "kl_coef": "beta", "rl_kl_coef": "beta", "init_kl_coef": "beta",
+    "clip_range": "epsilon", "rl_clip_range": "epsilon", "cliprange": "epsilon",
+    "cliprange_value": "value_clip", "clip_range_value": "value_clip",
+    "rl_gamma": "gamma",
+    "rl_gae_lambda": "lam", "gae_lambda": "lam",
+    "rl_num_ppo_epochs": "ppo_epochs", "num_ppo_epochs": "ppo_epochs",
+    "rl_max_new_tokens": "max_new_tokens", "max_completion_length": "max_new_tokens",
+    "response_length": "max_new_tokens",
+    "learning_rate": "actor_lr",
+    "target_kl": "kl_target", "target": "kl_target",
+    "horizon": "kl_horizon",
+    "num_generations": "num_samples",
+    "per_device_train_batch_size": "batch_size",
+    "mini_batch_size": "minibatch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "scheduler",
+    "max_steps": "steps", "iters": "steps",
+    "save_steps": "save_every",
+    "output_dir": "run_dir",
+    "model_name_or_path": "model",
+    "ref_model": "reference_model",
+    "dataset_name": "data.path",
+    # adapter keys at the top level (TRL / PEFT / mlx-lm spellings)
+    "lora_rank": "adapter.rank", "rank": "adapter.rank", "lora_r": "adapter.rank",
+    "lora_alpha": "adapter.alpha", "alpha": "adapter.alpha",
+    "lora_dropout": "adapter.dropout",
+    "lora_layers": "adapter.layers", "num_layers": "adapter.layers",
+    "fine_tune_type": "adapter.type",
+}
+# mlx-lm's adapter section name
+SECTION_ALIASES = {"lora_parameters": "adapter"}
+# Spellings inside a section.
+SECTION_KEY_ALIASES: dict[str, dict[str, str]] = {
+    "adapter": {"r": "rank", "lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                "num_layers": "layers", "target_modules": "keys", "fine_tune_type": "type"},
+    "data": {"dataset_name": "path", "prompt_key": "prompt_field", "system": "system_prompt",
+             "use_chat_template": "chat_template"},
+}
+# ``judge_system: TEXT`` becomes ``options.system`` of the llama judge(s).
+JUDGE_SYSTEM_KEY = "judge_system"
+LLAMA_JUDGE = "llama"
+
+# One line of help per key: `tui-trainer init` writes it above the key, argparse shows it.
+FIELD_HELP: dict[str, str] = {
+    "model": "policy: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct",
+    "reference_model": "KL reference: null = the policy with its adapter switched off (no second model in memory)",
+    "quantized_base": "keep a quantized base quantized (QLoRA style); null = yes on GPU, dequantize to f32 on CPU",
+    "adapter": "what is trained (aliases: lora_rank/rank, lora_alpha/alpha, lora_dropout, num_layers, lora_parameters:)",
+    "adapter.type": "lora | dora | full (full trains every weight)",
+    "adapter.rank": "adapter rank (alias lora_rank, r)",
+    "adapter.scale": "mlx-lm scale multiplying the adapter output; giving alpha instead sets scale = alpha / rank",
+    "adapter.dropout": "adapter dropout, 0 <= dropout < 1",
+    "adapter.layers": "number of last transformer blocks that get adapters; -1 = all",
+    "adapter.keys": "module names inside a block to adapt, e.g. [self_attn.q_proj, self_attn.v_proj]; null = mlx-lm defaults",
+    "data": "prompts to train on",
+    "data.path": "JSONL / JSON / parquet / CSV / TXT file, a saved datasets directory or a cached datasets name; null = embedded prompts",
+    "data.prompt_field": "field holding the prompt text (a chat `messages` list is used when the row has one)",
+    "data.split": "split to use for a datasets dataset",
+    "data.chat_template": "wrap prompts in the tokenizer's chat template (false = plain text)",
+    "data.system_prompt": "system message added to prompts that have none; null = the template's default",
+    "data.shuffle": "shuffle the prompts each epoch (deterministic from seed)",
+    "data.drop_long": "drop prompts longer than the context instead of stopping with an error",
+    "mode": "ppo | pairwise | rloo | grpo (rloo and grpo use a group baseline, no value head)",
+    "pairwise_objective": "pairwise mode: ppo (verdicts become rewards) | studio (MLX-LoRA-Studio objective)",
+    "batch_size": "prompts per step (alias per_device_train_batch_size)",
+    "num_samples": "completions per prompt; pairwise needs 2 (alias num_generations)",
+    "max_new_tokens": "longest completion in tokens (aliases max_completion_length, response_length, rl_max_new_tokens)",
+    "temperature": "sampling temperature; 0 = greedy",
+    "top_p": "nucleus sampling, 0 < top_p <= 1 (1 = off)",
+    "top_k": "sample among the k likeliest tokens; 0 = off",
+    "beta": "KL penalty coefficient (aliases kl_coef, init_kl_coef, rl_kl_coef)",
+    "kl_target": "adaptive KL controller target; null = fixed beta (aliases target_kl, target)",
+    "kl_horizon": "adaptive KL controller horizon in samples (alias horizon)",
+    "kl_estimator": "k1 | k3: the KL estimator reported and penalised",
+    "epsilon": "policy ratio clip range (aliases clip_range, cliprange, rl_clip_range)",
+    "value_clip": "value clip range (aliases cliprange_value, clip_range_value)",
+    "vf_coef": "value loss coefficient",
+    "entropy_coef": "entropy bonus coefficient; 0 = off",
+    "gamma": "discount, 0 < gamma <= 1 (alias rl_gamma)",
+    "lam": "GAE lambda, 0 <= lam <= 1 (aliases gae_lambda, rl_gae_lambda)",
+    "ppo_epochs": "passes over each batch of rollouts (aliases num_ppo_epochs, rl_num_ppo_epochs)",
+    "minibatch_size": "sequences per minibatch, at most batch_size * num_samples (alias mini_batch_size)",
+    "grad_accum": "minibatches whose gradients are summed before an optimizer step (alias gradient_accumulation_steps)",
+    "actor_lr": "policy (adapter) learning rate (alias learning_rate)",
+    "critic_lr": "value head learning rate",
+    "scheduler": "learning-rate schedule: constant | linear | cosine",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "max_grad_norm": "gradient clipping norm",
+    "whiten_rewards": "whiten rewards over the batch before GAE",
+    "score_scale": "multiply judge scores by this before they become rewards",
+    "score_clip": "clip scaled scores to [-score_clip, score_clip]; null = no clipping",
+    "missing_eos_penalty": "subtracted from the score of a completion that never emits EOS; null = off",
+    "seed": "random seed (sampling, data order, initialisation)",
+    "steps": "PPO steps to run (aliases max_steps, iters)",
+    "save_every": "checkpoint every N steps (and always on stop); 0 = only on stop",
+    "run_dir": "where config.yaml, metrics.jsonl, samples.jsonl and checkpoints/ go (alias output_dir)",
+    "judges": "reward judges, weighted sum of their scores: a list of {name, weight, options}",
+    "judge_failure": "when a judge fails: drop (the sample) | retry | stop (the run)",
+    "judge_retries": "retries before a failing judge counts as failed",
+    "judge_timeout": "seconds a judge may take for one call",
+}
+
+_SECTION_ORDER_HEADERS = {"model": "model", "mode": "algorithm", "seed": "run"}
+
+_MISSING = object()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _Value:
+    value: Any
+    where: str  # "file.yaml line 7", "--steps", "overrides"
+    key: str  # the key as the user spelled it
+
+
+class _Source:
+    """One layer of settings (a YAML file, overrides, command-line flags)."""
+
+    def __init__(self, name: str, lines: dict[str, int] | None = None, labels: dict[str, str] | None = None):
+        self.name = name
+        self.lines = lines or {}
+        self.labels = labels or {}
+
+    def where(self, raw_path: str) -> str:
+        if raw_path in self.labels:
+            return self.labels[raw_path]
+        line = self.lines.get(raw_path)
+        return f"{self.name} line {line}" if line else self.name
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _fail(where: str, key: str, message: str) -> ConfigError:
+    text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
+    return ConfigError(" ".join(text.split()))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _flatten(raw: dict, source: _Source) -> dict[str, _Value]:
+    """Map one source's keys (aliases, sections, dotted keys) onto canonical dotted keys."""
+    top = _fields(Config)
+    out: dict[str, _Value] = {}
+
+    def put(target: str, value: Any, raw_key: str, raw_path: str) -> None:
+        where = source.where(raw_path)
+        same = raw_key.split(".")[-1] == target.split(".")[-1]
+        shown = raw_key if same or target == JUDGE_SYSTEM_KEY else f"{raw_key} (= {target})"
+        if target in out and out[target].value != value:
+            first = out[target].key.split(" (= ")[0]
+            raise _fail(where, "", f"{target} is given twice, as {first} and {raw_key}, with different values")
+        # alpha and scale say the same thing two ways
+        twin = {"adapter.alpha": "adapter.scale", "adapter.scale": "adapter.alpha"}.get(target)
+        if twin in out:
+            raise _fail(where, raw_key, f"give adapter.scale or alpha, not both (scale = alpha / rank); {out[twin].key} is also set")
+        out[target] = _Value(value, where, shown)
+
+    def section(sec: str, body: Any, raw_key: str) -> None:
+        if body is None:
+            return
+        if sec == "data" and isinstance(body, str):
+            put("data.path", body, raw_key, raw_key)  # `data: prompts.jsonl` shorthand
+            return
+        if not isinstance(body, dict):
+            raise _fail(source.where(raw_key), raw_key, f"expected a mapping of {sec} settings, got {type(body).__name__} {_short(body)}")
+        known = set(_fields(SECTIONS[sec])) | ({"alpha"} if sec == "adapter" else set())
+        aliases = SECTION_KEY_ALIASES.get(sec, {})
+        for sub, value in body.items():
+            raw_path = f"{raw_key}.{sub}"
+            sub_s = str(sub)
+            name = aliases.get(sub_s, sub_s)
+            if name not in known:
+                raise _fail(source.where(raw_path), raw_path,
+                            f"unknown key in {sec}{_did_you_mean(sub_s, sorted(known | set(aliases)))}")
+            put(f"{sec}.{name}", value, raw_path, raw_path)
+
+    for key, value in raw.items():
+        key_s = str(key)
+        if not isinstance(key, str):
+            raise _fail(source.where(key_s), key_s, "keys must be text")
+        if key_s in SECTIONS or key_s in SECTION_ALIASES:
+            section(SECTION_ALIASES.get(key_s, key_s), value, key_s)
+        elif "." in key_s and key_s.split(".", 1)[0] in SECTIONS:
+            sec, sub = key_s.split(".", 1)
+            section(sec, {sub: value}, sec)
+        elif key_s == JUDGE_SYSTEM_KEY:
+            put(JUDGE_SYSTEM_KEY, value, key_s, key_s)
+        elif key_s in top:
+            put(key_s, value, key_s, key_s)
+        elif key_s in ALIASES:
+            put(ALIASES[key_s], value, key_s, key_s)
+        else:
+            choices = set(top) | set(ALIASES) | {JUDGE_SYSTEM_KEY} | {
+                f"{s}.{f}" for s, cls in SECTIONS.items() for f in _fields(cls)}
+            raise _fail(source.where(key_s), key_s, f"unknown key{_did_you_mean(key_s, sorted(choices))}")
+    return out
+
+
+def _merge(layers: list[dict[str, _Value]]) -> dict[str, _Value]:
+    merged: dict[str, _Value] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "adapter.alpha":
+                merged.pop("adapter.scale", None)
+            elif key == "adapter.scale":
+                merged.pop("adapter.alpha", None)
+            merged[key] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------- types
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, v: _Value, shown: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; accept numeric text for numbers."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], v, shown=tp)
+
+    def wrong() -> ConfigError:
+        expected = _type_name(shown if shown is not None else tp)
+        return _fail(v.where, v.key, f"expected {expected}, got {type(value).__name__} {_short(value)}")
+
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is int:
+        if isinstance(value, bool):
+            raise wrong()
+        if isinstance(value, int):
+            return value
+        number = _number(value)
+        if number is not None and math.isfinite(number) and float(number).is_integer():
+            return int(number)
+        raise wrong()
+    if tp is float:
+        if isinstance(value, bool):
+            raise wrong()
+        number = _number(value)
+        if number is None:
+            raise wrong()
+        if not math.isfinite(number):
+            raise _fail(v.where, v.key, f"expected a finite number, got {_short(value)}")
+        return float(number)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise wrong()
+    if origin is list:
+        if not isinstance(value, list):
+            raise wrong()
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item, item_tp, v) for item in value]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise wrong()
+        return dict(value)
+    raise wrong()
+
+
+def _number(value: Any) -> float | int | None:
+    """A number from an int/float, or from text such as "1e-5" (YAML 1.1 leaves that a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def _judges(value: Any, v: _Value) -> list[JudgeSpec]:
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise _fail(v.where, v.key, f"expected a list of {{name, weight, options}}, got {type(value).__name__} {_short(value)}")
+    if not value:
+        raise _fail(v.where, v.key, "needs at least one judge")
+    known = _fields(JudgeSpec)
+    hints = _hints(JudgeSpec)
+    specs = []
+    for i, item in enumerate(value):
+        label = _Value(item, v.where, f"{v.key}[{i}]")
+        if isinstance(item, str):  # `judges: [rules, llama]` shorthand
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise _fail(v.where, label.key, f"expected a mapping {{name, weight, options}} or a judge name, got {type(item).__name__} {_short(item)}")
+        kwargs = {}
+        for key, sub in item.items():
+            if key == "options" and sub is None:
+                sub = {}
+            if key not in known:
+                raise _fail(v.where, f"{label.key}.{key}", f"unknown judge key{_did_you_mean(str(key), known)}")
+            kwargs[key] = _coerce(sub, hints[key], _Value(sub, v.where, f"{label.key}.{key}"))
+        if "name" not in kwargs:
+            raise _fail(v.where, label.key, "a judge needs a name")
+        if not kwargs["name"].strip():
+            raise _fail(v.where, f"{label.key}.name", "must not be empty")
+        specs.append(JudgeSpec(**kwargs))
+    return specs
+
+
+# ----------------------------------------------------------------------------- build + validate
+
+def _build(merged: dict[str, _Value]) -> Config:
+    cfg = Config()
+    top_hints = _hints(Config)
+    for key, v in merged.items():
+        if key == JUDGE_SYSTEM_KEY or key == "adapter.alpha":
+            continue
+        if key == "judges":
+            cfg.judges = _judges(v.value, v)
+        elif "." in key:
+            sec, sub = key.split(".", 1)
+            setattr(getattr(cfg, sec), sub, _coerce(v.value, _hints(SECTIONS[sec])[sub], v))
+        else:
+            setattr(cfg, key, _coerce(v.value, top_hints[key], v))
+
+    alpha = merged.get("adapter.alpha")
+    if alpha is not None:
+        a = _coerce(alpha.value, float, alpha)
+        if a <= 0:
+            raise _fail(alpha.where, alpha.key, f"must be > 0, got {a:g}")
+        if cfg.adapter.rank < 1:
+            rank = merged.get("adapter.rank") or alpha
+            raise _fail(rank.where, rank.key, f"adapter rank must be >= 1, got {cfg.adapter.rank}")
+        cfg.adapter.scale = a / cfg.adapter.rank
+
+    system = merged.get(JUDGE_SYSTEM_KEY)
+    if system is not None:
+        text = _coerce(system.value, str, system)
+        llamas = [j for j in cfg.judges if j.name == LLAMA_JUDGE]
+        if not llamas:
+            spec = JudgeSpec(name=LLAMA_JUDGE, weight=1.0)
+            # the default judge list gives way; a list the user wrote gains a llama judge
+            cfg.judges = [spec] if "judges" not in merged else [*cfg.judges, spec]
+            llamas = [spec]
+        for judge in llamas:
+            judge.options.setdefault("system", text)
+
+    # the default minibatch follows a smaller batch instead of failing on it
+    if "minibatch_size" not in merged:
+        cfg.minibatch_size = max(1, min(cfg.minibatch_size, cfg.batch_size * cfg.num_samples))
+
+    _validate(cfg, merged)
+    return cfg
+
+
+def _validate(cfg: Config, merged: dict[str, _Value]) -> None:
+    def check(key: str, ok: bool, message: str) -> None:
+        if ok:
+            return
+        v = merged.get(key)
+        if v is None and key == "adapter.scale":
+            v = merged.get("adapter.alpha")
+        where, shown = (v.where, v.key) if v is not None else ("default", key)
+        raise _fail(where, shown, message)
+
+    def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+        check(key, value in choices, f"must be one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}")
+
+    def at_least(key: str, value: float, low: float) -> None:
+        check(key, value >= low, f"must be >= {low:g}, got {value:g}")
+
+    def above(key: str, value: float, low: float) -> None:
+        check(key, value > low, f"must be > {low:g}, got {value:g}")
+
+    a, d = cfg.adapter, cfg.data
+    one_of("adapter.type", a.type, ADAPTER_TYPES)
+    at_least("adapter.rank", a.rank, 1)
+    above("adapter.scale", a.scale, 0)
+    check("adapter.dropout", 0 <= a.dropout < 1, f"must be in [0, 1), got {a.dropout:g}")
+    check("adapter.layers", a.layers == -1 or a.layers >= 1, f"must be -1 (all) or >= 1, got {a.layers}")
+    check("adapter.keys", a.keys is None or (len(a.keys) > 0 and all(k.strip() for k in a.keys)),
+          "must be null or a non-empty list of module names")
+    check("data.path", d.path is None or d.path.strip() != "", "must not be empty (null = embedded prompts)")
+    check("data.prompt_field", d.prompt_field.strip() != "", "must not be empty")
+    check("data.split", d.split.strip() != "", "must not be empty")
+
+    check("model", cfg.model is None or cfg.model.strip() != "", "must not be empty (null = embedded model)")
+    one_of("mode", cfg.mode, MODES)
+    one_of("pairwise_objective", cfg.pairwise_objective, PAIRWISE_OBJECTIVES)
+    at_least("batch_size", cfg.batch_size, 1)
+    at_least("num_samples", cfg.num_samples, 1)
+    if cfg.mode == "pairwise":
+        check("num_samples", cfg.num_samples == 2, f"pairwise mode needs num_samples = 2, got {cfg.num_samples}")
+    if cfg.mode in ("rloo", "grpo"):
+        check("num_samples", cfg.num_samples >= 2,
+              f"{cfg.mode} mode needs num_samples >= 2 (its baseline is the other samples of a prompt), got {cfg.num_samples}")
+    at_least("max_new_tokens", cfg.max_new_tokens, 1)
+    at_least("temperature", cfg.temperature, 0)
+    check("top_p", 0 < cfg.top_p <= 1, f"must be in (0, 1], got {cfg.top_p:g}")
+    at_least("top_k", cfg.top_k, 0)
+    at_least("beta", cfg.beta, 0)
+    if cfg.kl_target is not None:
+        above("kl_target", cfg.kl_target, 0)
+    at_least("kl_horizon", cfg.kl_horizon, 1)
+    one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)
+    above("epsilon", cfg.epsilon, 0)
+    above("value_clip", cfg.value_clip, 0)
+    at_least("vf_coef", cfg.vf_coef, 0)
+    at_least("entropy_coef", cfg.entropy_coef, 0)
+    check("gamma", 0 < cfg.gamma <= 1, f"must be in (0, 1], got {cfg.gamma:g}")
+    check("lam", 0 <= cfg.lam <= 1, f"must be in [0, 1], got {cfg.lam:g}")
+    at_least("ppo_epochs", cfg.ppo_epochs, 1)
+    at_least("minibatch_size", cfg.minibatch_size, 1)
+    rollouts = cfg.batch_size * cfg.num_samples
+    check("minibatch_size", cfg.minibatch_size <= rollouts,
+          f"{cfg.minibatch_size} is larger than batch_size * num_samples = {rollouts}")
+    at_least("grad_accum", cfg.grad_accum, 1)
+    above("actor_lr", cfg.actor_lr, 0)
+    at_least("critic_lr", cfg.critic_lr, 0)
+    one_of("scheduler", cfg.scheduler, SCHEDULERS)
+    at_least("warmup_steps", cfg.warmup_steps, 0)
+    above("max_grad_norm", cfg.max_grad_norm, 0)
+    above("score_scale", cfg.score_scale, 0)
+    if cfg.score_clip is not None:
+        above("score_clip", cfg.score_clip, 0)
+    if cfg.missing_eos_penalty is not None:
+        at_least("missing_eos_penalty", cfg.missing_eos_penalty, 0)
+    at_least("seed", cfg.seed, 0)
+    at_least("steps", cfg.steps, 1)
+    at_least("save_every", cfg.save_every, 0)
+    check("run_dir", cfg.run_dir.strip() != "", "must not be empty")
+    one_of("judge_failure", cfg.judge_failure, JUDGE_FAILURES)
+    at_least("judge_retries", cfg.judge_retries, 0)
+    above("judge_timeout", cfg.judge_timeout, 0)
+
+
+# ----------------------------------------------------------------------------- YAML files
+
+def _read_yaml(path: str | os.PathLike) -> tuple[dict, _Source]:
+    p = Path(path).expanduser()
+    name = str(path)
+    if p.is_dir():
+        raise ConfigError(f"{name}: is a directory, not a config file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: no such config file (write one with: tui-trainer init {name})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not a text file (expected UTF-8 YAML)") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise ConfigError(" ".join(f"{name}{at}: invalid YAML: {problem}".split())) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(" ".join(f"{name}: invalid YAML: {exc}".split())) from None
+    if raw is None:
+        return {}, _Source(name)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+    lines: dict[str, int] = {}
+    _key_lines(node, "", lines, name)
+    return raw, _Source(name, lines)
+
+
+def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], name: str) -> None:
+    """Record the line of every mapping key (dotted path); reject a key given twice in one mapping."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[str] = set()
+    for knode, vnode in node.value:
+        key = str(knode.value)
+        path = f"{prefix}{key}"
+        line = knode.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{name} line {line}: {path}: key given twice in the same mapping")
+        seen.add(key)
+        lines[path] = line
+        if not prefix and isinstance(vnode, yaml.MappingNode):
+            _key_lines(vnode, f"{path}.", lines, name)
+
+
+def _load(path: str | os.PathLike | None, layers: list[tuple[dict, _Source]]) -> Config:
+    flat = []
+    if path is not None:
+        raw, source = _read_yaml(path)
+        flat.append(_flatten(raw, source))
+    for raw, source in layers:
+        if raw:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{source.name}: expected a mapping of keys to values, got {type(raw).__name__}")
+            flat.append(_flatten(raw, source))
+    return _build(_merge(flat))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
+    """Defaults < the YAML file at ``path`` < ``overrides`` (keys as in YAML; "adapter.rank" works too)."""
+    return _load(path, [(overrides or {}, _Source("overrides"))])
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _atomic_write(path: str | os.PathLike, text: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML (temp file + rename); ``load_config(path)`` gives it back."""
+    text = "# tui-trainer config, as resolved for this run\n" + yaml.safe_dump(
+        config_to_dict(cfg), sort_keys=False, allow_unicode=True, width=100)
+    _atomic_write(path, text)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str) and ("\n" in value or not value.isprintable()):
+        text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=True)
+    else:
+        text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    text = text.strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    if text.endswith("..."):
+        text = text[:-3].rstrip()
+    return text
+
+
+def commented_yaml(cfg: Config | None = None) -> str:
+    """``cfg`` (default: the defaults) as YAML with a one-line comment above every key."""
+    cfg = cfg or Config()
+    out = [
+        "# tui-trainer configuration (written by `tui-trainer init`).",
+        "# Precedence: command-line flag > this file > built-in default. Unknown keys are errors.",
+        "# Names from other tools work as aliases: kl_coef -> beta, clip_range -> epsilon,",
+        "# gae_lambda -> lam, learning_rate -> actor_lr, lora_alpha -> adapter.scale = alpha / rank, ...",
+        "# judge_system: TEXT sets the system prompt of the llama judge.",
+    ]
+    for f in dataclasses.fields(Config):
+        if f.name in _SECTION_ORDER_HEADERS:
+            out += ["", f"# ---- {_SECTION_ORDER_HEADERS[f.name]} ----"]
+        value = getattr(cfg, f.name)
+        out.append(f"# {FIELD_HELP[f.name]}")
+        if f.name in SECTIONS:
+            out.append(f"{f.name}:")
+            for sf in dataclasses.fields(SECTIONS[f.name]):
+                out.append(f"  # {FIELD_HELP[f'{f.name}.{sf.name}']}")
+                out.append(f"  {sf.name}: {_scalar(getattr(value, sf.name))}")
+        elif f.name == "judges":
+            out.append("judges:")
+            for j in value:
+                out += [f"  - name: {_scalar(j.name)}", f"    weight: {_scalar(j.weight)}",
+                        f"    options: {_scalar(j.options)}"]
+            out.append("  # e.g. - {name: llama, weight: 1.0, options: {system: \"You grade answers.\"}}")
+        else:
+            out.append(f"{f.name}: {_scalar(value)}")
+    return "\n".join(out) + "\n"
+
+
+def write_commented_config(path: str | os.PathLike, cfg: Config | None = None) -> None:
+    _atomic_write(path, commented_yaml(cfg))
+
+
+# ----------------------------------------------------------------------------- command line
+
+# flag -> (key, type); every flag defaults to None so that "not given" is visible.
+CLI_FLAGS: dict[str, tuple[str, Any]] = {
+    "--steps": ("steps", int),
+    "--run-dir": ("run_dir", str),
+    "--model": ("model", str),
+    "--mode": ("mode", str),
+    "--seed": ("seed", int),
+    "--batch-size": ("batch_size", int),
+    "--num-samples": ("num_samples", int),
+    "--max-new-tokens": ("max_new_tokens", int),
+    "--temperature": ("temperature", float),
+    "--beta": ("beta", float),
+    "--actor-lr": ("actor_lr", float),
+    "--critic-lr": ("critic_lr", float),
+    "--ppo-epochs": ("ppo_epochs", int),
+    "--save-every": ("save_every", int),
+    "--data": ("data.path", str),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config FILE, a flag for each main key, --judge NAME (repeatable), --set KEY=VALUE."""
+    group = parser.add_argument_group("configuration (flag > --config file > default)")
+    group.add_argument("--config", metavar="FILE", default=None, help="YAML config file (write one with `tui-trainer init`)")
+    for flag, (key, tp) in CLI_FLAGS.items():
+        kwargs: dict[str, Any] = {"dest": key.replace(".", "_"), "type": tp, "default": None,
+                                  "metavar": flag[2:].replace("-", "_").upper(), "help": FIELD_HELP[key]}
+        if key == "mode":
+            kwargs["choices"] = MODES
+            del kwargs["metavar"]
+        group.add_argument(flag, **kwargs)
+    group.add_argument("--judge", dest="judge", action="append", default=None, metavar="NAME",
+                       help="judge by name (repeatable; replaces the config's judges)")
+    group.add_argument("--set", dest="set", action="append", default=None, metavar="KEY=VALUE",
+                       help="any config key, e.g. --set adapter.rank=16 (repeatable; VALUE is read as YAML)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults < ``--config`` file < ``--set`` < the named flags."""
+    layers: list[tuple[dict, _Source]] = []
+    sets = getattr(args, "set", None) or []
+    set_raw: dict[str, Any] = {}
+    set_labels: dict[str, str] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)) and not text.lstrip().startswith(("{", "[")):
+            value = text  # "Be brief: one line" is text, not a mapping
+        set_raw[key] = value
+        set_labels[key] = f"--set {key}"
+    layers.append((set_raw, _Source("--set", labels=set_labels)))
+
+    flag_raw: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for flag, (key, _tp) in CLI_FLAGS.items():
+        value = getattr(args, key.replace(".", "_"), None)
+        if value is not None:
+            flag_raw[key] = value
+            labels[key] = flag
+    judges = getattr(args, "judge", None)
+    if judges:
+        flag_raw["judges"] = [{"name": n} for n in judges]
+        labels["judges"] = "--judge"
+    layers.append((flag_raw, _Source("command line", labels=labels)))
+    return _load(getattr(args, "config", None), layers)
