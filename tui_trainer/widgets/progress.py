@@ -1,0 +1,76 @@
+"""Run progress: a bar, the step count, seconds per step and the ETA."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import ProgressBar, Static
+
+from tui_trainer.widgets.format import format_duration
+
+
+class RunProgress(Horizontal):
+    """ETA from the wall time of the last few steps as seen by the UI."""
+
+    WINDOW = 10
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.step = 0
+        self.total = 0
+        self._marks: deque[tuple[float, int]] = deque(maxlen=self.WINDOW + 1)
+
+    def compose(self) -> ComposeResult:
+        yield ProgressBar(total=None, show_eta=False, show_percentage=True, id="bar")
+        yield Static("", id="progress-text")
+
+    def on_mount(self) -> None:
+        self._show()
+
+    def mark_start(self, step: int, total: int, now: float | None = None) -> None:
+        """The run (re)started at ``step``: the timing window starts here."""
+        self.step, self.total = int(step), int(total)
+        self._marks.clear()
+        self._marks.append((time.monotonic() if now is None else now, self.step))
+        self._show()
+
+    def update_step(self, step: int, total: int | None = None, now: float | None = None) -> None:
+        if total:
+            self.total = int(total)
+        if step != self.step or not self._marks:
+            self._marks.append((time.monotonic() if now is None else now, int(step)))
+        self.step = int(step)
+        self._show()
+
+    def seconds_per_step(self) -> float | None:
+        if len(self._marks) < 2:
+            return None
+        (t0, s0), (t1, s1) = self._marks[0], self._marks[-1]
+        return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+
+    def eta(self) -> float | None:
+        per = self.seconds_per_step()
+        if per is None or not self.total:
+            return None
+        return max(0, self.total - self.step) * per
+
+    def text(self) -> str:
+        parts = [f"step {self.step}/{self.total or '?'}"]
+        per = self.seconds_per_step()
+        if per is not None:
+            parts.append(f"{format_duration(per)}/step")
+        if self.total and self.step >= self.total:
+            parts.append("done")
+        else:
+            parts.append(f"ETA {format_duration(self.eta())}")
+        return " · ".join(parts)
+
+    def _show(self) -> None:
+        if not self.is_mounted:
+            return
+        bar = self.query_one(ProgressBar)
+        bar.update(total=self.total or None, progress=min(self.step, self.total or self.step))
+        self.query_one("#progress-text", Static).update(self.text())
