@@ -326,8 +326,12 @@ def test_each_flag(flag, value, key, expected):
 
 
 def test_flag_errors_name_the_flag():
-    with pytest.raises(ConfigError, match=r"^--steps: steps: must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^--steps: must be >= 1, got 0$"):
         config_from_args(parse(["--steps", "0"]))
+    with pytest.raises(ConfigError, match=r"^--data: must not be empty"):
+        config_from_args(parse(["--data", " "]))
+    with pytest.raises(ConfigError, match=r"^--set kl_coef: must be >= 0, got -1$"):
+        config_from_args(parse(["--set", "kl_coef=-1"]))
 
 
 def test_set_any_key(tmp_path):

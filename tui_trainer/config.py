@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tempfile
 import types
 import typing
@@ -271,6 +272,9 @@ def _did_you_mean(word: str, choices) -> str:
 
 
 def _fail(where: str, key: str, message: str) -> ConfigError:
+    spelled = key.split(" (= ")[0]
+    if where.endswith(f" {spelled}") or CLI_FLAGS.get(where, ("",))[0] == spelled:
+        key = ""  # "--steps" and "--set adapter.rank" already name the key
     text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
     return ConfigError(" ".join(text.split()))
 
@@ -766,8 +770,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (flag > --config file > default)")
     group.add_argument("--config", metavar="FILE", default=None, help="YAML config file (write one with `tui-trainer init`)")
     for flag, (key, tp) in CLI_FLAGS.items():
+        help_text = re.sub(r" \(alias(es)? [^)]*\)", "", FIELD_HELP[key])  # aliases are YAML names
         kwargs: dict[str, Any] = {"dest": key.replace(".", "_"), "type": tp, "default": None,
-                                  "metavar": flag[2:].replace("-", "_").upper(), "help": FIELD_HELP[key]}
+                                  "metavar": flag[2:].replace("-", "_").upper(), "help": help_text}
         if key == "mode":
             kwargs["choices"] = MODES
             del kwargs["metavar"]
