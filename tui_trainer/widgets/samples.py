@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Iterable
 
+from rich.text import Text
 from textual.widgets import DataTable
 
 from tui_trainer.events import Sample
@@ -34,8 +35,10 @@ class SamplesTable(DataTable):
             key = str(self._next_key)
             self._next_key += 1
             mark = "" if sample.finished else " …"
+            # Text cells: a completion is shown as written, never parsed as markup
             self.add_row(str(sample.step), format_value(sample.score),
-                         one_line(sample.completion, 60) + mark, one_line(sample.prompt, 30), key=key)
+                         Text(one_line(sample.completion, 60) + mark), Text(one_line(sample.prompt, 30)),
+                         key=key)
             self.samples.append((key, sample))
             while len(self.samples) > self.max_rows:
                 old_key, _ = self.samples.popleft()

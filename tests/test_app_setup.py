@@ -1,0 +1,122 @@
+"""The setup screen: the form becomes a validated Config, saved and loaded as YAML."""
+
+from __future__ import annotations
+
+import asyncio
+
+import yaml
+from textual.widgets import Input, Select
+
+from tui_trainer.app import TrainerApp
+from tui_trainer.config import Config, JudgeSpec, load_config
+from tui_trainer.screens.setup import JudgeRow, SetupScreen
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def set_input(pilot, screen, selector: str, text: str) -> None:
+    widget = screen.query_one(selector, Input)
+    widget.value = text
+    await pilot.pause()
+
+
+def test_form_edits_become_the_config_and_round_trip_through_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+
+    async def go():
+        cfg = Config(steps=7, judges=[JudgeSpec("rules", 1.0, {"target_length": 30})])
+        app = TrainerApp(cfg, config_path=str(path))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, SetupScreen)
+            assert screen.query_one("#f-steps", Input).value == "7"
+            await set_input(pilot, screen, "#f-steps", "12")
+            await set_input(pilot, screen, "#f-actor_lr", "3e-5")
+            await set_input(pilot, screen, "#f-kl_target", "0.1")
+            await set_input(pilot, screen, "#f-run_dir", str(tmp_path / "runs" / "a"))
+            await set_input(pilot, screen, "#f-adapter-rank", "4")
+            screen.query_one("#f-mode", Select).value = "rloo"
+            row = screen.query_one(JudgeRow)
+            row.query_one(".judge-weight", Input).value = "2"
+            row.query_one(".judge-options", Input).value = "{target_length: 40}"
+            await pilot.pause()
+            form = screen.form_config()
+            assert (form.steps, form.actor_lr, form.kl_target, form.mode, form.adapter.rank) == \
+                (12, 3e-5, 0.1, "rloo", 4)
+            assert form.model is None and form.data.path is None  # empty = embedded defaults
+            assert [(j.name, j.weight, j.options) for j in form.judges] == [("rules", 2.0, {"target_length": 40})]
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert path.exists()
+            saved = load_config(str(path))
+            assert (saved.steps, saved.mode, saved.judges[0].options) == (12, "rloo", {"target_length": 40})
+            assert "saved" in app.screen_text()
+
+            # change the file outside, then load it into the form
+            raw = yaml.safe_load(path.read_text())
+            raw["steps"] = 33
+            path.write_text(yaml.safe_dump(raw))
+            await pilot.press("ctrl+o")
+            await pilot.pause(0.2)
+            screen = app.screen
+            assert isinstance(screen, SetupScreen)
+            assert screen.query_one("#f-steps", Input).value == "33"
+            assert screen.form_config().mode == "rloo"
+    run(go())
+
+
+def test_bad_values_give_one_line_and_start_nothing(tmp_path):
+    async def go():
+        app = TrainerApp(Config())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            await set_input(pilot, screen, "#f-steps", "many")
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert app.screen is screen and not app.run_active
+            bar = screen.query_one("#setup-message")
+            assert "steps: 'many' is not a whole number" in app.screen_text()
+            assert bar.has_class("error")
+            # a value of the right type but out of range: the config module's validation
+            await set_input(pilot, screen, "#f-steps", "5")
+            await set_input(pilot, screen, "#f-temperature", "-1")
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert app.screen is screen and not app.run_active
+            assert "temperature" in str(screen.query_one("#setup-message").render())
+            # judge options that are not a mapping
+            await set_input(pilot, screen, "#f-temperature", "1.0")
+            screen.query_one(JudgeRow).query_one(".judge-options", Input).value = "[1, 2]"
+            await pilot.pause()
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert "options must look like" in str(screen.query_one("#setup-message").render())
+    run(go())
+
+
+def test_judges_can_be_added_and_removed_by_keyboard():
+    async def go():
+        app = TrainerApp(Config())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            screen.query_one("#add-judge").focus()
+            await pilot.press("enter")
+            await pilot.pause()
+            rows = list(screen.query(JudgeRow))
+            assert len(rows) == 2
+            rows[1].query_one(".judge-remove").focus()
+            await pilot.press("enter")
+            await pilot.pause()
+            assert len(list(screen.query(JudgeRow))) == 1
+            rows[0].query_one(".judge-remove").focus()
+            await pilot.press("enter")
+            await pilot.pause()
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert "add at least one judge" in str(screen.query_one("#setup-message").render())
+    run(go())

@@ -1,0 +1,503 @@
+"""The Textual app: set up a run, watch it, judge its samples from the keyboard.
+
+Threading (see DESIGN.md): the Trainer is built and run inside ONE exclusive
+thread worker, where all MLX work happens. It reports through ``observer(event)``,
+which only posts the event into the UI thread (``post_message``); the UI never
+reads engine state. A human judge asks through :class:`TuiPrompter`: the engine
+thread posts a ``JudgeRequest`` and blocks on its future, which the judging screen
+resolves with the pressed key.
+
+Stopping: ``q`` (and ctrl+q, SIGHUP, SIGTERM) asks the Trainer to stop; it saves
+a checkpoint between steps and the app exits once the worker has returned.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections import deque
+from concurrent.futures import InvalidStateError
+from typing import Any, Callable
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.worker import Worker, WorkerState
+
+from tui_trainer.config import Config
+from tui_trainer.events import (
+    CheckpointSaved, JudgeRequest, LogMessage, RunState, Sample, StepMetrics, Verdict,
+)
+
+__all__ = ["TrainerApp", "TuiPrompter", "EngineEvent", "run_app", "skip_answer"]
+
+ACTIVE = ("starting", "running", "paused", "stopping")
+
+
+def skip_answer(request: JudgeRequest) -> Verdict | None:
+    """The answer that means 'skip' for ``request``'s kind."""
+    return Verdict("skip") if request.kind == "pairwise" else None
+
+
+def resolve(request: JudgeRequest, answer: Any) -> bool:
+    """Answer ``request`` unless it is already answered or cancelled; True if this call did."""
+    if request.future.done():
+        return False
+    try:
+        request.future.set_result(answer)
+    except InvalidStateError:
+        return False
+    return True
+
+
+class TuiPrompter:
+    """The Prompter protocol (tui_trainer.plugins.judge) for the app.
+
+    Called on the engine thread: it builds a JudgeRequest, hands it to the UI with
+    ``deliver`` (non-blocking; False when the UI is gone) and blocks on
+    ``request.future``. After ``close()`` every question, pending or new, is
+    answered 'skip' so the engine never waits on a UI that will not answer.
+    """
+
+    def __init__(self, deliver: Callable[[JudgeRequest], bool]):
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._pending: list[JudgeRequest] = []
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def compare(self, prompt: str, a: str, b: str, *, judge: str, step: int) -> Verdict:
+        answer = self._ask(JudgeRequest("pairwise", prompt, a, b, judge=judge, step=step))
+        return answer if isinstance(answer, Verdict) else Verdict("skip")
+
+    def rate(self, prompt: str, completion: str, *, judge: str, step: int,
+             scale: tuple[int, int] = (0, 9)) -> float | None:
+        answer = self._ask(JudgeRequest("pointwise", prompt, completion, judge=judge, step=step,
+                                        scale=tuple(scale)))
+        return None if answer is None or isinstance(answer, Verdict) else float(answer)
+
+    def _ask(self, request: JudgeRequest) -> Any:
+        with self._lock:
+            if self._closed:
+                return skip_answer(request)
+            self._pending.append(request)
+        try:
+            if not self._deliver(request):
+                resolve(request, skip_answer(request))
+            try:
+                return request.future.result()
+            except Exception:  # cancelled by whoever holds the request
+                return skip_answer(request)
+        finally:
+            with self._lock:
+                self._pending = [r for r in self._pending if r is not request]
+
+    def close(self) -> None:
+        """Answer everything pending with 'skip' and every later question at once."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        for request in pending:
+            resolve(request, skip_answer(request))
+
+
+class EngineEvent(Message):
+    """An engine event (events.py type, or a list of Samples) carried into the UI thread."""
+
+    def __init__(self, event: Any) -> None:
+        super().__init__()
+        self.event = event
+
+
+class TrainerApp(App[int]):
+    """tui-trainer's terminal app; ``return_value`` is the process exit code."""
+
+    TITLE = "tui-trainer"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("f1", "help", "Help", show=False),
+        Binding("f2", "plugins", "Plugins"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(self, config: Config | None = None, *, config_path: str | None = None,
+                 resume: bool = False, start: bool = False) -> None:
+        super().__init__()
+        self.config = config if config is not None else Config()
+        self.config_path = config_path
+        self.resume = resume
+        self.start_on_mount = start
+        self.prompter = TuiPrompter(self._deliver_request)
+        self.pending: deque[JudgeRequest] = deque()
+        from tui_trainer.screens.judging import JudgeLedger
+        self.ledger = JudgeLedger()
+        self.trainer: Any = None
+        self.dashboard: Any = None
+        self.status = "idle"
+        self.state: RunState | None = None
+        self.error: str | None = None
+        self.exit_code = 0
+        self._run_started = False
+        self._quitting = False
+        self._ui_closed = False
+        self._stop_requested = threading.Event()
+        self.worker_done = threading.Event()
+        self.worker_done.set()
+
+    # ------------------------------------------------------------------ start
+    def on_mount(self) -> None:
+        if self.start_on_mount:
+            self.start_run(self.config, resume=self.resume)
+        else:
+            from tui_trainer.screens.setup import SetupScreen
+            self.push_screen(SetupScreen(self.config, config_path=self.config_path,
+                                         resume=self.resume))
+
+    @property
+    def run_active(self) -> bool:
+        return self._run_started and not self.worker_done.is_set()
+
+    def start_run(self, config: Config, *, resume: bool = False) -> None:
+        """Show the dashboard and start training ``config`` in the trainer worker."""
+        if self.run_active:
+            self.notify("A run is already going.", severity="warning")
+            return
+        self.config = config
+        self.resume = resume
+        self.open_dashboard(config)
+        self.worker_done.clear()
+        self._run_started = True
+        self._train(config, resume, self.prompter)
+
+    def open_dashboard(self, config: Config) -> Any:
+        """Show a fresh dashboard for ``config``; engine events go to it from now on."""
+        from tui_trainer.screens.dashboard import DashboardScreen
+        self.status = "starting"
+        self.state = None
+        self.error = None
+        self.exit_code = 0
+        self._stop_requested.clear()
+        self.prompter = TuiPrompter(self._deliver_request)
+        self.pending.clear()
+        self.dashboard = DashboardScreen(config)
+        if len(self.screen_stack) > 1:
+            self.switch_screen(self.dashboard)
+        else:
+            self.push_screen(self.dashboard)
+        return self.dashboard
+
+    @work(thread=True, exclusive=True, group="trainer", exit_on_error=False)
+    def _train(self, config: Config, resume: bool, prompter: TuiPrompter) -> Any:
+        try:
+            from tui_trainer.engine.trainer import Trainer
+            trainer = Trainer(config, observer=self._observe, prompter=prompter, resume=resume)
+            self.trainer = trainer
+            if self._stop_requested.is_set():
+                trainer.stop()
+            return trainer.run()
+        finally:
+            self.worker_done.set()
+
+    # ------------------------------------------------------------------ engine -> UI
+    def _observe(self, event: Any) -> None:
+        """The Trainer's observer (engine thread): forward, never block on the UI."""
+        if self._ui_closed:
+            return
+        if isinstance(event, list):
+            event = list(event)
+        try:
+            self.post_message(EngineEvent(event))
+        except RuntimeError:  # the UI's loop is gone
+            pass
+
+    def _deliver_request(self, request: JudgeRequest) -> bool:
+        if self._ui_closed:
+            return False
+        try:
+            return self.post_message(EngineEvent(request))
+        except RuntimeError:
+            return False
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        self.handle_event(message.event)
+
+    def handle_event(self, event: Any) -> None:
+        """Apply one engine event to the UI (UI thread)."""
+        dash = self.dashboard
+        if isinstance(event, JudgeRequest):
+            self._add_request(event)
+        elif isinstance(event, StepMetrics):
+            if dash is not None:
+                dash.on_step(event)
+        elif isinstance(event, list):
+            samples = [s for s in event if isinstance(s, Sample)]
+            if dash is not None and samples:
+                dash.add_samples(samples)
+        elif isinstance(event, Sample):
+            if dash is not None:
+                dash.add_samples([event])
+        elif isinstance(event, RunState):
+            self._on_state(event)
+        elif isinstance(event, LogMessage):
+            if dash is not None:
+                dash.add_log(event.level, event.message, event.time)
+        elif isinstance(event, CheckpointSaved):
+            if dash is not None:
+                dash.on_checkpoint(event)
+
+    def _on_state(self, state: RunState) -> None:
+        self.state = state
+        if not (self._stop_requested.is_set() and state.status in ("running", "paused")):
+            self.status = state.status
+        if state.status == "failed":
+            self.error = state.message or "the run failed"
+            self.exit_code = 1
+        if self.dashboard is not None:
+            self.dashboard.on_state(state, shown_status=self.status)
+
+    # ------------------------------------------------------------------ judging
+    def _add_request(self, request: JudgeRequest) -> None:
+        if request.future.done():
+            return
+        if self.prompter.closed or self._quitting:
+            resolve(request, skip_answer(request))
+            return
+        self.pending.append(request)
+        from tui_trainer.screens.judging import JudgingScreen
+        current = self.screen
+        if isinstance(current, JudgingScreen):
+            current.show_current()
+        elif self.dashboard is not None and current is self.dashboard:
+            self.push_screen(JudgingScreen())
+        else:
+            self.notify("A judge question is waiting: press j on the dashboard.")
+        if self.dashboard is not None:
+            self.dashboard.show_status()
+
+    def current_request(self) -> JudgeRequest | None:
+        """The oldest question still open (answered or cancelled ones are dropped)."""
+        while self.pending and self.pending[0].future.done():
+            self.pending.popleft()
+        return self.pending[0] if self.pending else None
+
+    def waiting_count(self) -> int:
+        return sum(1 for r in self.pending if not r.future.done())
+
+    def answer(self, request: JudgeRequest, answer: Any) -> bool:
+        """Resolve ``request`` with ``answer`` (a Verdict, a rating or None = skip)."""
+        done = resolve(request, answer)
+        if done:
+            self.ledger.record(request, answer)
+        for i, waiting in enumerate(self.pending):
+            if waiting is request:
+                del self.pending[i]
+                break
+        if self.dashboard is not None:
+            self.dashboard.show_status()
+        return done
+
+    def _skip_all_pending(self) -> None:
+        while self.pending:
+            request = self.pending.popleft()
+            resolve(request, skip_answer(request))
+
+    # ------------------------------------------------------------------ controls
+    def toggle_pause(self) -> None:
+        trainer = self.trainer
+        if not self.run_active or trainer is None or self._stop_requested.is_set():
+            self.notify("No run to pause.", severity="warning")
+            return
+        if self.status == "paused" or getattr(trainer, "paused", False):
+            trainer.resume()
+            self._log("info", "resuming")
+        else:
+            trainer.pause()
+            self._log("info", "pausing after the current step")
+
+    def checkpoint_now(self) -> None:
+        if not self.run_active or self.trainer is None:
+            self.notify("No run to checkpoint.", severity="warning")
+            return
+        self.trainer.request_checkpoint()
+        self._log("info", "checkpoint requested: saved after the current step")
+
+    def stop_run(self, reason: str = "stopping") -> None:
+        """Ask the run to stop (it checkpoints first); never blocks the UI thread."""
+        if not self.run_active:
+            return
+        first = not self._stop_requested.is_set()
+        self._stop_requested.set()
+        self.prompter.close()
+        self._skip_all_pending()
+        trainer = self.trainer
+        if trainer is not None:
+            threading.Thread(target=trainer.stop, name="tui-trainer-stop", daemon=True).start()
+        if first:
+            self.status = "stopping"
+            self._log("warning", reason)
+            if self.dashboard is not None:
+                self.dashboard.show_status()
+
+    async def action_quit(self) -> None:
+        self.request_quit()
+
+    def request_quit(self) -> None:
+        """q / ctrl+q: stop the run with a checkpoint, then exit once the worker returns."""
+        if not self.run_active:
+            self.exit(self.exit_code)
+            return
+        if self._quitting:
+            self.notify("Saving a checkpoint before exit, please wait.")
+            return
+        self._quitting = True
+        self.stop_run("quit: stopping after the current step and saving a checkpoint")
+
+    def hangup(self) -> None:
+        """The terminal went away (SIGHUP) or SIGTERM: checkpoint and exit."""
+        self._quitting = True
+        self.stop_run("terminal closed: saving a checkpoint")
+        if not self.run_active:
+            self.exit(self.exit_code)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "trainer" or event.state not in (
+                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self.worker_done.set()
+        self.trainer = None
+        self.prompter.close()
+        self._skip_all_pending()
+        if event.state == WorkerState.ERROR:
+            exc = event.worker.error
+            message = one_line_error(exc)
+            self.exit_code = 2 if _is_trainer_error(exc) else 1
+            if self.error != message and not (self.state and self.state.status == "failed"
+                                              and self.state.message == message):
+                self._log("error", message)
+            self.error = message
+            self.status = "failed"
+        elif event.state == WorkerState.SUCCESS:
+            final = event.worker.result
+            if isinstance(final, RunState):
+                self.state = final
+                self.status = final.status
+                if final.status == "failed":
+                    self.exit_code = 1
+                    self.error = final.message or "the run failed"
+        else:
+            self.status = "stopped"
+        if self.dashboard is not None:
+            self.dashboard.on_finished(self.status, self.error)
+        if self._quitting:
+            self.exit(self.exit_code)
+
+    # ------------------------------------------------------------------ screens
+    def action_help(self) -> None:
+        from tui_trainer.screens.help import HelpScreen
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_plugins(self) -> None:
+        from tui_trainer.screens.plugins import PluginsScreen
+        if not isinstance(self.screen, PluginsScreen):
+            self.push_screen(PluginsScreen())
+
+    def new_run(self) -> None:
+        """Back to the setup screen after a run has ended."""
+        if self.run_active:
+            self.notify("Stop the run first (q).", severity="warning")
+            return
+        from tui_trainer.screens.setup import SetupScreen
+        self.dashboard = None
+        self._run_started = False
+        self.switch_screen(SetupScreen(self.config, config_path=self.config_path, resume=False))
+
+    def screen_text(self) -> str:
+        """The current screen as plain text, one line per row (for tests and bug reports)."""
+        import io
+
+        from rich.console import Console
+
+        width, height = self.size
+        console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                          color_system=None, record=True, legacy_windows=False, safe_box=False)
+        console.print(self.screen._compositor.render_update(
+            full=True, screen_stack=self._background_screens))
+        return console.export_text(styles=False)
+
+    def _log(self, level: str, message: str) -> None:
+        if self.dashboard is not None:
+            self.dashboard.add_log(level, message)
+
+    def on_unmount(self) -> None:
+        """The UI is going away (exit, crash, lost terminal): never leave the engine waiting."""
+        self._ui_closed = True
+        self._quitting = True
+        self.stop_run("app closed: saving a checkpoint")
+        self.prompter.close()
+
+
+def one_line_error(exc: BaseException | None) -> str:
+    if exc is None:
+        return "the run failed"
+    text = " ".join(str(exc).split())
+    if _is_trainer_error(exc):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_trainer_error(exc: BaseException | None) -> bool:
+    from tui_trainer.engine.errors import TrainerError  # plain exceptions, no MLX
+    return isinstance(exc, TrainerError)
+
+
+def run_app(config: Config | None = None, *, config_path: str | None = None, resume: bool = False,
+            start: bool = False) -> int:
+    """Open the app (setup screen, or straight into training with ``start``); return the exit code.
+
+    A dropped terminal (SIGHUP) or SIGTERM stops the run with a checkpoint; this
+    function returns only after the training worker has finished.
+    """
+    app = TrainerApp(config, config_path=config_path, resume=resume, start=start)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGHUP", "SIGTERM"):
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+
+            def on_signal(_signum: int, _frame: Any) -> None:
+                loop = app._loop
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(app.hangup)
+                else:
+                    app.prompter.close()
+                    if app.trainer is not None:
+                        app.trainer.stop()
+
+            previous[signum] = signal.signal(signum, on_signal)
+    code: int | None = None
+    try:
+        code = app.run()
+    finally:
+        # Whatever ended the UI, the engine stops with a checkpoint before we return.
+        app._ui_closed = True
+        app.prompter.close()
+        if app.trainer is not None:
+            app.trainer.stop()
+        app.worker_done.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if app.error:
+        try:
+            print(f"tui-trainer: error: {app.error}", file=sys.stderr)
+        except OSError:
+            pass
+    return int(code if code is not None else app.exit_code)

@@ -1,0 +1,167 @@
+"""The live training dashboard.
+
+Top: reward (score mean), KL and clip fraction, each its value and history plot.
+Then entropy, value loss, approx KL, response length, tokens/s and the step-time
+split; the progress bar with ETA; the latest samples and the log.
+The app feeds it engine events; it never reads engine state.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tui_trainer.config import Config
+from tui_trainer.events import CheckpointSaved, RunState, Sample, StepMetrics
+from tui_trainer.widgets.log_pane import LogPane
+from tui_trainer.widgets.metric_panel import MetricPanel
+from tui_trainer.widgets.progress import RunProgress
+from tui_trainer.widgets.samples import SamplesTable
+from tui_trainer.widgets.stats import Stat, StepTimeSplit
+
+# (metric key, label) for the main panels and the secondary row.
+MAIN_PANELS = (("score_mean", "reward"), ("kl", "KL"), ("clip_fraction", "clip fraction"))
+SECONDARY = (("entropy", "entropy"), ("value_loss", "value loss"), ("approx_kl", "approx KL"),
+             ("response_length", "resp len"), ("tokens_per_second", "tok/s"))
+REPLOT_SECONDS = 0.25
+
+
+class DashboardScreen(Screen):
+    CSS_PATH = "dashboard.tcss"
+    BINDINGS = [
+        Binding("p", "pause", "Pause/resume"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("q", "quit_run", "Quit"),
+        Binding("j", "judge", "Judge"),
+        Binding("n", "new_run", "New run", show=False),
+        Binding("enter", "show_sample", "Sample", show=False),
+    ]
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.metrics: dict[str, float] = {}
+        self.steps_seen = 0
+        self._clock_running = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="status", markup=False)
+        with Horizontal(id="panels"):
+            for key, label in MAIN_PANELS:
+                if key == "kl":
+                    label = f"KL ({self.config.kl_estimator})"
+                yield MetricPanel(key, label, id=f"panel-{key}")
+        with Horizontal(id="secondary"):
+            for key, label in SECONDARY:
+                yield Stat(key, label, id=f"stat-{key}")
+            yield StepTimeSplit(id="step-split")
+        yield RunProgress(id="progress")
+        with Horizontal(id="bottom"):
+            yield SamplesTable(id="samples")
+            yield LogPane(id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#samples").border_title = "latest samples"
+        self.query_one("#log").border_title = "log"
+        self.query_one(RunProgress).mark_start(0, self.config.steps)
+        self.set_interval(REPLOT_SECONDS, self.replot)
+        self.show_status()
+
+    # ------------------------------------------------------------------ events
+    def panel(self, key: str) -> MetricPanel:
+        return self.query_one(f"#panel-{key}", MetricPanel)
+
+    def on_step(self, event: StepMetrics) -> None:
+        values = event.values
+        self.metrics = dict(values)
+        self.steps_seen += 1
+        for key, _ in MAIN_PANELS:
+            self.panel(key).push(event.step, values.get(key))
+        for key, _ in SECONDARY:
+            self.query_one(f"#stat-{key}", Stat).set_value(values.get(key))
+        self.query_one(StepTimeSplit).set_times(values)
+        self.query_one(RunProgress).update_step(event.step)
+        self.show_status()
+
+    def add_samples(self, samples: list[Sample]) -> None:
+        self.query_one(SamplesTable).add_samples(samples)
+
+    def add_log(self, level: str, message: str, when: float | None = None) -> None:
+        self.query_one(LogPane).add(level, message, when)
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        self.add_log("info", f"checkpoint step {event.step}: {event.path}")
+
+    def on_state(self, state: RunState, *, shown_status: str) -> None:
+        progress = self.query_one(RunProgress)
+        total = state.total_steps or self.config.steps
+        if state.status == "running" and not self._clock_running:
+            # (re)start the ETA window: after loading the model, and after a pause
+            progress.mark_start(state.step, total)
+            self._clock_running = True
+        else:
+            progress.update_step(max(state.step, progress.step), total)
+            if state.status == "paused":
+                self._clock_running = False
+        if state.status == "failed" and state.message:
+            self.add_log("error", state.message)
+        elif state.message and state.status in ("stopped", "finished"):
+            self.add_log("info", f"{state.status}: {state.message}")
+        self.show_status()
+
+    def on_finished(self, status: str, error: str | None) -> None:
+        self.add_log("error" if status == "failed" else "info",
+                 f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run")
+        self.replot()
+        self.show_status()
+
+    # ------------------------------------------------------------------ drawing
+    def replot(self) -> None:
+        for key, _ in MAIN_PANELS:
+            self.panel(key).replot()
+
+    def status_text(self) -> str:
+        app = self.app
+        status = getattr(app, "status", "idle")
+        parts = ["tui-trainer", self.config.run_dir, status]
+        if status == "starting" and not self.steps_seen:
+            parts.append("loading model…")
+        waiting = app.waiting_count() if hasattr(app, "waiting_count") else 0
+        if waiting:
+            parts.append(f"judge: {waiting} waiting (j)")
+        return " · ".join(parts)
+
+    def show_status(self) -> None:
+        if self.is_mounted:
+            self.query_one("#status", Static).update(self.status_text())
+
+    # ------------------------------------------------------------------ keys
+    def action_pause(self) -> None:
+        self.app.toggle_pause()
+
+    def action_checkpoint(self) -> None:
+        self.app.checkpoint_now()
+
+    def action_quit_run(self) -> None:
+        self.app.request_quit()
+
+    def action_new_run(self) -> None:
+        self.app.new_run()
+
+    def action_judge(self) -> None:
+        from tui_trainer.screens.judging import JudgingScreen
+        self.app.push_screen(JudgingScreen())
+
+    def action_show_sample(self) -> None:
+        sample = self.query_one(SamplesTable).sample_at_cursor()
+        if sample is not None:
+            from tui_trainer.screens.sample import SampleScreen
+            self.app.push_screen(SampleScreen(sample))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_show_sample()

@@ -1,0 +1,145 @@
+"""Installed judge plugins: name, version, judges, status, and the error of a broken one.
+
+Also the judge catalogue the setup screen offers (names, descriptions, option
+schemas), read from the plugin manager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tui_trainer.widgets.format import one_line
+
+
+@dataclass
+class JudgeInfo:
+    name: str
+    plugin: str = ""
+    description: str = ""
+    schema: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PluginRow:
+    name: str
+    version: str
+    judges: list[JudgeInfo]
+    status: str
+    error: str
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _judge_infos(raw: Any, plugin: str) -> list[JudgeInfo]:
+    if raw is None:
+        return []
+    items: list[tuple[Any, Any]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    else:
+        items = [(None, j) for j in raw]
+    infos = []
+    for key, j in items:
+        if isinstance(j, str):
+            infos.append(JudgeInfo(j, plugin))
+            continue
+        name = _get(j, "name", key) or key
+        if name is None:
+            continue
+        schema = _get(j, "schema", None) or _get(j, "options", None) or {}
+        infos.append(JudgeInfo(str(name), plugin, str(_get(j, "description", "") or ""),
+                               dict(schema) if isinstance(schema, dict) else {}))
+    return infos
+
+
+def plugin_rows() -> tuple[list[PluginRow], str | None]:
+    """The installed plugins (broken ones included), and an error if the manager itself failed."""
+    try:
+        from tui_trainer.plugins.manager import get_plugin_manager
+        manager = get_plugin_manager()
+    except Exception as exc:  # the app must open whatever the plugins do
+        return [], f"plugin manager unavailable: {type(exc).__name__}: {exc}"
+    records = None
+    for attr in ("records", "plugins", "list_plugins"):
+        records = getattr(manager, attr, None)
+        if records is not None:
+            break
+    if callable(records):
+        records = records()
+    if isinstance(records, dict):
+        records = list(records.values())
+    rows = []
+    for rec in records or []:
+        name = str(_get(rec, "name", "?"))
+        error = _get(rec, "error", None)
+        status = str(_get(rec, "status", None) or ("broken" if error else "ok"))
+        rows.append(PluginRow(name, str(_get(rec, "version", "") or ""),
+                              _judge_infos(_get(rec, "judges", None), name), status,
+                              one_line(str(error), 500) if error else ""))
+    return rows, None
+
+
+def judge_catalog() -> dict[str, JudgeInfo]:
+    """Judges that can be used (from plugins that loaded), by name."""
+    rows, _ = plugin_rows()
+    catalog: dict[str, JudgeInfo] = {}
+    for row in rows:
+        if row.error and not row.judges:
+            continue
+        for info in row.judges:
+            catalog.setdefault(info.name, info)
+    return catalog
+
+
+class PluginsScreen(Screen):
+    CSS_PATH = "plugins.tcss"
+    BINDINGS = [Binding("escape,q", "back", "Back")]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="plugins-title", markup=False)
+        yield DataTable(id="plugins-table", cursor_type="row")
+        yield Static("", id="plugin-detail", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.rows, error = plugin_rows()
+        table = self.query_one(DataTable)
+        table.add_columns("plugin", "version", "status", "judges")
+        for i, row in enumerate(self.rows):
+            table.add_row(row.name, row.version or "-", row.status,
+                          ", ".join(j.name for j in row.judges) or "-", key=str(i))
+        broken = sum(1 for r in self.rows if r.error)
+        title = f"judge plugins: {len(self.rows)} installed, {broken} broken · Esc back"
+        self.query_one("#plugins-title", Static).update(error or title)
+        table.focus()
+        self._show_detail(0)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail(event.cursor_row)
+
+    def _show_detail(self, index: int) -> None:
+        detail = self.query_one("#plugin-detail", Static)
+        if not self.rows or not 0 <= index < len(self.rows):
+            detail.update("No judge plugins found.")
+            return
+        row = self.rows[index]
+        lines = [f"{row.name} {row.version} · {row.status}"]
+        if row.error:
+            lines.append(f"error: {row.error}")
+        for j in row.judges:
+            opts = ", ".join(str(k) for k in j.schema) if j.schema else ""
+            lines.append(f"  {j.name}: {j.description}" + (f" (options: {opts})" if opts else ""))
+        detail.update("\n".join(lines))
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
