@@ -145,6 +145,7 @@ class TrainerApp(App[int]):
         self.error: str | None = None
         self.exit_code = 0
         self._run_started = False
+        self.run_ended = False  # set on the UI thread once the worker's end has been handled
         self._quitting = False
         self._ui_closed = False
         self._stop_requested = threading.Event()
@@ -174,6 +175,7 @@ class TrainerApp(App[int]):
         self.open_dashboard(config)
         self.worker_done.clear()
         self._run_started = True
+        self.run_ended = False
         self._train(config, resume, self.prompter)
 
     def open_dashboard(self, config: Config) -> Any:
@@ -393,6 +395,7 @@ class TrainerApp(App[int]):
                     self.error = final.message or "the run failed"
         else:
             self.status = "stopped"
+        self.run_ended = True
         if self.dashboard is not None:
             self.dashboard.on_finished(self.status, self.error)
         if self._quitting:

@@ -18,11 +18,23 @@ from tui_trainer.widgets.format import one_line
 
 
 @dataclass
+class OptionInfo:
+    name: str
+    type: str = ""
+    default: Any = None
+    help: str = ""
+
+    def brief(self) -> str:
+        bits = [b for b in (self.type, f"default {self.default!r}" if self.default is not None else "") if b]
+        return self.name + (f" ({', '.join(bits)})" if bits else "")
+
+
+@dataclass
 class JudgeInfo:
     name: str
     plugin: str = ""
     description: str = ""
-    schema: dict[str, Any] = field(default_factory=dict)
+    options: list[OptionInfo] = field(default_factory=list)
 
 
 @dataclass
@@ -38,6 +50,34 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, dict):
         return obj.get(name, default)
     return getattr(obj, name, default)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is None:
+        return ""
+    return tp.__name__ if isinstance(tp, type) else str(tp)
+
+
+def _option_infos(raw: Any) -> list[OptionInfo]:
+    """Options as a plugin declares them: (name, type, default, help) records (objects,
+    dicts or tuples) in a list, or a mapping name -> spec (a record or a default value)."""
+    if not raw:
+        return []
+    items = list(raw.items()) if isinstance(raw, dict) else [(None, v) for v in raw]
+    out = []
+    for key, spec in items:
+        if isinstance(spec, (tuple, list)):
+            name, tp, default, help_text = (list(spec) + [None] * 4)[:4]
+        elif isinstance(spec, str) and key is None:
+            name, tp, default, help_text = spec, None, None, ""
+        elif spec is None or isinstance(spec, (str, int, float, bool)):
+            name, tp, default, help_text = key, None, spec, ""
+        else:
+            name = _get(spec, "name", None) or key
+            tp, default, help_text = _get(spec, "type"), _get(spec, "default"), _get(spec, "help", "")
+        if name is not None:
+            out.append(OptionInfo(str(name), _type_name(tp), default, str(help_text or "")))
+    return out
 
 
 def _judge_infos(raw: Any, plugin: str) -> list[JudgeInfo]:
@@ -56,9 +96,9 @@ def _judge_infos(raw: Any, plugin: str) -> list[JudgeInfo]:
         name = _get(j, "name", key) or key
         if name is None:
             continue
-        schema = _get(j, "schema", None) or _get(j, "options", None) or {}
+        options = _get(j, "options", None) or _get(j, "schema", None)
         infos.append(JudgeInfo(str(name), plugin, str(_get(j, "description", "") or ""),
-                               dict(schema) if isinstance(schema, dict) else {}))
+                               _option_infos(options)))
     return infos
 
 
@@ -137,8 +177,9 @@ class PluginsScreen(Screen):
         if row.error:
             lines.append(f"error: {row.error}")
         for j in row.judges:
-            opts = ", ".join(str(k) for k in j.schema) if j.schema else ""
-            lines.append(f"  {j.name}: {j.description}" + (f" (options: {opts})" if opts else ""))
+            lines.append(f"  {j.name}: {j.description}")
+            for opt in j.options:
+                lines.append(f"    {opt.brief()}" + (f": {opt.help}" if opt.help else ""))
         detail.update("\n".join(lines))
 
     def action_back(self) -> None:

@@ -318,6 +318,6 @@ class SetupScreen(Screen):
             hint.update(f"{name}: not among the installed judges (F2 lists them)" if name else "")
             return
         text = f"{info.name}: {info.description}" if info.description else info.name
-        if info.schema:
-            text += " · options: " + ", ".join(str(k) for k in info.schema)
+        if info.options:
+            text += " · options: " + ", ".join(opt.brief() for opt in info.options)
         hint.update(text)
