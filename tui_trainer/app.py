@@ -13,6 +13,7 @@ a checkpoint between steps and the app exits once the worker has returned.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -136,6 +137,8 @@ class TrainerApp(App[int]):
         self.start_on_mount = start
         self.prompter = TuiPrompter(self._deliver_request)
         self.pending: deque[JudgeRequest] = deque()
+        # events that arrive before the dashboard has mounted (or after it went away)
+        self._early: deque[Any] = deque(maxlen=5000)
         from tui_trainer.screens.judging import JudgeLedger
         self.ledger = JudgeLedger()
         self.trainer: Any = None
@@ -188,6 +191,7 @@ class TrainerApp(App[int]):
         self._stop_requested.clear()
         self.prompter = TuiPrompter(self._deliver_request)
         self.pending.clear()
+        self._early.clear()
         self.dashboard = DashboardScreen(config)
         if len(self.screen_stack) > 1:
             self.switch_screen(self.dashboard)
@@ -233,6 +237,9 @@ class TrainerApp(App[int]):
     def handle_event(self, event: Any) -> None:
         """Apply one engine event to the UI (UI thread)."""
         dash = self.dashboard
+        if dash is not None and not dash.ready and not isinstance(event, JudgeRequest):
+            self._early.append(event)
+            return
         if isinstance(event, JudgeRequest):
             self._add_request(event)
         elif isinstance(event, StepMetrics):
@@ -254,6 +261,11 @@ class TrainerApp(App[int]):
             if dash is not None:
                 dash.on_checkpoint(event)
 
+    def replay_early_events(self) -> None:
+        """The dashboard is ready: show what arrived before it was."""
+        while self._early:
+            self.handle_event(self._early.popleft())
+
     def _on_state(self, state: RunState) -> None:
         self.state = state
         if not (self._stop_requested.is_set() and state.status in ("running", "paused")):
@@ -261,7 +273,7 @@ class TrainerApp(App[int]):
         if state.status == "failed":
             self.error = state.message or "the run failed"
             self.exit_code = 1
-        if self.dashboard is not None:
+        if self.dashboard is not None and self.dashboard.ready:
             self.dashboard.on_state(state, shown_status=self.status)
 
     # ------------------------------------------------------------------ judging
@@ -396,7 +408,7 @@ class TrainerApp(App[int]):
         else:
             self.status = "stopped"
         self.run_ended = True
-        if self.dashboard is not None:
+        if self.dashboard is not None and self.dashboard.ready:
             self.dashboard.on_finished(self.status, self.error)
         if self._quitting:
             self.exit(self.exit_code)
@@ -436,8 +448,7 @@ class TrainerApp(App[int]):
         return console.export_text(styles=False)
 
     def _log(self, level: str, message: str) -> None:
-        if self.dashboard is not None:
-            self.dashboard.add_log(level, message)
+        self.handle_event(LogMessage(level, message))
 
     def on_unmount(self) -> None:
         """The UI is going away (exit, crash, lost terminal): never leave the engine waiting."""
@@ -461,40 +472,65 @@ def _is_trainer_error(exc: BaseException | None) -> bool:
     return isinstance(exc, TrainerError)
 
 
+HANGUP_GRACE = 3.0  # seconds the UI gets to close by itself once the run has stopped
+
+
 def run_app(config: Config | None = None, *, config_path: str | None = None, resume: bool = False,
             start: bool = False) -> int:
     """Open the app (setup screen, or straight into training with ``start``); return the exit code.
 
-    A dropped terminal (SIGHUP) or SIGTERM stops the run with a checkpoint; this
-    function returns only after the training worker has finished.
+    SIGTERM stops the run with a checkpoint and closes the app. SIGHUP (the
+    terminal is gone) does the same without relying on the UI: a helper thread
+    stops the run, waits for the worker to save its checkpoint and return, gives
+    the UI a moment to close, and otherwise ends the process itself, because a
+    UI writing to a dead terminal can block for ever. This function returns
+    only after the training worker has finished.
     """
     app = TrainerApp(config, config_path=config_path, resume=resume, start=start)
+    app_closed = threading.Event()
     previous: dict[int, Any] = {}
+
+    def ask_ui_to_close() -> None:
+        loop = app._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(app.hangup)
+            except RuntimeError:
+                pass
+
+    def stop_engine() -> None:
+        app._ui_closed = True
+        app._stop_requested.set()
+        app.prompter.close()
+        trainer = app.trainer
+        if trainer is not None:
+            trainer.stop()
+
+    def after_hangup() -> None:
+        stop_engine()
+        app.worker_done.wait()
+        if not app_closed.wait(HANGUP_GRACE):
+            os._exit(app.exit_code)  # checkpoint and run files are written and closed by now
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        ask_ui_to_close()
+
+    def on_sighup(_signum: int, _frame: Any) -> None:
+        ask_ui_to_close()
+        threading.Thread(target=after_hangup, name="tui-trainer-hangup", daemon=True).start()
+
     if threading.current_thread() is threading.main_thread():
-        for name in ("SIGHUP", "SIGTERM"):
+        for name, handler in (("SIGHUP", on_sighup), ("SIGTERM", on_sigterm)):
             signum = getattr(signal, name, None)
-            if signum is None:
-                continue
-
-            def on_signal(_signum: int, _frame: Any) -> None:
-                loop = app._loop
-                if loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(app.hangup)
-                else:
-                    app.prompter.close()
-                    if app.trainer is not None:
-                        app.trainer.stop()
-
-            previous[signum] = signal.signal(signum, on_signal)
+            if signum is not None:
+                previous[signum] = signal.signal(signum, handler)
     code: int | None = None
     try:
         code = app.run()
     finally:
+        app_closed.set()
         # Whatever ended the UI, the engine stops with a checkpoint before we return.
-        app._ui_closed = True
-        app.prompter.close()
-        if app.trainer is not None:
-            app.trainer.stop()
+        stop_engine()
         app.worker_done.wait()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -45,7 +45,10 @@ class DashboardScreen(Screen):
         self.config = config
         self.metrics: dict[str, float] = {}
         self.steps_seen = 0
+        self.last_checkpoint: int | None = None
+        self.ready = False  # mounted and not yet unmounted: widgets can be updated
         self._clock_running = False
+        self._checkpoint_paths: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Static("", id="status", markup=False)
@@ -69,7 +72,12 @@ class DashboardScreen(Screen):
         self.query_one("#log").border_title = "log"
         self.query_one(RunProgress).mark_start(0, self.config.steps)
         self.set_interval(REPLOT_SECONDS, self.replot)
+        self.ready = True
         self.show_status()
+        self.app.replay_early_events()
+
+    def on_unmount(self) -> None:
+        self.ready = False
 
     # ------------------------------------------------------------------ events
     def panel(self, key: str) -> MetricPanel:
@@ -91,10 +99,18 @@ class DashboardScreen(Screen):
         self.query_one(SamplesTable).add_samples(samples)
 
     def add_log(self, level: str, message: str, when: float | None = None) -> None:
+        if level == "info" and message.startswith("checkpoint saved") and self._already_logged(message):
+            return
         self.query_one(LogPane).add(level, message, when)
 
     def on_checkpoint(self, event: CheckpointSaved) -> None:
-        self.add_log("info", f"checkpoint step {event.step}: {event.path}")
+        self.last_checkpoint = event.step
+        if event.path not in self._checkpoint_paths:  # the engine may log the same save itself
+            self._checkpoint_paths.add(event.path)
+            self.add_log("info", f"checkpoint step {event.step}: {event.path}")
+
+    def _already_logged(self, message: str) -> bool:
+        return any(path in message for path in self._checkpoint_paths)
 
     def on_state(self, state: RunState, *, shown_status: str) -> None:
         progress = self.query_one(RunProgress)
@@ -127,16 +143,19 @@ class DashboardScreen(Screen):
     def status_text(self) -> str:
         app = self.app
         status = getattr(app, "status", "idle")
-        parts = ["tui-trainer", self.config.run_dir, status]
+        parts = ["tui-trainer", status]
         if status == "starting" and not self.steps_seen:
             parts.append("loading model…")
         waiting = app.waiting_count() if hasattr(app, "waiting_count") else 0
         if waiting:
             parts.append(f"judge: {waiting} waiting (j)")
+        if self.last_checkpoint is not None:
+            parts.append(f"ckpt {self.last_checkpoint}")
+        parts.append(self.config.run_dir)
         return " · ".join(parts)
 
     def show_status(self) -> None:
-        if self.is_mounted:
+        if self.ready:
             self.query_one("#status", Static).update(self.status_text())
 
     # ------------------------------------------------------------------ keys
