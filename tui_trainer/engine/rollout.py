@@ -35,6 +35,7 @@ class Rollout:
     prompt_width: int  # P
     response_mask: mx.array  # (N, R) float32
     logprobs: mx.array  # (N, R) float32, 0 on padding
+    entropy: mx.array  # (N, R) float32, entropy of the sampling distribution, 0 on padding
     lengths: list[int]  # response lengths (EOS counted)
     finished: list[bool]  # stopped by EOS
     prompt_index: list[int]  # row -> index of its prompt in the input list
@@ -98,20 +99,23 @@ def sample(
         logp_all = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
         tok = sampler(logp_all).astype(mx.int32)
         lp = mx.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+        ent = -(mx.exp(logp_all) * logp_all).sum(axis=-1)
         alive = mx.logical_not(done)
         tok = mx.where(alive, tok, pad_id)
         lp = mx.where(alive, lp, 0.0)
+        ent = mx.where(alive, ent, 0.0)
         is_eos = (tok[:, None] == eos[None, :]).any(axis=-1)
         new_done = mx.logical_or(done, mx.logical_and(alive, is_eos))
-        return tok, lp, alive, new_done
+        return tok, lp, ent, alive, new_done
 
     done = mx.zeros((n,), dtype=mx.bool_)
-    out_tok, out_lp, out_mask = [], [], []
-    tok, lp, alive, done = step(tokens, done)
-    mx.async_eval(tok, lp, alive, done)
+    out_tok, out_lp, out_ent, out_mask = [], [], [], []
+    tok, lp, ent, alive, done = step(tokens, done)
+    mx.async_eval(tok, lp, ent, alive, done)
     for t in range(max_new_tokens):
         out_tok.append(tok)
         out_lp.append(lp)
+        out_ent.append(ent)
         out_mask.append(alive)
         if t + 1 == max_new_tokens:
             break
@@ -119,14 +123,15 @@ def sample(
         mx.async_eval(*nxt)
         if t % 8 == 7 and bool(done.all()):  # check for the early stop every few tokens
             break
-        tok, lp, alive, done = nxt
+        tok, lp, ent, alive, done = nxt
     resp = mx.stack(out_tok, axis=1)
     logprobs = mx.stack(out_lp, axis=1)
+    entropy = mx.stack(out_ent, axis=1)
     mask = mx.stack(out_mask, axis=1).astype(mx.float32)
     # trim trailing all-padding columns (from the lazy early-stop check)
     lengths = mask.sum(axis=1).astype(mx.int32)
     width = max(1, int(lengths.max().item()))
-    resp, logprobs, mask = resp[:, :width], logprobs[:, :width], mask[:, :width]
+    resp, logprobs, entropy, mask = resp[:, :width], logprobs[:, :width], entropy[:, :width], mask[:, :width]
     lengths_l = lengths.tolist()
     last = mx.take_along_axis(resp, mx.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
     finished = ((last[:, None] == eos[None, :]).any(axis=-1)).tolist()
@@ -137,6 +142,7 @@ def sample(
         prompt_width=tokens.shape[1],
         response_mask=mask,
         logprobs=logprobs,
+        entropy=entropy,
         lengths=lengths_l,
         finished=finished,
         prompt_index=prompt_index,

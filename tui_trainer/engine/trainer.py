@@ -39,7 +39,7 @@ from tui_trainer.engine import ppo
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tui_trainer.engine.errors import TrainerError
 from tui_trainer.engine.models import load_policy
-from tui_trainer.engine.policy import Policy, evaluate, forward, reference_logprobs
+from tui_trainer.engine.policy import Policy, evaluate, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
 
 
@@ -373,13 +373,14 @@ class Trainer:
         # reference log-probs (adapter off) and old values, in minibatch-sized chunks, no gradient
         ref_parts, val_parts = [], []
         critic = cfg.mode in ("ppo", "pairwise") and cfg.pairwise_objective != "studio"
+        R = mask.shape[1]
         for idx in chunks:
-            ids = mx.array(idx)
-            tok, lp = roll.tokens[ids], roll.left_pad[ids]
-            ref_parts.append(reference_logprobs(self.policy, tok, lp, P, T, self.reference))
+            tok, lp, p_w, r_w = trim_rows(roll, idx)
+            pad = [(0, 0), (0, R - r_w)]
+            ref_parts.append(mx.pad(reference_logprobs(self.policy, tok, lp, p_w, T, self.reference), pad))
             if critic:
-                hidden, _ = _hidden_only(self.policy.model, tok, lp, P)
-                val_parts.append(self.policy.value_head(hidden.astype(mx.float32)))
+                hidden, _ = _hidden_only(self.policy.model, tok, lp, p_w)
+                val_parts.append(mx.pad(self.policy.value_head(hidden.astype(mx.float32)), pad))
             mx.eval(ref_parts[-1], *val_parts[-1:])
         logp_ref = mx.concatenate(ref_parts) * roll.response_mask
         kl1 = ppo.kl_k1(logp_old, logp_ref) * mask
@@ -429,14 +430,15 @@ class Trainer:
                 if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
                     mb = [j for i in mb for j in (i, i + 1)]
                 ids = mx.array(mb)
+                tok, lp, p_w, r_w = trim_rows(roll, mb)
                 batch = {
-                    "tokens": roll.tokens[ids], "left_pad": roll.left_pad[ids], "mask": mask[ids],
-                    "logp_old": logp_old[ids], "adv": advantages[ids], "logp_ref": logp_ref[ids],
-                    "values_old": values_old[ids] if critic else None,
-                    "returns": returns[ids] if critic else None,
+                    "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w],
+                    "logp_old": logp_old[ids, :r_w], "adv": advantages[ids, :r_w], "logp_ref": logp_ref[ids, :r_w],
+                    "values_old": values_old[ids, :r_w] if critic else None,
+                    "returns": returns[ids, :r_w] if critic else None,
                     "scores": scores[ids],
                 }
-                (loss, aux), grads = self._loss_and_grad(self.policy, batch, P)
+                (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                 n_acc += 1
                 if n_acc == cfg.grad_accum or k == len(mbs) - 1:
@@ -454,7 +456,8 @@ class Trainer:
                     stats["first_ratio"] = float(aux["ratio"].item()) if "ratio" in aux else 1.0
                     stats["first_approx_kl"] = float(aux["approx_kl"].item()) if "approx_kl" in aux else 0.0
                     stats["first_clip_fraction"] = float(aux["clip_fraction"].item()) if "clip_fraction" in aux else 0.0
-        for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy", "value_clip_fraction",
+        stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask).item())
+        for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "value_clip_fraction",
                     "ratio", "grad_norm", "loss", "explained_variance"):
             vals = acc.get(key, [])
             stats[key] = float(sum(vals) / len(vals)) if vals else 0.0
@@ -467,9 +470,9 @@ class Trainer:
         cfg = self.cfg
         mask = b["mask"]
         critic = b["values_old"] is not None
+        bonus = cfg.entropy_coef > 0
         logp, values, entropy = evaluate(policy, b["tokens"], b["left_pad"], prompt_width, cfg.temperature,
-                                         with_values=critic, with_entropy=True,
-                                         entropy_grad=cfg.entropy_coef > 0)
+                                         with_values=critic, with_entropy=bonus, entropy_grad=bonus)
         aux = {}
         if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
             lengths = mx.maximum(mask.sum(axis=1), 1.0)
@@ -492,10 +495,8 @@ class Trainer:
                 aux["value_clip_fraction"] = vf_clip
             if cfg.mode == "grpo" and self.beta > 0:
                 loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
-        ent = ppo.masked_mean(entropy, mask)
-        aux["entropy"] = ent
-        if cfg.entropy_coef > 0:
-            loss = loss - cfg.entropy_coef * ent
+        if bonus:  # entropy bonus; the reported entropy comes from the rollout
+            loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask)
         return loss, aux
 
     def _apply(self, grads: dict) -> mx.array:
@@ -511,6 +512,21 @@ class Trainer:
         if critic and tree_flatten(critic):
             self.critic_opt.update(self.policy, critic)
         return norm
+
+
+def trim_rows(roll: Rollout, idx: list[int]) -> tuple[mx.array, mx.array, int, int]:
+    """Rows ``idx`` of the batch without the columns that are padding in all of them.
+
+    Dropping shared left padding shifts ``left_pad`` and the prompt width by the same
+    amount, so positions and masks (hence log-probs) are unchanged. Returns
+    (tokens, left_pad, prompt_width, response_width).
+    """
+    ids = mx.array(idx)
+    lp = roll.left_pad[ids]
+    cut = int(lp.min().item())
+    r_w = max(1, max(roll.lengths[i] for i in idx))
+    tokens = roll.tokens[ids, cut:roll.prompt_width + r_w]
+    return tokens, lp - cut, roll.prompt_width - cut, r_w
 
 
 def _hidden_only(model, tokens, left_pad, prompt_width):
