@@ -38,15 +38,147 @@ _LLAMA3_PATTERN = (
 )
 
 
+# ggml tensor types that ``mx.load`` reads exactly. It also converts some others (K-quants) to
+# f16 on its own, but not faithfully (Q4_K comes back off by up to 0.8), so those go through
+# llama.cpp's ``gguf`` package instead.
+_MX_NATIVE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+
+
+def tensor_types(path: str | Path) -> dict[str, int]:
+    """``{tensor name: ggml type id}`` from a GGUF header; ``ModelError`` naming the file if it is not one."""
+    import struct
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+
+            def read(n):
+                b = f.read(n)
+                if len(b) != n:
+                    raise EOFError
+                return b
+
+            def u32():
+                return struct.unpack("<I", read(4))[0]
+
+            def u64():
+                return struct.unpack("<Q", read(8))[0]
+
+            def string():
+                n = u64()
+                if n > size:
+                    raise EOFError
+                return read(n)
+
+            def skip_value(vtype):
+                if vtype == 8:
+                    string()
+                elif vtype == 9:
+                    sub, count = u32(), u64()
+                    if sub in _SCALAR_SIZES:
+                        if count * _SCALAR_SIZES[sub] > size:
+                            raise EOFError
+                        f.seek(count * _SCALAR_SIZES[sub], 1)
+                    else:
+                        for _ in range(count):
+                            skip_value(sub)
+                elif vtype in _SCALAR_SIZES:
+                    f.seek(_SCALAR_SIZES[vtype], 1)
+                else:
+                    raise ValueError(f"unknown metadata value type {vtype}")
+
+            magic = f.read(4)
+            if magic != b"GGUF":
+                raise ModelError(f"{path}: not a GGUF file (starts with {magic!r}, not b'GGUF')")
+            version = u32()
+            if version not in (2, 3):
+                raise ModelError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+            n_tensors, n_kv = u64(), u64()
+            for _ in range(n_kv):
+                string()
+                skip_value(u32())
+            types = {}
+            for _ in range(n_tensors):
+                name = string().decode("utf-8", "replace")
+                n_dims = u32()
+                f.seek(8 * n_dims, 1)
+                types[name] = u32()
+                u64()
+            return types
+    except EOFError:
+        raise ModelError(f"{path}: truncated or corrupt GGUF file (header ends early)") from None
+    except ValueError as exc:
+        raise ModelError(f"{path}: corrupt GGUF file ({exc})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
+    """Tensors and metadata of a GGUF file; a ``ModelError`` naming the file if it cannot be read.
+
+    ``mx.load`` reads F32/F16/Q4_0/Q4_1/Q8_0 tensors natively (Q4/Q8 as MLX affine
+    triples). A file with other tensor types (K-quants, Q5_*, BF16, ...) is read
+    with llama.cpp's ``gguf`` package instead, every tensor dequantized to f32 by
+    its reference code.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    types = tensor_types(path)
+    if not types:
+        raise ModelError(f"{path}: GGUF file holds no tensors")
+    if not set(types.values()) <= set(_MX_NATIVE_TYPES):
+        return _read_with_gguf_package(path, types)
     try:
         weights, meta = mx.load(str(path), return_metadata=True)
     except Exception as exc:  # mx.load raises RuntimeError/ValueError with multi-line text
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a readable GGUF file ({msg})") from None
+        raise ModelError(f"{path}: not a readable GGUF file ({_first_line(exc)})") from None
+    return weights, meta
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_with_gguf_package(path: Path, types: dict[str, int]) -> tuple[dict[str, mx.array], dict[str, Any]]:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        other = sorted({str(t) for t in types.values() if t not in _MX_NATIVE_TYPES})
+        raise ModelError(f"{path}: holds ggml tensor types {', '.join(other)} that need the gguf package "
+                         "(pip install gguf), or use a Q4_0/Q4_1/Q8_0/F16/F32 file") from None
+    try:
+        return _gguf_package_tensors(path)
+    except ModelError:
+        raise
+    except Exception as exc:  # the reader raises ValueError/NotImplementedError/... on bad or unknown data
+        raise ModelError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _gguf_package_tensors(path: Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
+    import gguf
+    import numpy as np
+    from gguf import GGMLQuantizationType as T, GGUFValueType as V
+
+    reader = gguf.GGUFReader(str(path))
+    meta: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or not field.types:
+            continue
+        if field.types[0] == V.ARRAY and field.types[-1] != V.STRING:
+            meta[key] = list(field.contents())
+        else:
+            meta[key] = field.contents()
+    weights = {}
+    for t in reader.tensors:
+        if t.tensor_type in (T.F32, T.F16):
+            arr = np.asarray(t.data)
+        else:
+            arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        weights[t.name] = mx.array(arr.reshape(tuple(int(d) for d in reversed(t.shape))))
     return weights, meta
 
 
@@ -134,7 +266,10 @@ def dequantize_all(weights: dict[str, mx.array], dtype=mx.float32) -> dict[str, 
         q = quantization_of(weights, prefix) if name.endswith(".weight") else None
         if q:
             gs, bits = q
-            value = mx.dequantize(value, weights[f"{prefix}.scales"], weights[f"{prefix}.biases"], gs, bits)
+            # scales/biases are f16 in the file; dequantizing in f16 would round every weight to
+            # f16 (llama.cpp computes d * q + m in f32), so widen them first.
+            value = mx.dequantize(value, weights[f"{prefix}.scales"].astype(mx.float32),
+                                  weights[f"{prefix}.biases"].astype(mx.float32), gs, bits)
         out[name] = value.astype(dtype)
     return out
 
@@ -227,10 +362,12 @@ def build_tokenizer(meta: dict):
         unk_tok = tokens[unk] if unk is not None else None
         tok = Tokenizer(models.BPE(vocab, _spm_merges(vocab, scores), unk_token=unk_tok,
                                    fuse_unk=True, byte_fallback=True))
-        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        tok.decoder = decoders.Sequence([
-            decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
-        ])
+        # llama.cpp prepends a space unless tokenizer.ggml.add_space_prefix says otherwise
+        space_prefix = bool(_meta_scalar(meta, "tokenizer.ggml.add_space_prefix", True))
+        replace = normalizers.Replace(" ", "▁")
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), replace]) if space_prefix else replace
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] if space_prefix else steps)
     else:
         raise ModelError(f"GGUF tokenizer model {kind!r} is not supported (gpt2 or llama)")
 
@@ -264,7 +401,13 @@ def _tokenizer_regex(pattern: str):
 
 
 def load_gguf(path: str | Path, *, keep_quantized: bool = False, dtype=mx.float32):
+    """``(model, tokenizer)`` from a llama GGUF; every failure is a one-line ``ModelError`` naming the file."""
     weights, meta = read_gguf(path)
-    model = build_model(meta, weights, keep_quantized=keep_quantized, dtype=dtype)
-    tokenizer = build_tokenizer(meta)
+    try:
+        model = build_model(meta, weights, keep_quantized=keep_quantized, dtype=dtype)
+        tokenizer = build_tokenizer(meta)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # metadata missing or of the wrong type
+        raise ModelError(f"{path}: malformed GGUF metadata ({type(exc).__name__}: {_first_line(exc)})") from None
     return model, tokenizer
