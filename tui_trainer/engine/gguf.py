@@ -199,16 +199,24 @@ def model_args(meta: dict, weights: dict) -> dict:
     def g(key, default=None):
         return _meta_scalar(meta, f"llama.{key}", default)
 
-    n_heads = int(g("attention.head_count"))
-    hidden = int(g("embedding_length"))
-    vocab = len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta else None
-    vocab = int(g("vocab_size", vocab))
+    def req(key):
+        value = g(key)
+        if value is None:
+            raise ModelError(f"GGUF metadata lacks llama.{key}")
+        return int(value)
+
+    n_heads = req("attention.head_count")
+    hidden = req("embedding_length")
+    vocab = g("vocab_size", len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta else None)
+    if vocab is None:
+        raise ModelError("GGUF metadata lacks tokenizer.ggml.tokens (and llama.vocab_size)")
+    vocab = int(vocab)
     head_dim = g("attention.key_length")
     args = {
         "model_type": "llama",
         "hidden_size": hidden,
-        "num_hidden_layers": int(g("block_count")),
-        "intermediate_size": int(g("feed_forward_length")),
+        "num_hidden_layers": req("block_count"),
+        "intermediate_size": req("feed_forward_length"),
         "num_attention_heads": n_heads,
         "num_key_value_heads": int(g("attention.head_count_kv", n_heads)),
         "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-5)),

@@ -1,0 +1,192 @@
+"""Model loading: mlx-lm directories work; every bad path or file is a one-line ModelError naming it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from helpers import make_tiny_model_dir
+from tui_trainer.engine.errors import ModelError, TrainerError
+from tui_trainer.engine.models import default_model_path, load_policy
+
+
+def load_error(path) -> str:
+    with pytest.raises(ModelError) as info:
+        load_policy(str(path))
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    assert str(path) in msg, msg
+    assert isinstance(info.value, TrainerError)
+    return msg
+
+
+# --------------------------------------------------------------------------- GGUF files
+
+
+def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: str | None = None,
+               tokens: bool = True, tensor_rows: int | None = None) -> Path:
+    """A tiny GGUF written with llama.cpp's own writer; knobs break it in one chosen way."""
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(path), arch)
+    keys = {
+        "block_count": 1, "context_length": 64, "embedding_length": hidden, "feed_forward_length": 64,
+        "attention.head_count": 2, "attention.head_count_kv": 2,
+    }
+    for key, value in keys.items():
+        if key != drop_key:
+            w.add_uint32(f"{arch}.{key}", value)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    vocab = [f"t{i}" for i in range(40)]
+    if tokens:
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list(vocab)
+        w.add_token_types([1] * len(vocab))
+        w.add_token_merges([])
+        w.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def t(name, *shape):
+        w.add_tensor(name, rng.normal(size=shape).astype(np.float32))
+
+    t("token_embd.weight", len(vocab), hidden)
+    t("output_norm.weight", hidden)
+    t("blk.0.attn_norm.weight", hidden)
+    t("blk.0.ffn_norm.weight", hidden)
+    for part in ("q", "k", "v", "output"):
+        t(f"blk.0.attn_{part}.weight", tensor_rows or hidden, hidden)
+    t("blk.0.ffn_gate.weight", 64, hidden)
+    t("blk.0.ffn_up.weight", 64, hidden)
+    t("blk.0.ffn_down.weight", hidden, 64)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_tiny_gguf_loads(tmp_path):
+    """The builder's unbroken file loads, so each broken variant below fails for its own reason."""
+    model, tok = load_policy(str(_tiny_gguf(tmp_path / "ok.gguf")))
+    assert model(mx.array([[1, 2, 3]])).shape == (1, 3, 40)
+    assert tok.eos_token_ids == {1}
+
+
+def test_missing_gguf_path(tmp_path):
+    msg = load_error(tmp_path / "nope.gguf")
+    assert "no such model file" in msg
+
+
+def test_missing_directory(tmp_path):
+    msg = load_error(tmp_path / "no-such-model-dir")
+    assert "no such model file or directory" in msg
+
+
+def test_empty_and_garbage_files(tmp_path):
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    assert "not a GGUF file" in load_error(empty)
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    assert "not a GGUF file" in load_error(garbage)
+
+
+def test_truncated_header(tmp_path):
+    whole = _tiny_gguf(tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[:200])
+    assert "truncated or corrupt" in load_error(cut)
+
+
+def test_truncated_tensor_data(tmp_path):
+    """The embedded model cut short in its tensor data: mx.load notices, and we say which file."""
+    cut = tmp_path / "cut-smollm2.gguf"
+    with open(default_model_path(), "rb") as f:
+        cut.write_bytes(f.read(8_000_000))
+    msg = load_error(cut)
+    assert "not a readable GGUF file" in msg and "past the end" in msg
+
+
+def test_non_llama_architecture(tmp_path):
+    msg = load_error(_tiny_gguf(tmp_path / "qwen.gguf", arch="qwen2"))
+    assert "architecture 'qwen2' is not supported" in msg
+
+
+def test_missing_metadata_key(tmp_path):
+    msg = load_error(_tiny_gguf(tmp_path / "nokey.gguf", drop_key="embedding_length"))
+    assert "lacks llama.embedding_length" in msg
+
+
+def test_tensors_that_do_not_fit(tmp_path):
+    msg = load_error(_tiny_gguf(tmp_path / "shapes.gguf", tensor_rows=48))
+    assert "do not fit a llama model" in msg
+
+
+def test_gguf_without_tokenizer(tmp_path):
+    msg = load_error(_tiny_gguf(tmp_path / "notok.gguf", tokens=False))
+    assert "tokenizer.ggml.tokens" in msg
+
+
+# --------------------------------------------------------------------------- mlx-lm directories
+
+
+def test_mlx_lm_directory_loads(tmp_path):
+    path = make_tiny_model_dir(tmp_path / "tiny", seed=3)
+    model, tok = load_policy(str(path))
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    logits = model(mx.array([ids]))
+    assert logits.shape == (1, len(ids), model.args.vocab_size)
+    assert logits.dtype == mx.float32
+    assert tok.eos_token_id == 1
+    assert tok.decode(tok.encode("hello world", add_special_tokens=False)) == "hello world"
+
+
+def test_quantized_mlx_lm_directory_is_dequantized_on_cpu(tmp_path):
+    """A quantized mlx-lm model: f32 layers on CPU by default, QuantizedLinear kept when asked."""
+    from mlx_lm.utils import load as mlx_load, quantize_model, save_config, save_model
+
+    src = make_tiny_model_dir(tmp_path / "tiny", seed=4)
+    model, _ = mlx_load(str(src))
+    config = json.loads((src / "config.json").read_text())
+    model, config = quantize_model(model, config, group_size=32, bits=8)
+    dst = tmp_path / "tiny-q8"
+    dst.mkdir()
+    save_model(dst, model)
+    save_config(config, dst / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    ids = mx.array([[3, 4, 5, 6]])
+    expect = model(ids)
+
+    def quantized_layers(m):
+        return sum(isinstance(x, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, x in m.named_modules())
+
+    plain, _ = load_policy(str(dst), quantized=False)
+    assert quantized_layers(plain) == 0
+    assert plain.model.layers[0].self_attn.q_proj.weight.dtype == mx.float32
+    kept, _ = load_policy(str(dst), quantized=True)
+    assert quantized_layers(kept) > 0
+    assert mx.abs(plain(ids) - expect).max().item() < 1e-3
+    assert mx.abs(kept(ids) - expect).max().item() < 1e-5
+
+
+def test_broken_mlx_lm_directory(tmp_path):
+    path = make_tiny_model_dir(tmp_path / "broken", seed=5)
+    (path / "model.safetensors").write_bytes(b"not safetensors")
+    msg = load_error(path)
+    assert "cannot load as an mlx-lm model" in msg
+
+
+def test_cli_reports_a_bad_model_in_one_line(tmp_path):
+    missing = tmp_path / "missing.gguf"
+    proc = subprocess.run([sys.executable, "-m", "tui_trainer", "rollout", "--model", str(missing)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "Traceback" not in proc.stderr, proc.stderr
