@@ -74,7 +74,8 @@ def test_panels_show_each_step_from_the_engine_thread():
             dash: DashboardScreen = app.dashboard
             await wait_for(pilot, lambda: dash.steps_seen == 3 and "checkpoint" in " ".join(
                 dash.query_one("#log").plain_lines))
-            await pilot.pause(0.4)  # one replot tick
+            dash.flush()  # what the dashboard's timer does
+            await pilot.pause()
             for key in ("score_mean", "kl", "clip_fraction"):
                 panel = dash.panel(key)
                 assert panel.values == [step_values(s)[key] for s in (1, 2, 3)]
@@ -86,6 +87,31 @@ def test_panels_show_each_step_from_the_engine_thread():
             assert "step 3/5" in text
             assert "completion [b]3" in text  # shown as text, not as markup
             assert "runs/x/checkpoints/3" in " ".join(dash.query_one("#log").plain_lines)
+    run(go())
+
+
+def test_samples_view_keys_open_a_sample_in_full():
+    async def go():
+        cfg = Config(steps=5)
+        app = TrainerApp(cfg)
+        async with app.run_test(size=(80, 24)) as pilot:
+            dash = app.open_dashboard(cfg)
+            await pilot.pause()
+            long_text = "word " * 60 + "THE END"
+            app.handle_event([Sample(1, "first prompt", long_text, 0.25), Sample(1, "second prompt", "short", 0.75)])
+            dash.flush()
+            view = dash.query_one("#samples")
+            view.focus()
+            await pilot.pause()
+            assert "short" in app.screen_text() and "THE END" not in app.screen_text()  # cut to one line
+            await pilot.press("up", "enter")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "SampleScreen"
+            text = app.screen_text()
+            assert "first prompt" in text and "THE END" in text and "0.2500" in text
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is dash
     run(go())
 
 
@@ -102,7 +128,8 @@ def test_histories_logs_and_samples_stay_bounded():
                 app.handle_event([Sample(s, "p", "c", 1.0)])
             for i in range(1100):
                 app.handle_event(LogMessage("info", f"line {i}"))
-            await pilot.pause(0.3)
+            dash.flush()
+            await pilot.pause()
             panel = dash.panel("kl")
             assert len(panel.history) == panel.history.maxlen == 1000
             assert panel.history[-1] == (1300, step_values(1300)["kl"])
@@ -122,7 +149,8 @@ def test_layout_fits_80x24():
             dash = app.open_dashboard(cfg)
             await pilot.pause()
             app.handle_event(StepMetrics(1, step_values(1)))
-            await pilot.pause(0.3)
+            dash.flush()
+            await pilot.pause()
             for selector in ("#status", "#panel-score_mean", "#panel-kl", "#panel-clip_fraction",
                              "#stat-entropy", "#stat-value_loss", "#stat-approx_kl", "#stat-response_length",
                              "#stat-tokens_per_second", "#step-split", "#progress", "#samples", "#log",
@@ -149,6 +177,7 @@ def test_step_time_split_reads_without_colour():
             dash = app.open_dashboard(cfg)
             await pilot.pause()
             app.handle_event(StepMetrics(1, {"time_rollout": 3.0, "time_judge": 1.0, "time_update": 4.0}))
+            dash.flush()
             await pilot.pause()
             split = dash.query_one("#step-split")
             assert split.fractions() == pytest.approx({"time_rollout": 0.375, "time_judge": 0.125,
@@ -348,6 +377,7 @@ def test_failed_state_is_shown_and_sets_the_exit_code():
             dash = app.open_dashboard(cfg)
             await pilot.pause()
             app.handle_event(RunState("failed", 2, 5, message="judge 'llama' failed 3 times"))
+            dash.flush()
             await pilot.pause()
             assert app.status == "failed" and app.exit_code == 1
             assert "judge 'llama' failed 3 times" in dash.query_one("#log").plain_lines[-1]

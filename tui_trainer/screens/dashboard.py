@@ -3,7 +3,9 @@
 Top: reward (score mean), KL and clip fraction, each its value and history plot.
 Then entropy, value loss, approx KL, response length, tokens/s and the step-time
 split; the progress bar with ETA; the latest samples and the log.
-The app feeds it engine events; it never reads engine state.
+The app feeds it engine events; it never reads engine state. Events are only
+recorded when they arrive; ``flush`` (on a timer) shows them, so the screen is
+redrawn at most a few times a second however fast the steps come.
 """
 
 from __future__ import annotations
@@ -12,21 +14,21 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Footer, Static
 
 from tui_trainer.config import Config
 from tui_trainer.events import CheckpointSaved, RunState, Sample, StepMetrics
 from tui_trainer.widgets.log_pane import LogPane
 from tui_trainer.widgets.metric_panel import MetricPanel
 from tui_trainer.widgets.progress import RunProgress
-from tui_trainer.widgets.samples import SamplesTable
+from tui_trainer.widgets.samples import SamplesView
 from tui_trainer.widgets.stats import Stat, StepTimeSplit
 
 # (metric key, label) for the main panels and the secondary row.
 MAIN_PANELS = (("score_mean", "reward"), ("kl", "KL"), ("clip_fraction", "clip fraction"))
 SECONDARY = (("entropy", "entropy"), ("value_loss", "value loss"), ("approx_kl", "approx KL"),
              ("response_length", "resp len"), ("tokens_per_second", "tok/s"))
-REPLOT_SECONDS = 0.25
+FLUSH_SECONDS = 0.5
 
 
 class DashboardScreen(Screen):
@@ -37,7 +39,6 @@ class DashboardScreen(Screen):
         Binding("q", "quit_run", "Quit"),
         Binding("j", "judge", "Judge"),
         Binding("n", "new_run", "New run", show=False),
-        Binding("enter", "show_sample", "Sample", show=False),
     ]
 
     def __init__(self, config: Config) -> None:
@@ -49,6 +50,7 @@ class DashboardScreen(Screen):
         self.ready = False  # mounted and not yet unmounted: widgets can be updated
         self._clock_running = False
         self._checkpoint_paths: set[str] = set()
+        self._status_shown = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="status", markup=False)
@@ -63,7 +65,7 @@ class DashboardScreen(Screen):
             yield StepTimeSplit(id="step-split")
         yield RunProgress(id="progress")
         with Horizontal(id="bottom"):
-            yield SamplesTable(id="samples")
+            yield SamplesView(id="samples")
             yield LogPane(id="log")
         yield Footer()
 
@@ -71,10 +73,10 @@ class DashboardScreen(Screen):
         self.query_one("#samples").border_title = "latest samples"
         self.query_one("#log").border_title = "log"
         self.query_one(RunProgress).mark_start(0, self.config.steps)
-        self.set_interval(REPLOT_SECONDS, self.replot)
+        self.set_interval(FLUSH_SECONDS, self.flush)
         self.ready = True
-        self.show_status()
         self.app.replay_early_events()
+        self.flush()
 
     def on_unmount(self) -> None:
         self.ready = False
@@ -93,10 +95,9 @@ class DashboardScreen(Screen):
             self.query_one(f"#stat-{key}", Stat).set_value(values.get(key))
         self.query_one(StepTimeSplit).set_times(values)
         self.query_one(RunProgress).update_step(event.step)
-        self.show_status()
 
     def add_samples(self, samples: list[Sample]) -> None:
-        self.query_one(SamplesTable).add_samples(samples)
+        self.query_one(SamplesView).add_samples(samples)
 
     def add_log(self, level: str, message: str, when: float | None = None) -> None:
         if level == "info" and message.startswith("checkpoint saved") and self._already_logged(message):
@@ -127,18 +128,26 @@ class DashboardScreen(Screen):
             self.add_log("error", state.message)
         elif state.message and state.status in ("stopped", "finished"):
             self.add_log("info", f"{state.status}: {state.message}")
-        self.show_status()
 
     def on_finished(self, status: str, error: str | None) -> None:
         self.add_log("error" if status == "failed" else "info",
                  f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run")
-        self.replot()
-        self.show_status()
+        self.flush()
 
     # ------------------------------------------------------------------ drawing
-    def replot(self) -> None:
+    def flush(self) -> None:
+        """Show everything recorded since the last flush."""
+        if not self.ready:
+            return
         for key, _ in MAIN_PANELS:
-            self.panel(key).replot()
+            self.panel(key).sync()
+        for stat in self.query(Stat):
+            stat.sync()
+        self.query_one(StepTimeSplit).sync()
+        self.query_one(RunProgress).sync()
+        self.query_one(SamplesView).sync()
+        self.query_one(LogPane).sync()
+        self.show_status()
 
     def status_text(self) -> str:
         app = self.app
@@ -156,7 +165,10 @@ class DashboardScreen(Screen):
 
     def show_status(self) -> None:
         if self.ready:
-            self.query_one("#status", Static).update(self.status_text())
+            text = self.status_text()
+            if text != self._status_shown:
+                self._status_shown = text
+                self.query_one("#status", Static).update(text, layout=False)
 
     # ------------------------------------------------------------------ keys
     def action_pause(self) -> None:
@@ -175,12 +187,6 @@ class DashboardScreen(Screen):
         from tui_trainer.screens.judging import JudgingScreen
         self.app.push_screen(JudgingScreen())
 
-    def action_show_sample(self) -> None:
-        sample = self.query_one(SamplesTable).sample_at_cursor()
-        if sample is not None:
-            from tui_trainer.screens.sample import SampleScreen
-            self.app.push_screen(SampleScreen(sample))
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()
-        self.action_show_sample()
+    def on_samples_view_open(self, event: SamplesView.Open) -> None:
+        from tui_trainer.screens.sample import SampleScreen
+        self.app.push_screen(SampleScreen(event.sample))

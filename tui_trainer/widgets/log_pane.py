@@ -19,6 +19,7 @@ class LogPane(RichLog):
         super().__init__(id=id, max_lines=max_lines, min_width=16, wrap=True, markup=False,
                          highlight=False)
         self.plain_lines: list[str] = []
+        self._incoming: list[Text] = []
         self._max = max_lines
 
     def add(self, level: str, message: str, when: float | None = None) -> None:
@@ -27,4 +28,12 @@ class LogPane(RichLog):
         self.plain_lines.append(line)
         if len(self.plain_lines) > self._max:
             del self.plain_lines[: len(self.plain_lines) - self._max]
-        self.write(Text(line, style=LEVEL_STYLE.get(level, "")))
+        self._incoming.append(Text(line, style=LEVEL_STYLE.get(level, "")))
+        if len(self._incoming) > self._max:
+            del self._incoming[: len(self._incoming) - self._max]
+
+    def sync(self) -> None:
+        """Write the lines recorded since the last call."""
+        incoming, self._incoming = self._incoming, []
+        for text in incoming:
+            self.write(text)

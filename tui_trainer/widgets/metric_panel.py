@@ -17,9 +17,9 @@ DEFAULT_HISTORY = 1000
 class MetricPanel(Vertical):
     """Shows ``key``'s latest value, its change, and a history plot.
 
-    ``push`` is cheap (it only updates the value line); the plot is redrawn by
-    ``replot``, which the dashboard calls on a timer so that a fast run does not
-    spend its time drawing. The history is capped at ``maxlen`` points.
+    ``push`` only records the value; ``sync`` shows it (value line and plot) and
+    is called by the dashboard on a timer, so that a fast run does not spend
+    its time drawing. The history is capped at ``maxlen`` points.
     """
 
     def __init__(self, key: str, title: str, *, maxlen: int = DEFAULT_HISTORY,
@@ -29,6 +29,7 @@ class MetricPanel(Vertical):
         self.title = title
         self.history: deque[tuple[int, float | None]] = deque(maxlen=maxlen)
         self._dirty = False
+        self._shown = ""
         self.border_title = title
 
     def compose(self) -> ComposeResult:
@@ -40,7 +41,7 @@ class MetricPanel(Vertical):
         plt.xfrequency(0)
         plt.yfrequency(2)
         plt.frame(False)
-        self._show_value()
+        self.sync()
 
     @property
     def value(self) -> float | None:
@@ -54,14 +55,10 @@ class MetricPanel(Vertical):
     def push(self, step: int, value: object) -> None:
         self.history.append((int(step), finite(value)))
         self._dirty = True
-        if self.is_mounted:
-            self._show_value()
 
     def clear(self) -> None:
         self.history.clear()
         self._dirty = True
-        if self.is_mounted:
-            self._show_value()
 
     def value_text(self) -> str:
         """The value line as shown: the latest value and its change from the step before."""
@@ -77,14 +74,15 @@ class MetricPanel(Vertical):
                 text += f"  {arrow}{format_value(abs(delta))}" if delta else "  ="
         return text
 
-    def _show_value(self) -> None:
-        self.query_one(".metric-value", Static).update(self.value_text())
-
-    def replot(self) -> bool:
-        """Redraw the plot if new values arrived since the last call; True if it redrew."""
-        if not self._dirty or not self.is_mounted:
+    def sync(self) -> bool:
+        """Show what arrived since the last call (value line and plot); True if anything changed."""
+        if not self._dirty:
             return False
         self._dirty = False
+        text = self.value_text()
+        if text != self._shown:
+            self._shown = text
+            self.query_one(".metric-value", Static).update(text, layout=False)
         plot = self.query_one(PlotextPlot)
         plt = plot.plt
         plt.clear_data()

@@ -22,20 +22,20 @@ class RunProgress(Horizontal):
         self.step = 0
         self.total = 0
         self._marks: deque[tuple[float, int]] = deque(maxlen=self.WINDOW + 1)
+        self._shown: tuple = ()
 
     def compose(self) -> ComposeResult:
         yield ProgressBar(total=None, show_eta=False, show_percentage=True, id="bar")
         yield Static("", id="progress-text")
 
     def on_mount(self) -> None:
-        self._show()
+        self.sync()
 
     def mark_start(self, step: int, total: int, now: float | None = None) -> None:
         """The run (re)started at ``step``: the timing window starts here."""
         self.step, self.total = int(step), int(total)
         self._marks.clear()
         self._marks.append((time.monotonic() if now is None else now, self.step))
-        self._show()
 
     def update_step(self, step: int, total: int | None = None, now: float | None = None) -> None:
         if total:
@@ -43,7 +43,6 @@ class RunProgress(Horizontal):
         if step != self.step or not self._marks:
             self._marks.append((time.monotonic() if now is None else now, int(step)))
         self.step = int(step)
-        self._show()
 
     def seconds_per_step(self) -> float | None:
         if len(self._marks) < 2:
@@ -68,9 +67,13 @@ class RunProgress(Horizontal):
             parts.append(f"ETA {format_duration(self.eta())}")
         return " · ".join(parts)
 
-    def _show(self) -> None:
-        if not self.is_mounted:
+    def sync(self) -> None:
+        """Show the recorded step, total and ETA."""
+        text = self.text()
+        shown = (self.step, self.total, text)
+        if shown == self._shown:
             return
-        bar = self.query_one(ProgressBar)
-        bar.update(total=self.total or None, progress=min(self.step, self.total or self.step))
-        self.query_one("#progress-text", Static).update(self.text())
+        self._shown = shown
+        self.query_one(ProgressBar).update(total=self.total or None,
+                                           progress=min(self.step, self.total or self.step))
+        self.query_one("#progress-text", Static).update(text, layout=False)

@@ -15,17 +15,20 @@ class Stat(Static):
         self.key = key
         self.label = label
         self.value: float | None = None
+        self._shown = ""
 
     def on_mount(self) -> None:
-        self._show()
+        self.sync()
 
     def set_value(self, value: object) -> None:
+        """Record ``value``; ``sync`` shows it."""
         self.value = finite(value)
-        if self.is_mounted:
-            self._show()
 
-    def _show(self) -> None:
-        self.update(f"{self.label}\n{format_value(self.value)}")
+    def sync(self) -> None:
+        text = f"{self.label}\n{format_value(self.value)}"
+        if text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)
 
 
 # (metric key, short label, bar character): distinct characters so the split
@@ -45,16 +48,16 @@ class StepTimeSplit(Static):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="stat step-split")
         self.times: dict[str, float | None] = {k: None for k, _, _ in PHASES}
+        self._shown = ""
 
     def on_mount(self) -> None:
-        self._show()
+        self.sync()
 
     def set_times(self, values: dict[str, object]) -> None:
+        """Record the step's phase times; ``sync`` shows them."""
         for key, _, _ in PHASES:
             if key in values:
                 self.times[key] = finite(values[key])
-        if self.is_mounted:
-            self._show()
 
     def fractions(self) -> dict[str, float]:
         known = {k: max(0.0, v) for k, v in self.times.items() if v is not None}
@@ -79,11 +82,17 @@ class StepTimeSplit(Static):
             used += n
         return ("".join(cells) + "·" * width)[:width]
 
-    def _show(self) -> None:
+    def text(self) -> str:
         legend = "".join(f"{char}{label}" for _, label, char in PHASES)
         times = "/".join(_short(self.times[key]) for key, _, _ in PHASES)
         width = max(8, (self.size.width or 30))
-        self.update(f"{legend} {times}s\n" + self.bar(width))
+        return f"{legend} {times}s\n" + self.bar(width)
+
+    def sync(self) -> None:
+        text = self.text()
+        if text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)
 
     def on_resize(self) -> None:
-        self._show()
+        self.sync()
