@@ -82,6 +82,8 @@ def sample(
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 1 or num_samples < 1 or temperature < 0:
+        raise ValueError("max_new_tokens and num_samples must be >= 1 and temperature >= 0")
     if seed is not None:
         mx.random.seed(seed)
     rows = [p for p in prompts for _ in range(num_samples)]
@@ -89,7 +91,10 @@ def sample(
     tokens, pads = left_pad(rows, pad_id)
     n = tokens.shape[0]
     cache = make_batch_cache(model, pads)
-    sampler = make_sampler(temp=temperature, top_p=top_p, top_k=top_k)
+    # The sampler gets log_softmax(logits / T) and must draw from exactly that distribution
+    # (top_p / top_k applied to it): so it runs at temperature 1. Giving it T again would
+    # sample from logits / T**2 while the kept log-probs say logits / T.
+    sampler = make_sampler(temp=1.0 if temperature > 0 else 0.0, top_p=top_p, top_k=top_k)
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
 

@@ -1,0 +1,158 @@
+"""Batched, KV-cached rollout on a tiny random llama."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models import llama
+
+from tui_trainer.engine.rollout import sample
+
+VOCAB = 64
+PROMPTS = [[5, 9, 17], [3, 8, 21, 40, 2, 7, 33, 12, 60], [11], [4, 4, 19, 50, 27, 6]]  # ragged lengths
+
+
+def tiny_model(seed: int = 0):
+    """A random 2-layer llama with its own lm_head (tied embeddings would make every token predict
+    itself); its next-token logits have std ~0.5, so sampling at T < 1 differs visibly from T**2."""
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs(
+        model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=VOCAB,
+        rope_traditional=True, tie_word_embeddings=False))
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(0)
+
+
+def log_softmax_at(model, seq: list[int], start: int, temperature: float) -> np.ndarray:
+    """log_softmax(logits / T) of a plain full-sequence forward (no cache, no padding), at the
+    tokens seq[start:], each predicted from the positions before it."""
+    logits = model(mx.array([seq]))[0].astype(mx.float32) / temperature
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    idx = mx.array(seq[start:])[:, None]
+    return np.array(mx.take_along_axis(logp[start - 1:-1], idx, axis=-1)[:, 0])
+
+
+def test_batched_greedy_equals_each_prompt_alone(model):
+    batched = sample(model, PROMPTS, num_samples=2, max_new_tokens=12, temperature=0.0, pad_id=0)
+    assert batched.prompt_index == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len(set(map(tuple, batched.responses))) > 1, "degenerate model: every prompt gives the same tokens"
+    for row, i in enumerate(batched.prompt_index):
+        alone = sample(model, [PROMPTS[i]], num_samples=1, max_new_tokens=12, temperature=0.0, pad_id=0)
+        assert batched.responses[row] == alone.responses[0], f"prompt {i}"
+        assert np.allclose(np.array(batched.logprobs[row]), np.array(alone.logprobs[0]), atol=1e-4)
+    # left padding: the prompt ends right before the response column in every row
+    toks = batched.tokens.tolist()
+    for row, i in enumerate(batched.prompt_index):
+        pad = int(batched.left_pad[row].item())
+        assert pad == batched.prompt_width - len(PROMPTS[i])
+        assert toks[row][pad:batched.prompt_width] == PROMPTS[i]
+
+
+def test_greedy_with_eos_stops_each_row_and_matches_alone(model):
+    free = sample(model, PROMPTS, max_new_tokens=10, temperature=0.0)
+    # an EOS that one row emits early while the others do not
+    eos = next(t for t in free.responses[1][2:6] if t not in sum((r for j, r in enumerate(free.responses) if j != 1), []))
+    r = sample(model, PROMPTS, max_new_tokens=10, temperature=0.0, eos_ids={eos}, pad_id=0)
+    stop = free.responses[1].index(eos) + 1
+    assert r.lengths[1] == stop and r.finished[1] and r.responses[1][-1] == eos
+    for row in (0, 2, 3):
+        assert r.lengths[row] == 10 and not r.finished[row]
+        assert r.responses[row] == free.responses[row]
+    mask = np.array(r.response_mask)
+    tail = np.array(r.tokens[1, r.prompt_width + stop:])
+    assert (tail == 0).all() and (mask[1, stop:] == 0).all() and (mask[1, :stop] == 1).all()
+    assert float(np.abs(np.array(r.logprobs[1, stop:])).max(initial=0.0)) == 0.0
+    for i, p in enumerate(PROMPTS):
+        alone = sample(model, [p], max_new_tokens=10, temperature=0.0, eos_ids={eos}, pad_id=0)
+        assert alone.responses[0] == r.responses[i]
+
+
+def test_pad_equal_to_eos_keeps_eos_in_the_mask(model):
+    """SmolLM2's GGUF says pad = EOS: the mask comes from lengths, so the EOS token stays a response token."""
+    free = sample(model, PROMPTS, max_new_tokens=8, temperature=0.0)
+    eos = free.responses[0][3]
+    r = sample(model, PROMPTS, max_new_tokens=8, temperature=0.0, eos_ids={eos}, pad_id=eos)
+    mask = np.array(r.response_mask)
+    assert r.finished[0] and r.responses[0][-1] == eos
+    for row, n in enumerate(r.lengths):
+        assert mask[row, :n].sum() == n and mask[row, n:].sum() == 0
+        assert r.responses[row] == free.responses[row][:n]
+    stop = r.lengths[0]
+    assert mask[0, stop - 1] == 1 and int(r.tokens[0, r.prompt_width + stop - 1].item()) == eos
+    assert float(np.array(r.logprobs[0, stop - 1])) < 0  # the EOS carries its log-prob
+    assert r.num_tokens == sum(r.lengths)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_a_full_forward_at_the_same_temperature(model, temperature):
+    r = sample(model, PROMPTS, num_samples=3, max_new_tokens=9, temperature=temperature, seed=1, eos_ids={7})
+    logprobs, mask = np.array(r.logprobs), np.array(r.response_mask)
+    for row, i in enumerate(r.prompt_index):
+        n = r.lengths[row]
+        seq = PROMPTS[i] + r.responses[row]
+        ref = log_softmax_at(model, seq, len(PROMPTS[i]), temperature)
+        assert np.allclose(logprobs[row, :n], ref, atol=1e-4), (row, logprobs[row, :n], ref)
+        assert (logprobs[row, n:] == 0).all() and (mask[row, n:] == 0).all()
+
+
+def test_sampling_draws_from_the_tempered_softmax():
+    """The first sampled token follows softmax(logits / T): the log-probs it keeps are its distribution."""
+    model = tiny_model(1)
+    prompt, temperature, n = [5, 9, 17], 0.5, 4096
+    logits = model(mx.array([prompt]))[0, -1].astype(mx.float32)
+    p = np.array(mx.softmax(logits / temperature))
+    r = sample(model, [prompt], num_samples=n, max_new_tokens=1, temperature=temperature, seed=3)
+    counts = np.bincount(np.array(r.tokens[:, -1]), minlength=VOCAB) / n
+    tv = 0.5 * np.abs(counts - p).sum()
+    assert tv < 0.04, tv  # sampling noise at n=4096 stays near 0.01; logits / T**2 would give > 0.1
+    p_sq = np.array(mx.softmax(logits / temperature**2))
+    assert 0.5 * np.abs(p_sq - p).sum() > 0.1  # the two distributions are far apart for this model
+    assert np.allclose(np.array(r.logprobs[:, 0]), np.log(p[np.array(r.tokens[:, -1])]), atol=1e-4)
+
+
+def test_top_k_and_top_p_restrict_the_draw():
+    model = tiny_model(1)
+    prompt = [5, 9, 17]
+    logits = np.array(model(mx.array([prompt]))[0, -1].astype(mx.float32))
+    order = np.argsort(-logits)
+    r = sample(model, [prompt], num_samples=512, max_new_tokens=1, temperature=1.0, top_k=3, seed=0)
+    drawn = set(np.array(r.tokens[:, -1]).tolist())
+    assert drawn <= set(order[:3].tolist()) and len(drawn) > 1
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    nucleus = order[: int(np.searchsorted(np.cumsum(p[order]), 0.8)) + 1]
+    r = sample(model, [prompt], num_samples=512, max_new_tokens=1, temperature=1.0, top_p=0.8, seed=0)
+    assert set(np.array(r.tokens[:, -1]).tolist()) <= set(nucleus.tolist())
+
+
+def test_max_new_tokens_is_respected(model):
+    r = sample(model, PROMPTS, num_samples=2, max_new_tokens=5, temperature=1.0, seed=0)
+    assert r.response_mask.shape == (8, 5) and r.logprobs.shape == (8, 5)
+    assert r.tokens.shape[1] == r.prompt_width + 5
+    assert r.lengths == [5] * 8 and r.finished == [False] * 8
+    one = sample(model, PROMPTS, max_new_tokens=1, temperature=0.0)
+    assert one.lengths == [1] * 4 and one.response_mask.shape == (4, 1)
+
+
+def test_all_rows_stopping_early_trims_the_padding_columns(model):
+    free = sample(model, PROMPTS, max_new_tokens=4, temperature=0.0)
+    eos = set(free.responses[i][1] for i in range(len(PROMPTS)))  # every row stops by its second token
+    r = sample(model, PROMPTS, max_new_tokens=40, temperature=0.0, eos_ids=eos)
+    assert all(r.finished) and max(r.lengths) <= 2
+    assert r.response_mask.shape[1] == max(r.lengths)
+
+
+def test_bad_arguments():
+    model = tiny_model(0)
+    with pytest.raises(ValueError):
+        sample(model, [[1, 2], []])
+    with pytest.raises(ValueError):
+        sample(model, [[1, 2]], max_new_tokens=0)
