@@ -75,7 +75,7 @@ def run_headless(config, resume: bool = False) -> int:
         elif isinstance(event, ev.RunState) and event.status == "running":
             progress.update(task, completed=event.step)
 
-    prompter = ConsolePrompter(console=progress.console, pause=progress.stop, unpause=progress.start)
+    prompter = _PausingPrompter(ConsolePrompter(console=progress.console), progress)
     trainer = Trainer(config, observer=observe, prompter=prompter, resume=resume)
 
     def on_hangup(signum, frame):  # a dropped SSH session: checkpoint and stop
@@ -93,3 +93,23 @@ def run_headless(config, resume: bool = False) -> int:
             return 130
     console.print(f"{state.status} at step {state.step}; run directory {config.run_dir}")
     return 0 if state.status in ("finished", "stopped") else 1
+
+
+class _PausingPrompter:
+    """The console prompter with the live progress bar stopped while a person answers."""
+
+    def __init__(self, inner, progress):
+        self.inner, self.progress = inner, progress
+
+    def _ask(self, fn, *args, **kwargs):
+        self.progress.stop()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.progress.start()
+
+    def compare(self, prompt, a, b, *, judge, step):
+        return self._ask(self.inner.compare, prompt, a, b, judge=judge, step=step)
+
+    def rate(self, prompt, completion, *, judge, step, scale=(0, 9)):
+        return self._ask(self.inner.rate, prompt, completion, judge=judge, step=step, scale=scale)

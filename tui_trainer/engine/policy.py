@@ -92,6 +92,7 @@ class Policy(nn.Module):
         if hasattr(model, "args") and getattr(model.args, "hidden_size", None):
             dims = model.args.hidden_size
         self.value_head = ValueHead(dims)
+        self.prefix_layers = frozen_prefix_layers(model, self.adapter_layers, adapter.type)
         model.eval()  # no dropout in PPO
         lora = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout}
         if adapter.keys:
@@ -132,17 +133,61 @@ def adapter_off(policy: Policy):
         model.update_modules(tree_unflatten(adapted))
 
 
-def forward(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width: int):
-    """Hidden states and logits for the response positions of a left-padded batch.
+def frozen_prefix_layers(model: nn.Module, adapter_layers: int, adapter_type: str) -> int:
+    """How many leading blocks carry no adapter, when the model allows running them apart.
 
-    Position t of the result predicts response token t (it reads the state at column
-    prompt_width - 1 + t), so logits[:, t] scores tokens[:, prompt_width + t].
+    With LoRA on the last k of n blocks, blocks 0..n-k-1 are frozen and identical for the
+    policy and its reference: their output is computed once per step and reused by the
+    reference pass, the value pass and every PPO minibatch (and no gradient goes through
+    them). Only for mlx-lm's llama family, whose blocks take (h, mask, cache).
     """
-    backbone, head = hidden_and_head(model)
-    cache = [Positions(left_pad) for _ in backbone.layers]
-    hidden = backbone(tokens[:, :-1], cache=cache)[:, prompt_width - 1:]
-    logits = head(hidden).astype(mx.float32)
-    return hidden, logits
+    from mlx_lm.models.llama import LlamaModel
+
+    backbone, _ = hidden_and_head(model)
+    if adapter_type == "full" or not isinstance(backbone, LlamaModel):
+        return 0
+    if getattr(backbone, "swa_idx", None) is not None:
+        return 0
+    return max(0, len(backbone.layers) - adapter_layers)
+
+
+def prefix_hidden(model: nn.Module, tokens: mx.array, left_pad: mx.array, n_layers: int) -> mx.array:
+    """Output of the first ``n_layers`` blocks for ``tokens[:, :-1]`` (no gradient)."""
+    backbone, _ = hidden_and_head(model)
+    pos = Positions(left_pad)
+    h = backbone.embed_tokens(tokens[:, :-1])
+    mask = pos.make_mask(h.shape[1])
+    for layer in backbone.layers[:n_layers]:
+        h = layer(h, mask, cache=pos)
+    return mx.stop_gradient(h)
+
+
+def hidden_states(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width: int,
+                  prefix: tuple[int, mx.array] | None = None) -> mx.array:
+    """Last hidden states at the response positions of a left-padded batch.
+
+    Position t reads the state at column prompt_width - 1 + t, the one that predicts
+    response token t. ``prefix = (k, h)`` starts from the output ``h`` of the first k
+    blocks (see prefix_hidden).
+    """
+    backbone, _ = hidden_and_head(model)
+    if prefix is None or prefix[0] == 0:
+        cache = [Positions(left_pad) for _ in backbone.layers]
+        return backbone(tokens[:, :-1], cache=cache)[:, prompt_width - 1:]
+    k, h = prefix
+    pos = Positions(left_pad)
+    mask = pos.make_mask(h.shape[1])
+    for layer in backbone.layers[k:]:
+        h = layer(h, mask, cache=pos)
+    return backbone.norm(h)[:, prompt_width - 1:]
+
+
+def forward(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width: int,
+            prefix: tuple[int, mx.array] | None = None):
+    """(hidden, logits) at the response positions: logits[:, t] scores tokens[:, prompt_width + t]."""
+    hidden = hidden_states(model, tokens, left_pad, prompt_width, prefix)
+    _, head = hidden_and_head(model)
+    return hidden, head(hidden).astype(mx.float32)
 
 
 def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> tuple[mx.array, mx.array]:
@@ -153,12 +198,13 @@ def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> t
 
 
 def evaluate(policy: Policy, tokens: mx.array, left_pad: mx.array, prompt_width: int, temperature: float,
-             with_values: bool = True, with_entropy: bool = False, entropy_grad: bool = False):
+             with_values: bool = True, with_entropy: bool = False, entropy_grad: bool = False,
+             prefix: tuple[int, mx.array] | None = None):
     """Log-probs of the response tokens (+ values, + entropy) under the current policy.
 
     The entropy is a reported statistic unless ``entropy_grad`` (an entropy bonus in the loss).
     """
-    hidden, logits = forward(policy.model, tokens, left_pad, prompt_width)
+    hidden, logits = forward(policy.model, tokens, left_pad, prompt_width, prefix)
     targets = tokens[:, prompt_width:]
     logp, scaled = token_logprobs(logits, targets, temperature)
     values = policy.value_head(hidden.astype(mx.float32)) if with_values else None
@@ -168,11 +214,12 @@ def evaluate(policy: Policy, tokens: mx.array, left_pad: mx.array, prompt_width:
     return logp, values, entropy
 
 
-def reference_logprobs(policy: Policy, tokens, left_pad, prompt_width, temperature, reference=None):
+def reference_logprobs(policy: Policy, tokens, left_pad, prompt_width, temperature, reference=None,
+                       prefix: tuple[int, mx.array] | None = None):
     """Reference log-probs: a separate reference model if given, else the policy with its adapter off."""
     if reference is not None:
         _, logits = forward(reference, tokens, left_pad, prompt_width)
         return token_logprobs(logits, tokens[:, prompt_width:], temperature)[0]
     with adapter_off(policy) as base:
-        _, logits = forward(base, tokens, left_pad, prompt_width)
+        _, logits = forward(base, tokens, left_pad, prompt_width, prefix)
         return token_logprobs(logits, tokens[:, prompt_width:], temperature)[0]

@@ -39,7 +39,7 @@ from tui_trainer.engine import ppo
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tui_trainer.engine.errors import TrainerError
 from tui_trainer.engine.models import load_policy
-from tui_trainer.engine.policy import Policy, evaluate, reference_logprobs
+from tui_trainer.engine.policy import Policy, evaluate, hidden_states, prefix_hidden, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
 
 
@@ -175,7 +175,7 @@ class Trainer:
                                       failure=cfg.judge_failure, retries=cfg.judge_retries,
                                       timeout=cfg.judge_timeout, log=lambda m: self.log(m, "warning"))
         if cfg.mode == "pairwise" and not self.judges.can_compare:
-            raise TrainerError("mode 'pairwise' needs a judge that can compare two completions")
+            self.log("pairwise mode with pointwise judges: the higher-scored completion of each pair wins")
 
         rows = cfg.batch_size * cfg.num_samples
         n_mb = math.ceil(rows / cfg.minibatch_size)
@@ -339,9 +339,14 @@ class Trainer:
             return list(res.scores), dict(res.per_judge)
         scores: list[float | None] = []
         choices = []
-        for i in range(0, len(texts), 2):
-            verdict = self.judges.compare(texts[i], completions[i], completions[i + 1], step=step)
-            choices.append(verdict.choice)
+        if self.judges.can_compare:
+            for i in range(0, len(texts), 2):
+                verdict = self.judges.compare(texts[i], completions[i], completions[i + 1], step=step)
+                choices.append(verdict.choice)
+        else:  # pointwise judges decide each pair by score; a dropped score skips the pair
+            res = self.judges.score(texts, completions, step=step)
+            for a, b in zip(res.scores[0::2], res.scores[1::2]):
+                choices.append("skip" if a is None or b is None else "a" if a > b else "b" if b > a else "tie")
         for pair in ppo.verdict_rewards(choices):
             scores.extend(pair if pair is not None else (None, None))
         return scores, {"verdict": scores}
@@ -374,12 +379,27 @@ class Trainer:
         ref_parts, val_parts = [], []
         critic = cfg.mode in ("ppo", "pairwise") and cfg.pairwise_objective != "studio"
         R = mask.shape[1]
+        k = self.policy.prefix_layers
+        prefix_h = None
+        if k:  # the frozen leading blocks, once for the whole batch
+            prefix_h = mx.concatenate([prefix_hidden(self.policy.model, roll.tokens[mx.array(idx)],
+                                                     roll.left_pad[mx.array(idx)], k) for idx in chunks])
+            mx.eval(prefix_h)
+
+        def prefix_of(idx: list[int]):
+            if prefix_h is None:
+                return None
+            cut = int(roll.left_pad[mx.array(idx)].min().item())
+            return k, prefix_h[mx.array(idx), cut:roll.prompt_width + max(1, max(roll.lengths[i] for i in idx)) - 1]
+
         for idx in chunks:
             tok, lp, p_w, r_w = trim_rows(roll, idx)
             pad = [(0, 0), (0, R - r_w)]
-            ref_parts.append(mx.pad(reference_logprobs(self.policy, tok, lp, p_w, T, self.reference), pad))
+            pre = prefix_of(idx)
+            ref = reference_logprobs(self.policy, tok, lp, p_w, T, self.reference, None if self.reference else pre)
+            ref_parts.append(mx.pad(ref, pad))
             if critic:
-                hidden, _ = _hidden_only(self.policy.model, tok, lp, p_w)
+                hidden = hidden_states(self.policy.model, tok, lp, p_w, pre)
                 val_parts.append(mx.pad(self.policy.value_head(hidden.astype(mx.float32)), pad))
             mx.eval(ref_parts[-1], *val_parts[-1:])
         logp_ref = mx.concatenate(ref_parts) * roll.response_mask
@@ -437,6 +457,7 @@ class Trainer:
                     "values_old": values_old[ids, :r_w] if critic else None,
                     "returns": returns[ids, :r_w] if critic else None,
                     "scores": scores[ids],
+                    "prefix": prefix_of(mb),
                 }
                 (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
@@ -472,7 +493,8 @@ class Trainer:
         critic = b["values_old"] is not None
         bonus = cfg.entropy_coef > 0
         logp, values, entropy = evaluate(policy, b["tokens"], b["left_pad"], prompt_width, cfg.temperature,
-                                         with_values=critic, with_entropy=bonus, entropy_grad=bonus)
+                                         with_values=critic, with_entropy=bonus, entropy_grad=bonus,
+                                         prefix=b["prefix"])
         aux = {}
         if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
             lengths = mx.maximum(mask.sum(axis=1), 1.0)
@@ -527,15 +549,6 @@ def trim_rows(roll: Rollout, idx: list[int]) -> tuple[mx.array, mx.array, int, i
     r_w = max(1, max(roll.lengths[i] for i in idx))
     tokens = roll.tokens[ids, cut:roll.prompt_width + r_w]
     return tokens, lp - cut, roll.prompt_width - cut, r_w
-
-
-def _hidden_only(model, tokens, left_pad, prompt_width):
-    from tui_trainer.engine.models import hidden_and_head
-    from tui_trainer.engine.policy import Positions
-
-    backbone, _ = hidden_and_head(model)
-    cache = [Positions(left_pad) for _ in backbone.layers]
-    return backbone(tokens[:, :-1], cache=cache)[:, prompt_width - 1:], None
 
 
 def _std(vals: list[float]) -> float:
