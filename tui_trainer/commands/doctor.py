@@ -1,12 +1,142 @@
-"""`tui-trainer doctor` (filled in by its issue)."""
+"""`tui-trainer doctor`: platform, Python, MLX and its device, BLAS in use, default model, llama.cpp, plugins.
+
+Exit status 0 when the essentials (MLX, the default model, llama-cpp-python) are
+there; 1 when one is missing. A slow BLAS is reported with its fix, not an error.
+"""
+
+from __future__ import annotations
 
 import argparse
+import platform
+import sys
+from importlib import metadata
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _line(label: str, value: str) -> None:
+    print(f"{label + ':':<15}{value}")
+
+
+def _mlx() -> tuple[bool, str]:
+    try:
+        import mlx.core as mx
+    except Exception as exc:  # a broken or missing wheel: say which
+        return False, f"cannot import mlx ({type(exc).__name__}: {exc}); install mlx[cpu] (Linux) or mlx (macOS)"
+    backends = []
+    for name in ("metal", "cuda"):
+        mod = getattr(mx, name, None)
+        try:
+            if mod is not None and mod.is_available():
+                backends.append(name)
+        except Exception:
+            pass
+    lm = _version("mlx-lm")
+    extra = f", GPU backends: {', '.join(backends)}" if backends else ", no GPU backend (CPU)"
+    return True, f"{mx.__version__}, default device {mx.default_device()}{extra}; mlx-lm {lm or 'missing'}"
+
+
+def _blas() -> tuple[str, str | None]:
+    from tui_trainer.engine.blas import blas_in_use, find_openblas, is_fast, wants_cpu_blas
+
+    desc = blas_in_use()
+    if is_fast(desc):
+        return desc, None
+    choice = find_openblas()
+    if choice.library is None and choice.reason.startswith("disabled"):
+        fix = "unset TUI_TRAINER_BLAS (it is set to off) so that tui-trainer preloads an optimized BLAS"
+    elif choice.library:
+        fix = (f"{choice.library} was found but is not in use: start through `tui-trainer` (it re-executes "
+               f"itself with LD_PRELOAD), or unset TUI_TRAINER_BLAS_REEXEC")
+    elif wants_cpu_blas():
+        fix = choice.reason
+    else:
+        fix = None
+    return desc, fix
+
+
+def _model() -> tuple[bool, str]:
+    from tui_trainer.engine.errors import TrainerError
+    from tui_trainer.engine.models import default_model_path
+
+    try:
+        path = default_model_path()
+    except TrainerError as exc:
+        return False, str(exc)
+    size = path.stat().st_size / 2**20
+    try:
+        from collections import Counter
+
+        from tui_trainer.engine.gguf import tensor_types
+
+        names = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+        counts = Counter(names.get(t, f"type{t}") for t in tensor_types(path).values())
+        kinds = ", ".join(f"{k} x{n}" for k, n in counts.most_common())
+    except TrainerError as exc:
+        return False, f"{path} ({size:.0f} MiB): {exc}"
+    return True, f"{path} ({size:.0f} MiB; tensors {kinds})"
+
+
+def _llama_cpp() -> tuple[bool, str]:
+    version = _version("llama_cpp_python") or _version("llama-cpp-python")
+    if version is None:
+        return False, "llama-cpp-python is not installed (pip install llama-cpp-python): the llama judge needs it"
+    try:
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+        # "CPU : SSE3 = 1 | AVX = 1 | ..." (one "<backend> :" prefix per backend)
+        features = [part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1")]
+        detail = f"; ggml CPU features: {' '.join(features)}" if features else ""
+    except Exception as exc:  # the shared library failed to load
+        return False, f"llama-cpp-python {version} is installed but does not load ({type(exc).__name__}: {exc})"
+    return True, f"llama-cpp-python {version}{detail}"
+
+
+def _plugins() -> list[str]:
+    try:
+        from tui_trainer.plugins.manager import get_plugin_manager
+    except ImportError:
+        return ["(plugin manager not installed)"]
+    try:
+        reg = get_plugin_manager()
+    except Exception as exc:
+        return [f"cannot load plugins ({type(exc).__name__}: {exc})"]
+    rows = []
+    for rec in reg.plugins:
+        status = "ok" if rec.status == "ok" else f"{rec.status}: {rec.error}" if rec.error else rec.status
+        rows.append(f"{rec.name} {rec.version or '-'} [{', '.join(rec.judges) or 'no judges'}] {status}")
+    return rows or ["(none)"]
+
+
 def run(args: argparse.Namespace) -> int:
-    print("not yet available")
-    return 1
+    ok = True
+    _line("tui-trainer", _version("tui-trainer") or "(not installed as a distribution)")
+    _line("platform", f"{platform.platform()} ({platform.machine()})")
+    _line("python", f"{platform.python_version()} at {sys.executable}")
+    mlx_ok, mlx_desc = _mlx()
+    ok &= mlx_ok
+    _line("mlx", mlx_desc)
+    if mlx_ok:
+        desc, fix = _blas()
+        _line("BLAS", desc)
+        if fix:
+            _line("BLAS fix", fix)
+    model_ok, model_desc = _model()
+    ok &= model_ok
+    _line("default model", model_desc)
+    llama_ok, llama_desc = _llama_cpp()
+    ok &= llama_ok
+    _line("llama.cpp", llama_desc)
+    for i, row in enumerate(_plugins()):
+        _line("judge plugins" if i == 0 else "", row)
+    return 0 if ok else 1
