@@ -1,12 +1,41 @@
-"""`tui-trainer plugins` (filled in by its issue)."""
+"""`tui-trainer plugins`: the judge plugins found, their judges and status."""
+
+from __future__ import annotations
 
 import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also list each judge's kind, description and options")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("not yet available")
-    return 1
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from tui_trainer.plugins.manager import get_plugin_manager
+
+    reg = get_plugin_manager()
+    console = Console(highlight=False)
+    table = Table(title="judge plugins (entry point group tui_trainer.judges)", title_justify="left")
+    for column in ("plugin", "version", "judges", "status"):
+        table.add_column(column, overflow="fold")
+    for rec in reg.plugins:
+        if rec.status == "ok":
+            status = Text("ok", style="green")
+        elif rec.status == "disabled":
+            status = Text("disabled", style="yellow")
+        else:
+            status = Text(f"broken: {rec.error}", style="red")
+        table.add_row(rec.name, rec.version or "-", ", ".join(rec.judges) or "-", status)
+    console.print(table)
+    if args.verbose:
+        for name, info in sorted(reg.judges.items()):
+            console.print(Text(f"\n{name}", style="bold"), Text(f"({info.kind}, plugin {info.plugin})"))
+            console.print(Text(f"  {info.description}"))
+            for opt in info.options:
+                default = "" if opt.default is None else f" = {opt.default!r}"
+                console.print(Text(f"  --option {opt.name}=<{opt.type.__name__}>{default}  {opt.help}"))
+    return 0

@@ -5,13 +5,18 @@ Two shapes:
 * pointwise: ``score(prompts, completions) -> list[float]`` (one score each)
 * pairwise:  ``compare(prompt, a, b) -> Verdict`` (a / b / tie / skip)
 
-A judge may implement both. ``Judge.kind`` says which it prefers.
+A judge may implement both; the ``kind`` given when it is registered says which
+(``pointwise``, ``pairwise`` or ``both``). A pointwise judge may return ``None``
+for a sample it skips (a person pressing "skip"): that is an answer, not an error.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+from tui_trainer.engine.errors import TrainerError
 
 Choice = Literal["a", "b", "tie", "skip"]
 
@@ -30,6 +35,40 @@ class Verdict:
 
 class JudgeError(Exception):
     """A judge failed (bad output, exception, timeout); the message is one line."""
+
+
+class JudgeTimeout(JudgeError):
+    """A judge call ran past its time limit."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message, prefixed by its type unless it is ours."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (JudgeError, TrainerError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class JudgeFailure(TrainerError):
+    """The judges failed in a way that must stop the run (``judge_failure: stop``,
+    or too many failed calls in a row); the message is one line for the user."""
+
+
+@dataclass
+class JudgeContext:
+    """What a judge factory gets besides its options.
+
+    ``step`` is kept current by the judge set before each call, so a judge that
+    records labels knows which training step asked.
+    """
+
+    name: str
+    run_dir: Path | None = None
+    prompter: "Prompter | None" = None
+    log: Callable[[str], None] = field(default=lambda message: None)
+    seed: int = 0
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

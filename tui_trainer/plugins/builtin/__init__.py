@@ -1,0 +1,44 @@
+"""The built-in judges, registered through the same hook as any plugin
+(entry point ``builtin = "tui_trainer.plugins.builtin"``).
+
+Each judge's module is imported only when the judge is built, so listing the
+plugins never loads llama.cpp or MLX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tui_trainer.plugins.builtin.human import OPTIONS as HUMAN_OPTIONS
+from tui_trainer.plugins.builtin.llama_options import OPTIONS as LLAMA_OPTIONS
+from tui_trainer.plugins.builtin.rules import OPTIONS as RULES_OPTIONS
+from tui_trainer.plugins.hookspecs import hookimpl
+from tui_trainer.plugins.judge import JudgeContext
+
+
+def _rules(options: dict[str, Any], context: JudgeContext):
+    from tui_trainer.plugins.builtin.rules import RulesJudge
+
+    return RulesJudge(options, context)
+
+
+def _human(options: dict[str, Any], context: JudgeContext):
+    from tui_trainer.plugins.builtin.human import HumanJudge
+
+    return HumanJudge(options, context)
+
+
+def _llama(options: dict[str, Any], context: JudgeContext):
+    from tui_trainer.plugins.builtin.llama import LlamaJudge
+
+    return LlamaJudge(options, context)
+
+
+@hookimpl
+def register_judges(register) -> None:
+    register("rules", _rules, kind="pointwise", options=RULES_OPTIONS,
+             description="length target, keywords/regex present or absent, valid JSON, a Python callable")
+    register("human", _human, kind="both", options=HUMAN_OPTIONS,
+             description="a person answers: 1/2 (a/b), t tie, s skip, or a 0-9 rating; labels.jsonl")
+    register("llama", _llama, kind="both", options=LLAMA_OPTIONS,
+             description="a local LLM via llama.cpp: rating / A-B read from the next-token distribution")

@@ -1,0 +1,257 @@
+"""The judges of one run, called with failure handling.
+
+``JudgeSet.score`` asks every judge for its scores and returns their weighted
+sum (each judge's own scores are reported too, for ``score/<judge>`` metrics).
+``JudgeSet.compare`` asks the first judge that can compare two completions.
+
+A judge call fails when it raises, runs past ``timeout`` seconds (calls run in
+a worker thread, except for interactive judges such as ``human``), returns the
+wrong number of scores or something that is not a number / Verdict. Each failure
+is logged as one line through ``log``; then, per ``failure``:
+
+* ``retry``: call again, up to ``retries`` more times, then drop;
+* ``drop``: the affected samples score ``None`` (a pairwise call gives ``skip``);
+* ``stop``: raise :class:`JudgeFailure`.
+
+A NaN or infinite score fails only its own sample: retried (``retry``), else
+that sample alone is dropped. After ``max_consecutive_failures`` failed calls
+of the same judge in a row the run stops with :class:`JudgeFailure`.
+
+A pairwise-only judge in a pointwise run compares against a baseline: for each
+prompt the first completion in the batch is the baseline (it scores 0.5) and
+every other completion of that prompt scores P(it beats the baseline): 1 for a
+win, 0 for a loss, 0.5 for a tie, the verdict's confidence when it has one;
+a prompt with a single completion scores 0.5 (nothing to compare with).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tui_trainer.engine.errors import ConfigError
+from tui_trainer.plugins.judge import JudgeContext, JudgeFailure, JudgeTimeout, Verdict, one_line
+
+FAILURE_MODES = ("drop", "retry", "stop")
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass
+class Member:
+    """One judge in the set: ``key`` is its unique name in this run (metric names)."""
+
+    key: str
+    info: Any  # manager.JudgeInfo
+    judge: Any
+    weight: float
+    context: JudgeContext
+    interactive: bool = False
+    failures: int = 0  # failed calls in a row
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class ScoreResult:
+    scores: list[float | None]  # weighted sum; None = dropped (failure or skip)
+    per_judge: dict[str, list[float | None]]
+
+
+class JudgeSet:
+    def __init__(self, members: list[Member], *, failure: str = "drop", retries: int = 2,
+                 timeout: float | None = 120.0, log: Callable[[str], None] | None = None,
+                 max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        if failure not in FAILURE_MODES:
+            raise ConfigError(f"judge_failure must be one of {', '.join(FAILURE_MODES)}, got {failure!r}")
+        if retries < 0:
+            raise ConfigError(f"judge_retries must be >= 0, got {retries}")
+        if timeout is not None and timeout < 0:
+            raise ConfigError(f"judge_timeout must be >= 0 seconds, got {timeout}")
+        if not members:
+            raise ConfigError("no judges configured")
+        self.members = members
+        self.failure = failure
+        self.retries = retries
+        self.timeout = timeout or None
+        self.log = log or (lambda message: None)
+        self.max_consecutive_failures = max(1, max_consecutive_failures)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.key for m in self.members]
+
+    @property
+    def can_compare(self) -> bool:
+        return any(m.info.pairwise for m in self.members)
+
+    # -- pointwise -------------------------------------------------------------------
+
+    def score(self, prompts: list[str], completions: list[str], step: int = 0) -> ScoreResult:
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} completions")
+        per_judge: dict[str, list[float | None]] = {}
+        for m in self.members:
+            m.context.step = step
+            if m.info.pointwise:
+                values = self._call(
+                    m, step, lambda m=m: m.judge.score(list(prompts), list(completions)),
+                    lambda raw: _check_scores(raw, n), fallback=None)
+                per_judge[m.key] = values if values is not None else [None] * n
+            else:
+                per_judge[m.key] = self._against_baseline(m, prompts, completions, step)
+        scores: list[float | None] = []
+        for i in range(n):
+            parts = [(m.weight, per_judge[m.key][i]) for m in self.members]
+            if any(v is None for _, v in parts):
+                scores.append(None)
+            else:
+                scores.append(float(sum(w * v for w, v in parts)))
+        return ScoreResult(scores, per_judge)
+
+    def _against_baseline(self, m: Member, prompts: list[str], completions: list[str],
+                          step: int) -> list[float | None]:
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p, []).append(i)
+        out: list[float | None] = [None] * len(completions)
+        for prompt, idx in groups.items():
+            base = idx[0]
+            out[base] = 0.5
+            for i in idx[1:]:
+                v = self._call(m, step, lambda i=i, prompt=prompt: m.judge.compare(prompt, completions[i],
+                                                                                   completions[base]),
+                               _check_verdict, fallback=Verdict("skip"))
+                out[i] = verdict_score(v)
+        return out
+
+    # -- pairwise --------------------------------------------------------------------
+
+    def compare(self, prompt: str, a: str, b: str, step: int = 0) -> Verdict:
+        m = next((m for m in self.members if m.info.pairwise), None)
+        if m is None:
+            raise ConfigError("none of the configured judges can compare two completions "
+                              f"({', '.join(self.names)}); use llama, human or another pairwise judge")
+        m.context.step = step
+        return self._call(m, step, lambda: m.judge.compare(prompt, a, b), _check_verdict,
+                          fallback=Verdict("skip"))
+
+    def close(self) -> None:
+        self.close_members(self.members, self.log)
+
+    @staticmethod
+    def close_members(members: list[Member], log: Callable[[str], None] | None = None) -> None:
+        for m in members:
+            close = getattr(m.judge, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001  closing must not hide the run's result
+                    if log is not None:
+                        log(f"judge {m.key}: close failed: {one_line(exc)}")
+
+    # -- the failure policy ----------------------------------------------------------
+
+    def _call(self, m: Member, step: int, fn: Callable[[], Any],
+              check: Callable[[Any], tuple[Any, str | None]], fallback: Any) -> Any:
+        attempts = 1 + (self.retries if self.failure == "retry" else 0)
+        partial = None
+        problem = ""
+        for attempt in range(1, attempts + 1):
+            partial = None
+            try:
+                value, problem = check(self._invoke(m, fn))
+            except JudgeFailure:
+                raise
+            except Exception as exc:  # noqa: BLE001  any plugin error is a judge failure
+                value, problem = None, one_line(exc)
+            if problem is None:
+                m.failures = 0
+                return value
+            partial = value
+            if self.failure == "stop":
+                self.log(f"judge {m.key} at step {step}: {problem}; stopping (judge_failure: stop)")
+                raise JudgeFailure(f"judge {m.key} failed at step {step}: {problem}")
+            if attempt < attempts:
+                self.log(f"judge {m.key} at step {step}: {problem}; retrying ({attempt}/{attempts - 1})")
+            else:
+                what = "the affected samples" if partial is not None else "this call's samples"
+                self.log(f"judge {m.key} at step {step}: {problem}; dropping {what}")
+        if partial is not None:
+            return partial
+        m.failures += 1
+        if m.failures >= self.max_consecutive_failures:
+            raise JudgeFailure(f"judge {m.key} failed {m.failures} calls in a row (last: {problem}); "
+                               "stopping the run")
+        return fallback
+
+    def _invoke(self, m: Member, fn: Callable[[], Any]) -> Any:
+        if m.interactive or self.timeout is None:
+            with m.lock:
+                return fn()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            # The lock keeps a call that timed out (still running) and its retry
+            # from using the judge at the same time.
+            with m.lock:
+                try:
+                    box["value"] = fn()
+                except BaseException as exc:  # noqa: BLE001  handed to the caller's thread
+                    box["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"judge-{m.key}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            raise JudgeTimeout(f"timed out after {self.timeout:g}s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+def verdict_score(v: Verdict) -> float | None:
+    """A verdict of ``compare(x, baseline)`` as the probability that x is better."""
+    if v.choice == "skip":
+        return None
+    if v.choice == "tie":
+        return 0.5
+    p = 1.0 if v.confidence is None else min(1.0, max(0.0, float(v.confidence)))
+    return p if v.choice == "a" else 1.0 - p
+
+
+def _check_scores(raw: Any, n: int) -> tuple[list[float | None] | None, str | None]:
+    if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
+        return None, f"returned {type(raw).__name__} instead of a list of {n} scores"
+    values = list(raw)
+    if len(values) != n:
+        return None, f"returned {len(values)} scores for {n} samples"
+    out: list[float | None] = []
+    bad = 0
+    for v in values:
+        if v is None:  # a skip: an answer, not an error
+            out.append(None)
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return None, f"returned a score that is not a number: {v!r:.40}"
+        if math.isfinite(f):
+            out.append(f)
+        else:
+            bad += 1
+            out.append(None)
+    if bad:
+        return (out if bad < n else None), f"returned {bad} non-finite score(s) (NaN or inf) of {n}"
+    return out, None
+
+
+def _check_verdict(raw: Any) -> tuple[Verdict | None, str | None]:
+    if isinstance(raw, Verdict):
+        if raw.confidence is not None and not (0.0 <= float(raw.confidence) <= 1.0):
+            return None, f"returned a confidence outside [0, 1]: {raw.confidence!r}"
+        return raw, None
+    if isinstance(raw, str) and raw in ("a", "b", "tie", "skip"):
+        return Verdict(raw), None
+    return None, f"returned {type(raw).__name__} instead of a Verdict"
