@@ -120,3 +120,52 @@ def test_judges_can_be_added_and_removed_by_keyboard():
             await pilot.pause()
             assert "add at least one judge" in str(screen.query_one("#setup-message").render())
     run(go())
+
+
+def test_unknown_judge_option_is_caught_in_the_form():
+    async def go():
+        app = TrainerApp(Config())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            screen.query_one(JudgeRow).query_one(".judge-options", Input).value = "{target_lenght: 40}"
+            await pilot.pause()
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert not app.run_active
+            message = str(screen.query_one("#setup-message").render())
+            assert "unknown option 'target_lenght'" in message and "target_length" in message
+    run(go())
+
+
+def test_plugins_screen_lists_judges_and_a_broken_plugin(monkeypatch):
+    import importlib.metadata as md
+
+    from tui_trainer.plugins import manager
+
+    registry = manager.load_plugins(entry_points=[
+        md.EntryPoint("builtin", "tui_trainer.plugins.builtin", "tui_trainer.judges"),
+        md.EntryPoint("badplugin", "tui_trainer_no_such_module_here", "tui_trainer.judges"),
+    ], disabled=[])
+    monkeypatch.setattr(manager, "_cached", registry)
+
+    async def go():
+        app = TrainerApp(Config())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("f2")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "PluginsScreen"
+            text = app.screen_text()
+            assert "2 installed, 1 broken" in text
+            assert "builtin" in text and "rules, human, llama" in text
+            assert "badplugin" in text and "broken" in text
+            await pilot.press("down")
+            await pilot.pause()
+            assert "tui_trainer_no_such_module_here" in app.screen_text()  # the error, one line
+            await pilot.press("escape")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "SetupScreen"
+            # the broken plugin does not stop the rest: the working plugin's judges are offered
+            assert set(app.screen.catalog) == {"rules", "human", "llama"}
+    run(go())

@@ -13,6 +13,7 @@ a checkpoint between steps and the app exits once the worker has returned.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -201,6 +202,7 @@ class TrainerApp(App[int]):
 
     @work(thread=True, exclusive=True, group="trainer", exit_on_error=False)
     def _train(self, config: Config, resume: bool, prompter: TuiPrompter) -> Any:
+        trainer = None
         try:
             from tui_trainer.engine.trainer import Trainer
             trainer = Trainer(config, observer=self._observe, prompter=prompter, resume=resume)
@@ -208,7 +210,15 @@ class TrainerApp(App[int]):
             if self._stop_requested.is_set():
                 trainer.stop()
             return trainer.run()
+        except BaseException as exc:
+            # Keep no frame (and so no model array) alive past this thread: MLX
+            # arrays freed later, at interpreter exit, abort the process.
+            exc.__context__ = exc.__cause__ = None
+            raise exc.with_traceback(None) from None
         finally:
+            self.trainer = None
+            del trainer
+            gc.collect()  # free the engine's arrays on the thread that made them
             self.worker_done.set()
 
     # ------------------------------------------------------------------ engine -> UI

@@ -12,31 +12,32 @@ HELP_TEXT = """\
 tui-trainer keys (keyboard only; no mouse needed)
 
 Everywhere
-  ?  F1      this help              F2        installed judge plugins
-  ctrl+q     quit (a running run saves a checkpoint first)
+  ? or F1   this help               F2   installed judge plugins
+  ctrl+q    quit (a running run saves a checkpoint first)
 
 Setup
-  Tab / shift+Tab  move between fields     Enter  press the focused button
-  ctrl+r     start the run (resume if the box is ticked)
-  ctrl+s     save the config to the YAML path    ctrl+o  load it
+  Tab, shift+Tab   move between fields; Enter presses a button
+  ctrl+r    start the run (resumes when the box is ticked)
+  ctrl+s    save the config to the YAML path; ctrl+o loads it
 
 Dashboard
-  p  pause / resume (takes effect between steps)
-  c  save a checkpoint after the current step
-  q  quit: stop after the current step, save a checkpoint, exit
-  j  open the judging screen        Enter  show the selected sample in full
-  n  new run (after a run has ended)
+  p   pause / resume (takes effect between steps)
+  c   save a checkpoint after the current step
+  q   quit: stop after the current step, save a checkpoint, exit
+  j   open the judging screen
+  up, down, Enter   pick a sample and show it in full
+  n   new run (after a run has ended)
 
 Judging (opens by itself when a human judge asks)
-  1 or a     A is better            2 or b   B is better
-  t          tie                    s        skip (no label, sample dropped)
-  0-9        rating for a pointwise question (within its scale)
-  Esc        back to the dashboard (the question keeps waiting)
+  1 or a    A is better             2 or b   B is better
+  t         tie                     s        skip (the sample is dropped)
+  0-9       rating for a pointwise question (within its scale)
+  Esc       back to the dashboard (the question keeps waiting)
 
-Over SSH: run inside tmux (tmux new -s train; detach with ctrl+b d) so a long
-run survives a dropped connection; if the terminal is closed anyway the run
-saves a checkpoint and stops. Colours: TEXTUAL_COLOR_SYSTEM=256 (or standard)
-for terminals without truecolor.
+Over SSH, run inside tmux (tmux new -s train; detach: ctrl+b d) so a
+long run outlives the connection; if the terminal closes anyway, the
+run saves a checkpoint and stops. Without truecolor, set
+TEXTUAL_COLOR_SYSTEM=256 (or standard).
 """
 
 
@@ -51,7 +52,9 @@ class HelpScreen(ModalScreen):
             yield Static(HELP_TEXT, id="help-text", markup=False)
 
     def on_mount(self) -> None:
-        self.query_one("#help-box").border_title = "help"
+        box = self.query_one("#help-box")
+        box.border_title = "help · up/down scroll · Esc close"
+        box.focus()
 
     def action_close(self) -> None:
         self.dismiss()

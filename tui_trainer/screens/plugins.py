@@ -11,6 +11,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
@@ -25,7 +26,8 @@ class OptionInfo:
     help: str = ""
 
     def brief(self) -> str:
-        bits = [b for b in (self.type, f"default {self.default!r}" if self.default is not None else "") if b]
+        default = one_line(repr(self.default), 24) if self.default is not None else ""
+        bits = [b for b in (self.type, f"default {default}" if default else "") if b]
         return self.name + (f" ({', '.join(bits)})" if bits else "")
 
 
@@ -35,6 +37,7 @@ class JudgeInfo:
     plugin: str = ""
     description: str = ""
     options: list[OptionInfo] = field(default_factory=list)
+    kind: str = ""  # pointwise | pairwise | both
 
 
 @dataclass
@@ -80,7 +83,14 @@ def _option_infos(raw: Any) -> list[OptionInfo]:
     return out
 
 
-def _judge_infos(raw: Any, plugin: str) -> list[JudgeInfo]:
+def _judge_info(name: str, j: Any, plugin: str) -> JudgeInfo:
+    options = _get(j, "options", None) or _get(j, "schema", None)
+    return JudgeInfo(str(name), str(_get(j, "plugin", None) or plugin),
+                     str(_get(j, "description", "") or ""), _option_infos(options), str(_get(j, "kind", "") or ""))
+
+
+def _judge_infos(raw: Any, plugin: str, known: dict[str, Any] | None = None) -> list[JudgeInfo]:
+    """A record's judges: names (looked up in ``known``, the manager's judges) or records."""
     if raw is None:
         return []
     items: list[tuple[Any, Any]]
@@ -91,14 +101,11 @@ def _judge_infos(raw: Any, plugin: str) -> list[JudgeInfo]:
     infos = []
     for key, j in items:
         if isinstance(j, str):
-            infos.append(JudgeInfo(j, plugin))
+            infos.append(_judge_info(j, known[j], plugin) if known and j in known else JudgeInfo(j, plugin))
             continue
         name = _get(j, "name", key) or key
-        if name is None:
-            continue
-        options = _get(j, "options", None) or _get(j, "schema", None)
-        infos.append(JudgeInfo(str(name), plugin, str(_get(j, "description", "") or ""),
-                               _option_infos(options)))
+        if name is not None:
+            infos.append(_judge_info(str(name), j, plugin))
     return infos
 
 
@@ -110,7 +117,7 @@ def plugin_rows() -> tuple[list[PluginRow], str | None]:
     except Exception as exc:  # the app must open whatever the plugins do
         return [], f"plugin manager unavailable: {type(exc).__name__}: {exc}"
     records = None
-    for attr in ("records", "plugins", "list_plugins"):
+    for attr in ("plugins", "records", "list_plugins"):
         records = getattr(manager, attr, None)
         if records is not None:
             break
@@ -118,13 +125,15 @@ def plugin_rows() -> tuple[list[PluginRow], str | None]:
         records = records()
     if isinstance(records, dict):
         records = list(records.values())
+    known = getattr(manager, "judges", None)
+    known = known if isinstance(known, dict) else None
     rows = []
     for rec in records or []:
         name = str(_get(rec, "name", "?"))
         error = _get(rec, "error", None)
         status = str(_get(rec, "status", None) or ("broken" if error else "ok"))
         rows.append(PluginRow(name, str(_get(rec, "version", "") or ""),
-                              _judge_infos(_get(rec, "judges", None), name), status,
+                              _judge_infos(_get(rec, "judges", None), name, known), status,
                               one_line(str(error), 500) if error else ""))
     return rows, None
 
@@ -141,6 +150,21 @@ def judge_catalog() -> dict[str, JudgeInfo]:
     return catalog
 
 
+def check_judge_options(name: str, options: dict) -> None:
+    """Raise (one line) if ``name`` is not an installed judge or ``options`` do not fit it."""
+    try:
+        from tui_trainer.plugins.manager import get_plugin_manager
+        from tui_trainer.plugins.options import resolve
+    except ImportError:
+        return  # checked again when the run builds its judges
+    registry = get_plugin_manager()
+    get = getattr(registry, "get", None)
+    if get is None:
+        return
+    info = get(name)
+    resolve(getattr(info, "options", ()), options, name)
+
+
 class PluginsScreen(Screen):
     CSS_PATH = "plugins.tcss"
     BINDINGS = [Binding("escape,q", "back", "Back")]
@@ -148,7 +172,8 @@ class PluginsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static("", id="plugins-title", markup=False)
         yield DataTable(id="plugins-table", cursor_type="row")
-        yield Static("", id="plugin-detail", markup=False)
+        with VerticalScroll(id="plugin-detail-box"):
+            yield Static("", id="plugin-detail", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -177,7 +202,7 @@ class PluginsScreen(Screen):
         if row.error:
             lines.append(f"error: {row.error}")
         for j in row.judges:
-            lines.append(f"  {j.name}: {j.description}")
+            lines.append(f"  {j.name}" + (f" [{j.kind}]" if j.kind else "") + f": {j.description}")
             for opt in j.options:
                 lines.append(f"    {opt.brief()}" + (f": {opt.help}" if opt.help else ""))
         detail.update("\n".join(lines))

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 from tui_trainer.config import Config, JudgeSpec
-from tui_trainer.screens.plugins import JudgeInfo, judge_catalog
+from tui_trainer.screens.plugins import JudgeInfo, check_judge_options, judge_catalog
 
 MODES = ("ppo", "pairwise", "rloo", "grpo")
 PAIRWISE_OBJECTIVES = ("ppo", "studio")
@@ -228,6 +228,8 @@ class SetupScreen(Screen):
         judges = [row.read() for row in self.query(JudgeRow)]
         if not judges:
             raise ValueError("add at least one judge (+ judge)")
+        for judge in judges:
+            check_judge_options(judge["name"], judge["options"])
         tree["judges"] = judges
         # Adapter scale: keep the base's, and drop a stale alpha spelling if there was one.
         return load_config(None, overrides=tree)
@@ -318,6 +320,8 @@ class SetupScreen(Screen):
             hint.update(f"{name}: not among the installed judges (F2 lists them)" if name else "")
             return
         text = f"{info.name}: {info.description}" if info.description else info.name
+        if info.kind:
+            text += f" [{info.kind}]"
         if info.options:
-            text += " · options: " + ", ".join(opt.brief() for opt in info.options)
+            text += " · options: " + ", ".join(opt.name for opt in info.options)
         hint.update(text)

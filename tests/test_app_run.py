@@ -1,0 +1,170 @@
+"""The app driving the real Trainer on a tiny random model (pilot tests).
+
+The engine runs in the app's trainer worker thread exactly as in `tui-trainer`;
+these tests press keys and compare what the screens show with what the run
+wrote to its directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import make_tiny_model_dir
+from tui_trainer.app import TrainerApp
+from tui_trainer.config import Config, JudgeSpec
+from tui_trainer.screens.judging import JudgingScreen
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def tiny_config(model: Path, run_dir: Path, **over) -> Config:
+    base = dict(model=str(model), run_dir=str(run_dir), steps=3, batch_size=2, num_samples=2,
+                max_new_tokens=6, ppo_epochs=1, minibatch_size=4, save_every=0, seed=1,
+                judges=[JudgeSpec("rules")])
+    base.update(over)
+    return Config(**base)
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and (b is None or (isinstance(b, float) and math.isnan(b)))
+    return a == b
+
+
+async def wait_for(pilot, predicate, timeout: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout}s")
+        await pilot.pause(0.05)
+
+
+def test_short_run_panels_match_metrics_jsonl(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path / "run")
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.run_ended, what="run finished")
+            dash = app.dashboard
+            dash.flush()
+            await pilot.pause()
+            assert app.status == "finished", app.error
+            rows = records(tmp_path / "run" / "metrics.jsonl")
+            assert [r["step"] for r in rows] == [1, 2, 3]
+            for key in ("score_mean", "kl", "clip_fraction"):
+                panel = dash.panel(key)
+                assert [s for s, _ in panel.history] == [1, 2, 3]
+                assert all(same(v, r[key]) for v, r in zip(panel.values, rows)), key
+            for key in ("entropy", "value_loss", "approx_kl", "response_length", "tokens_per_second"):
+                assert same(dash.query_one(f"#stat-{key}").value, rows[-1][key]), key
+            samples = records(tmp_path / "run" / "samples.jsonl")
+            table = dash.query_one("#samples")
+            assert [s.completion for s in table.samples] == [s["completion"] for s in samples]
+            text = app.screen_text()
+            assert "finished" in text and "step 3/3" in text
+            assert checkpoint_steps(tmp_path / "run") == [3]
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_value == 0
+    asyncio.run(go())
+
+
+def test_pause_resume_checkpoint_and_quit(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path / "run", steps=200)
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            dash = app.dashboard
+            await wait_for(pilot, lambda: dash.steps_seen >= 1, what="first step")
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.status == "paused", what="paused")
+            paused_at = dash.steps_seen
+            dash.flush()
+            await pilot.pause()
+            assert "paused" in app.screen_text()
+            await pilot.pause(0.6)
+            assert dash.steps_seen == paused_at  # no step while paused
+            await pilot.press("c")  # checkpoint while paused: written between steps
+            await wait_for(pilot, lambda: paused_at in checkpoint_steps(tmp_path / "run"),
+                           what="checkpoint on c")
+            await pilot.press("p")
+            await wait_for(pilot, lambda: dash.steps_seen > paused_at, what="resumed")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running, what="exit after quit")
+        assert app.return_value == 0
+        steps = [r["step"] for r in records(tmp_path / "run" / "metrics.jsonl")]
+        last = max(steps)
+        assert last < 200
+        # quit saved a checkpoint of the last finished step
+        assert checkpoint_steps(tmp_path / "run")[-1] == last
+    asyncio.run(go())
+
+
+def test_bad_model_path_is_one_line_and_exit_code_2(tmp_path):
+    cfg = Config(model=str(tmp_path / "missing-model"), run_dir=str(tmp_path / "run"), steps=1)
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.run_ended, what="failure")
+            await pilot.pause(0.1)
+            assert app.status == "failed" and app.exit_code == 2
+            assert "\n" not in app.error and "missing-model" in app.error
+            assert "Traceback" not in app.screen_text()
+            await pilot.press("q")
+        assert app.return_value == 2
+    asyncio.run(go())
+
+
+def test_human_pairwise_judge_answers_from_the_judging_screen(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path / "run", mode="pairwise", steps=1, batch_size=2,
+                      num_samples=2, judges=[JudgeSpec("human")])
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            pressed = []
+            for key in ("1", "t"):
+                await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
+                               and app.screen.request is not None, what="judge question")
+                request = app.screen.request
+                assert request.kind == "pairwise"
+                pressed.append((key, request))
+                await pilot.press(key)
+            await wait_for(pilot, lambda: app.run_ended, what="run finished")
+            assert app.status == "finished", app.error
+            assert app.ledger.counts["a"] == 1 and app.ledger.counts["tie"] == 1
+            await pilot.press("q")
+        labels = records(tmp_path / "run" / "labels.jsonl")
+        assert len(labels) == 2
+        for label, (key, request) in zip(labels, pressed):
+            assert label["kind"] == "pairwise" and label["prompt"] == request.prompt
+            # the screen showed label[shown[0]] as A and label[shown[1]] as B
+            first, second = label["shown"]
+            assert (label[first], label[second]) == (request.a, request.b)
+        # "1" picked the completion shown first; "t" is a tie
+        assert labels[0]["choice"] == labels[0]["shown"][0]
+        assert labels[1]["choice"] == "tie"
+    asyncio.run(go())
