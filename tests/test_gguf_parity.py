@@ -415,3 +415,19 @@ def test_sentencepiece_without_space_prefix(spm, tmp_path):
     _, tok = load_gguf(path)
     check_tokenizer(path, tok, SPM_TEXTS)
     assert tok.encode("fox", add_special_tokens=False) != tok.encode(" fox", add_special_tokens=False)
+
+
+def test_written_llama_with_rope_frequency_factors(spm, tmp_path):
+    """Llama 3.1+ GGUFs carry RoPE frequency factors in a ``rope_freqs.weight`` tensor; llama.cpp divides
+    each pair's angle by its factor, and so must we."""
+    dims = dict(hidden=64, ffn=128, heads=2, kv_heads=1, vocab=len(spm[1]))
+    tensors = _random_llama_tensors(np.random.default_rng(3), [T.F32, T.Q8_0], **dims)
+    factors = np.linspace(1.0, 40.0, (64 // 2) // 2, dtype=np.float32)  # head_dim 32: 16 pairs
+    path = write_gguf(tmp_path / "tiny-rope-freqs.gguf", "llama", lambda w: _spm_metadata(w, spm, dims),
+                      tensors + [("rope_freqs.weight", factors, T.F32)])
+    _check_file(path, tmp_path=tmp_path)
+    # the factors matter here: the same weights without them give other logits
+    plain = write_gguf(tmp_path / "tiny-no-factors.gguf", "llama", lambda w: _spm_metadata(w, spm, dims), tensors)
+    (with_f, tok), (without, _) = load_gguf(path), load_gguf(plain)
+    ids = list(tok.encode("the quick brown fox jumps over 2024 lazy dogs while seven wizards"))
+    assert float(mx.abs(with_f(mx.array([ids])) - without(mx.array([ids]))).max()) > 0.1

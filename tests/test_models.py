@@ -31,7 +31,7 @@ def load_error(path) -> str:
 
 
 def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: str | None = None,
-               tokens: bool = True, tensor_rows: int | None = None) -> Path:
+               tokens: bool = True, tensor_rows: int | None = None, extra: dict | None = None) -> Path:
     """A tiny GGUF written with llama.cpp's own writer; knobs break it in one chosen way."""
     gguf = pytest.importorskip("gguf")
     w = gguf.GGUFWriter(str(path), arch)
@@ -39,7 +39,7 @@ def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: s
         "block_count": 1, "context_length": 64, "embedding_length": hidden, "feed_forward_length": 64,
         "attention.head_count": 2, "attention.head_count_kv": 2,
     }
-    for key, value in keys.items():
+    for key, value in {**keys, **(extra or {})}.items():
         if key != drop_key:
             w.add_uint32(f"{arch}.{key}", value)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
@@ -121,6 +121,11 @@ def test_non_llama_architecture(tmp_path):
 def test_missing_metadata_key(tmp_path):
     msg = load_error(_tiny_gguf(tmp_path / "nokey.gguf", drop_key="embedding_length"))
     assert "lacks llama.embedding_length" in msg
+
+
+def test_partial_rotary_is_refused(tmp_path):
+    msg = load_error(_tiny_gguf(tmp_path / "rot.gguf", extra={"rope.dimension_count": 8}))
+    assert "partial rotary" in msg
 
 
 def test_tensors_that_do_not_fit(tmp_path):

@@ -228,6 +228,9 @@ def model_args(meta: dict, weights: dict) -> dict:
     }
     if head_dim is not None and int(head_dim) != hidden // n_heads:
         args["head_dim"] = int(head_dim)
+    n_rot = g("rope.dimension_count")
+    if n_rot is not None and int(n_rot) != args.get("head_dim", hidden // n_heads):
+        raise ModelError(f"partial rotary embeddings (llama.rope.dimension_count={int(n_rot)}) are not supported")
     scaling_type = g("rope.scaling.type")
     if scaling_type == "linear":
         args["rope_scaling"] = {"type": "linear", "factor": float(g("rope.scaling.factor", 1.0))}
@@ -286,8 +289,11 @@ def build_model(meta: dict, weights: dict[str, mx.array], *, keep_quantized: boo
     from mlx_lm.models import llama
 
     args = llama.ModelArgs.from_dict(model_args(meta, weights))
+    rope_factors = weights.get("rope_freqs.weight")
     weights = rename(weights)
     model = llama.Model(args)
+    if rope_factors is not None:
+        _use_rope_factors(model, args, rope_factors)
     if keep_quantized:
         def predicate(path, module):
             q = quantization_of(weights, path)
@@ -308,6 +314,31 @@ def build_model(meta: dict, weights: dict[str, mx.array], *, keep_quantized: boo
     mx.eval(model.parameters())
     model.eval()
     return model
+
+
+class FactorRoPE(nn.Module):
+    """Traditional RoPE with llama.cpp's per-pair frequency factors (the ``rope_freqs.weight`` tensor of
+    Llama 3.1+ GGUFs): pair i turns at ``pos / (base**(2i/d) * factor[i])``, as in ggml's rope_ext."""
+
+    def __init__(self, dims: int, base: float, factors: mx.array, scale: float = 1.0):
+        super().__init__()
+        self.dims = dims
+        periods = base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+        self._freqs = periods * factors.astype(mx.float32).reshape(-1) / scale  # not a parameter (leading _)
+
+    def __call__(self, x, offset=0):
+        return mx.fast.rope(x, self.dims, traditional=True, base=None, scale=1.0, offset=offset, freqs=self._freqs)
+
+
+def _use_rope_factors(model: nn.Module, args, factors: mx.array) -> None:
+    head_dim = args.head_dim or args.hidden_size // args.num_attention_heads
+    if factors.size != head_dim // 2:
+        raise ModelError(f"rope_freqs.weight has {factors.size} factors, expected {head_dim // 2}")
+    scale = 1.0
+    if args.rope_scaling and args.rope_scaling.get("type") == "linear":
+        scale = 1.0 / float(args.rope_scaling["factor"])
+    for layer in model.model.layers:
+        layer.self_attn.rope = FactorRoPE(head_dim, args.rope_theta, factors, scale)
 
 
 # --------------------------------------------------------------------------- tokenizer
