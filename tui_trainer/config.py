@@ -22,7 +22,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import yaml
 
 from tui_trainer.engine.errors import ConfigError
+from tui_trainer.fileio import atomic_write_text
 
 
 @dataclass
@@ -670,29 +670,11 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML (temp file + rename); ``load_config(path)`` gives it back."""
     text = "# tui-trainer config, as resolved for this run\n" + yaml.safe_dump(
         config_to_dict(cfg), sort_keys=False, allow_unicode=True, width=100)
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
 
 
 def _scalar(value: Any) -> str:
@@ -740,7 +722,7 @@ def commented_yaml(cfg: Config | None = None) -> str:
 
 
 def write_commented_config(path: str | os.PathLike, cfg: Config | None = None) -> None:
-    _atomic_write(path, commented_yaml(cfg))
+    atomic_write_text(path, commented_yaml(cfg))
 
 
 # ----------------------------------------------------------------------------- command line

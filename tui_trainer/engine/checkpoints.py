@@ -19,15 +19,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from tui_trainer.engine.errors import TrainerError
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from tui_trainer.fileio import atomic_write_json
 
 
 def _flat(tree) -> dict[str, mx.array]:
@@ -43,14 +35,14 @@ def save_checkpoint(run_dir: Path, step: int, *, adapter_weights: dict, adapter_
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights)
-    write_json_atomic(tmp / "adapter_config.json", adapter_config)
+    atomic_write_json(tmp / "adapter_config.json", adapter_config)
     mx.save_safetensors(str(tmp / "value_head.safetensors"), value_head)
     opt = {}
     for name, optimizer in optimizers.items():
         opt.update({f"{name}.{k}": v for k, v in _flat(optimizer.state).items()})
     if opt:
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
-    write_json_atomic(tmp / "state.json", state)
+    atomic_write_json(tmp / "state.json", state)
     if final.exists():  # same step saved twice (e.g. save_every and stop): replace it
         old = root / f".old-{step:06d}-{os.getpid()}"
         os.replace(final, old)

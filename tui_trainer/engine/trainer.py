@@ -368,7 +368,7 @@ class Trainer:
 
     def _update(self, roll: Rollout, raw_scores: list[float | None], shuffle: random.Random) -> dict[str, float]:
         cfg = self.cfg
-        P, T = roll.prompt_width, cfg.temperature
+        T = cfg.temperature
         scores, keep = self._shape_scores(roll, raw_scores)
         mask = roll.response_mask * keep[:, None]
         logp_old = roll.logprobs
