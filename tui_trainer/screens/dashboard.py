@@ -5,7 +5,7 @@ Then entropy, value loss, approx KL, response length, tokens/s and the step-time
 split; the progress bar with ETA; the latest samples and the log.
 The app feeds it engine events; it never reads engine state. Events are only
 recorded when they arrive; ``flush`` (on a timer) shows them, so the screen is
-redrawn at most a few times a second however fast the steps come.
+redrawn about once a second however fast the steps come (and at once after a key).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tui_trainer.widgets.stats import Stat, StepTimeSplit
 MAIN_PANELS = (("score_mean", "reward"), ("kl", "KL"), ("clip_fraction", "clip fraction"))
 SECONDARY = (("entropy", "entropy"), ("value_loss", "value loss"), ("approx_kl", "approx KL"),
              ("response_length", "resp len"), ("tokens_per_second", "tok/s"))
-FLUSH_SECONDS = 0.5
+FLUSH_SECONDS = 1.0
 
 
 class DashboardScreen(Screen):
@@ -173,12 +173,15 @@ class DashboardScreen(Screen):
     # ------------------------------------------------------------------ keys
     def action_pause(self) -> None:
         self.app.toggle_pause()
+        self.flush()
 
     def action_checkpoint(self) -> None:
         self.app.checkpoint_now()
+        self.flush()
 
     def action_quit_run(self) -> None:
         self.app.request_quit()
+        self.flush()
 
     def action_new_run(self) -> None:
         self.app.new_run()
