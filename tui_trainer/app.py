@@ -2,10 +2,13 @@
 
 Threading (see DESIGN.md): the Trainer is built and run inside ONE exclusive
 thread worker, where all MLX work happens. It reports through ``observer(event)``,
-which only posts the event into the UI thread (``post_message``); the UI never
-reads engine state. A human judge asks through :class:`TuiPrompter`: the engine
-thread posts a ``JudgeRequest`` and blocks on its future, which the judging screen
-resolves with the pressed key.
+which only hands the event to the UI thread; the UI never reads engine state.
+Metrics, samples and logs go into an inbox that the dashboard drains when it
+redraws (about once a second), so the engine thread never waits for the UI and
+the UI wakes (and takes the GIL) once a second, not several times a step. A human
+judge asks through :class:`TuiPrompter`: the engine thread posts a
+``JudgeRequest`` (``post_message``, which wakes the UI at once) and blocks on its
+future, which the judging screen resolves with the pressed key.
 
 Stopping: ``q`` (and ctrl+q, SIGHUP, SIGTERM) asks the Trainer to stop; it saves
 a checkpoint between steps and the app exits once the worker has returned.
@@ -138,6 +141,8 @@ class TrainerApp(App[int]):
         self.start_on_mount = start
         self.prompter = TuiPrompter(self._deliver_request)
         self.pending: deque[JudgeRequest] = deque()
+        # engine events not yet shown (appended on the engine thread, drained on the UI thread)
+        self._inbox: deque[Any] = deque(maxlen=20000)
         # events that arrive before the dashboard has mounted (or after it went away)
         self._early: deque[Any] = deque(maxlen=5000)
         from tui_trainer.screens.judging import JudgeLedger
@@ -192,6 +197,7 @@ class TrainerApp(App[int]):
         self._stop_requested.clear()
         self.prompter = TuiPrompter(self._deliver_request)
         self.pending.clear()
+        self._inbox.clear()
         self._early.clear()
         self.dashboard = DashboardScreen(config)
         if len(self.screen_stack) > 1:
@@ -223,15 +229,18 @@ class TrainerApp(App[int]):
 
     # ------------------------------------------------------------------ engine -> UI
     def _observe(self, event: Any) -> None:
-        """The Trainer's observer (engine thread): forward, never block on the UI."""
+        """The Trainer's observer (engine thread): hand over, never block on the UI."""
         if self._ui_closed:
             return
-        if isinstance(event, list):
-            event = list(event)
-        try:
-            self.post_message(EngineEvent(event))
-        except RuntimeError:  # the UI's loop is gone
-            pass
+        if isinstance(event, JudgeRequest):  # someone is waiting: wake the UI now
+            self._deliver_request(event)
+            return
+        self._inbox.append(list(event) if isinstance(event, list) else event)
+
+    def drain_events(self) -> None:
+        """Apply the events the engine has handed over since the last call (UI thread)."""
+        while self._inbox:
+            self.handle_event(self._inbox.popleft())
 
     def _deliver_request(self, request: JudgeRequest) -> bool:
         if self._ui_closed:
@@ -242,6 +251,7 @@ class TrainerApp(App[int]):
             return False
 
     def on_engine_event(self, message: EngineEvent) -> None:
+        self.drain_events()  # keep the order: what came before the message first
         self.handle_event(message.event)
 
     def handle_event(self, event: Any) -> None:
@@ -394,6 +404,7 @@ class TrainerApp(App[int]):
         if event.worker.group != "trainer" or event.state not in (
                 WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
+        self.drain_events()
         self.worker_done.set()
         self.trainer = None
         self.prompter.close()

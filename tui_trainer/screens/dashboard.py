@@ -3,8 +3,8 @@
 Top: reward (score mean), KL and clip fraction, each its value and history plot.
 Then entropy, value loss, approx KL, response length, tokens/s and the step-time
 split; the progress bar with ETA; the latest samples and the log.
-The app feeds it engine events; it never reads engine state. Events are only
-recorded when they arrive; ``flush`` (on a timer) shows them, so the screen is
+The app feeds it engine events; it never reads engine state. ``flush`` (on a
+timer) takes in the events the engine handed over and shows them, so the screen is
 redrawn about once a second however fast the steps come (and at once after a key).
 """
 
@@ -136,9 +136,10 @@ class DashboardScreen(Screen):
 
     # ------------------------------------------------------------------ drawing
     def flush(self) -> None:
-        """Show everything recorded since the last flush."""
+        """Take in the engine's events and show everything recorded since the last flush."""
         if not self.ready:
             return
+        self.app.drain_events()
         for key, _ in MAIN_PANELS:
             self.panel(key).sync()
         for stat in self.query(Stat):
