@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.engine.errors import ConfigError, TrainerError
 from tui_trainer.plugins.hookspecs import ENTRY_POINT_GROUP, KINDS, PROJECT, JudgeSpecs, Option
 from tui_trainer.plugins.judge import JudgeContext, one_line
 from tui_trainer.plugins.judgeset import FAILURE_MODES, MAX_CONSECUTIVE_FAILURES, JudgeSet, Member
@@ -91,7 +91,7 @@ class JudgeRegistry:
         resolved = resolve(info.options, options, name)
         try:
             judge = info.factory(resolved, context)
-        except ConfigError:
+        except TrainerError:
             raise
         except Exception as exc:  # a plugin's own error while building its judge
             raise ConfigError(f"judge {name}: could not be created: {one_line(exc)}") from None

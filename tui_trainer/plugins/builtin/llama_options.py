@@ -14,8 +14,10 @@ OPTIONS = [
     Option("system", str, DEFAULT_RUBRIC, "the rubric: the judge model's system prompt",
            aliases=("judge_system", "rubric")),
     Option("max_completion_chars", int, 2000, "completions (and prompts) are cut to this many characters"),
-    Option("method", str, "rubric", "rubric: ask the model to rate / pick; likelihood: the model's own "
-           "mean log-probability of the completion", choices=("rubric", "likelihood")),
+    Option("method", str, "auto", "rubric: the model rates / picks as the rubric says; likelihood: the "
+           "model's own mean log-probability of the completion; auto: likelihood for the embedded "
+           "135M model (too small to follow a rubric), rubric for any other",
+           choices=("auto", "rubric", "likelihood")),
     Option("scale_min", int, 1, "lowest rating digit (pointwise)"),
     Option("scale_max", int, 5, "highest rating digit (pointwise)"),
     Option("orders", str, "both", "pairwise: average both shown orders, or one random order per call",
