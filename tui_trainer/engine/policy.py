@@ -207,7 +207,9 @@ def evaluate(policy: Policy, tokens: mx.array, left_pad: mx.array, prompt_width:
     hidden, logits = forward(policy.model, tokens, left_pad, prompt_width, prefix)
     targets = tokens[:, prompt_width:]
     logp, scaled = token_logprobs(logits, targets, temperature)
-    values = policy.value_head(hidden.astype(mx.float32)) if with_values else None
+    # the critic is a linear probe on the policy's features: no value-loss gradient into the adapter,
+    # so the critic's fit never moves the policy (the adapter learns from the policy loss alone)
+    values = policy.value_head(mx.stop_gradient(hidden).astype(mx.float32)) if with_values else None
     entropy = None
     if with_entropy:
         entropy = ppo.entropy_from_logits(scaled if entropy_grad else mx.stop_gradient(scaled))
