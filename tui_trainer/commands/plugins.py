@@ -33,9 +33,16 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if args.verbose:
         for name, info in sorted(reg.judges.items()):
-            console.print(Text(f"\n{name}", style="bold"), Text(f"({info.kind}, plugin {info.plugin})"))
-            console.print(Text(f"  {info.description}"))
+            opts = Table(title=Text(f"{name}  ({info.kind}, plugin {info.plugin}): {info.description}"),
+                         title_justify="left", show_edge=False)
+            for column in ("option", "type", "default", "help"):
+                opts.add_column(column, overflow="fold")
             for opt in info.options:
-                default = "" if opt.default is None else f" = {opt.default!r}"
-                console.print(Text(f"  --option {opt.name}=<{opt.type.__name__}>{default}  {opt.help}"))
+                default = "-" if opt.default is None else repr(opt.default)
+                if len(default) > 40:
+                    default = default[:37] + "..."
+                help_text = opt.help + (f" (choices: {', '.join(map(str, opt.choices))})" if opt.choices else "")
+                opts.add_row(opt.name, opt.type.__name__, default, help_text)
+            console.print()
+            console.print(opts)
     return 0

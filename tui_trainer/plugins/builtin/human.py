@@ -135,4 +135,13 @@ class ConsolePrompter:
         line = stream.readline() if stream is not None else ""
         if not line:
             raise JudgeFailure("the human judge got no answer: standard input is closed")
+        if not _isatty(stream):  # a terminal echoes the answer and its newline; a pipe does not
+            self.console.print(line.strip())
         return line.strip().lower()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
