@@ -1,12 +1,14 @@
 """Rollout speed on the embedded SmolLM2-135M, and f32 matmul speed with the BLAS in use vs the wheel's own.
 
     python bench/rollout.py                    # everything, writes the "## Rollout" section of bench/RESULTS.md
-    python bench/rollout.py --new-tokens 16 --repeats 1    # quicker
+    python bench/rollout.py --new-tokens 64 --repeats 3    # longer, steadier (on an idle machine)
 
 In one process, on the same GGUF:
 - our batched, KV-cached rollout (``tui_trainer.engine.rollout.sample``) at
   num_samples 1, 8 and 32 for one chat prompt;
 - plain ``mlx_lm.stream_generate`` at batch 1 on the same model object;
+  both with OpenBLAS's own thread count (2 here) and again with 1 thread (set at run
+  time): on a busy 2-core machine two BLAS threads wait on each other;
 - llama.cpp (llama-cpp-python) at batch 1 on the GGUF file itself, n_threads=2.
 Every run samples at temperature 0.8 and generates exactly ``--new-tokens``
 tokens (EOS is ignored so that the runs do equal work); tokens/s counts generated
@@ -22,6 +24,7 @@ no LD_PRELOAD, i.e. the reference BLAS bundled with the mlx[cpu] wheel.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -43,6 +46,10 @@ ensure_fast_blas()
 import mlx.core as mx  # noqa: E402
 
 SECTION = "## Rollout"
+BUSY_NOTE = ("The machine was busy with other work during this run (load average at or above its CPU count): "
+             "absolute numbers are low and noisy, compare rows of one run only. Two OpenBLAS threads on busy "
+             "cores wait on each other at every small decode matmul, which is why 1 BLAS thread is several "
+             "times faster here.")
 SHAPES = [(1024, 576, 4096), (1024, 576, 49152)]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 TEMPERATURE = 0.8
@@ -86,6 +93,18 @@ def reference_gflops(max_seconds: float) -> tuple[dict[str, float] | None, str]:
 
 
 # --------------------------------------------------------------------------- rollout
+
+
+def blas_threads() -> int | None:
+    """OpenBLAS's thread count in this process, None when OpenBLAS is not the BLAS in use."""
+    try:
+        return int(ctypes.CDLL(None).openblas_get_num_threads())
+    except (AttributeError, OSError):
+        return None
+
+
+def set_blas_threads(n: int) -> None:
+    ctypes.CDLL(None).openblas_set_num_threads(n)
 
 
 def best_of(fn, new_tokens: int, repeats: int) -> float:
@@ -214,13 +233,15 @@ def render(args, rows, mm, ref, ref_blas, blas, model_path, prompt_len, load_bef
         lines.append(f"| {shape} | {g:.1f} | {r:.2f} | {g / r:.0f}x |" if r else f"| {shape} | {g:.1f} | n/a | |")
     lines.append("")
     lines.append(f"Reference run: {ref_blas}.")
+    if float(load_before.split()[0]) >= float(cores):
+        lines += ["", BUSY_NOTE]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--matmul-seconds", type=float, default=3.0, help="time budget per matmul shape")
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
@@ -245,12 +266,22 @@ def main(argv=None) -> int:
     pad = tok.pad_token_id or 0
 
     rows = []
-    for b in (int(x) for x in args.batches.split(",")):
-        rows.append(("ours: batched KV-cached `sample`", b, bench_ours(model, prompt_ids, pad, b, args.new_tokens,
-                                                                       args.repeats)))
-        print(f"ours batch {b}: {rows[-1][2]:.1f} tok/s", flush=True)
-    rows.append(("mlx_lm.stream_generate", 1, bench_mlx_lm(model, tok, prompt_ids, args.new_tokens, args.repeats)))
-    print(f"mlx_lm batch 1: {rows[-1][2]:.1f} tok/s", flush=True)
+    default_threads = blas_threads()
+    for threads in dict.fromkeys([default_threads, 1]):  # the process's own count, then 1 thread
+        if threads is not None:
+            set_blas_threads(threads)
+        label = f"BLAS threads {threads}" if threads is not None else "BLAS"
+        for b in (int(x) for x in args.batches.split(",")):
+            rows.append((f"ours: batched KV-cached `sample`, {label}", b,
+                         bench_ours(model, prompt_ids, pad, b, args.new_tokens, args.repeats)))
+            print(f"{rows[-1][0]}, batch {b}: {rows[-1][2]:.1f} tok/s", flush=True)
+        rows.append((f"mlx_lm.stream_generate, {label}", 1,
+                     bench_mlx_lm(model, tok, prompt_ids, args.new_tokens, args.repeats)))
+        print(f"{rows[-1][0]}, batch 1: {rows[-1][2]:.1f} tok/s", flush=True)
+        if threads is None:
+            break
+    if default_threads is not None:
+        set_blas_threads(default_threads)
     rows.append(("llama.cpp on the GGUF (n_threads=2)", 1,
                  bench_llama_cpp(path, prompt_ids, args.new_tokens, args.repeats)))
     print(f"llama.cpp batch 1: {rows[-1][2]:.1f} tok/s", flush=True)
