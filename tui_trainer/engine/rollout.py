@@ -20,6 +20,8 @@ import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.sample_utils import make_sampler
 
+from tui_trainer.engine.blas import blas_threads, decode_threads
+
 
 @dataclass
 class Rollout:
@@ -62,7 +64,7 @@ def make_batch_cache(model: nn.Module, pads: mx.array) -> list[BatchKVCache]:
     return [BatchKVCache(pads.tolist()) for _ in range(n_layers)]
 
 
-def sample(
+def _sample(
     model: nn.Module,
     prompts: list[list[int]],
     *,
@@ -152,3 +154,13 @@ def sample(
         finished=finished,
         prompt_index=prompt_index,
     )
+
+
+def sample(model: nn.Module, prompts: list[list[int]], **kwargs) -> Rollout:
+    """Sample completions (see ``_sample`` for the arguments), decoding with few BLAS threads.
+
+    Decode-time matmuls have a handful of rows; OpenBLAS threads cost more than they save there
+    (see engine/blas.py), so the rollout runs with ``TUI_TRAINER_DECODE_THREADS`` (default 1).
+    """
+    with blas_threads(decode_threads()):
+        return _sample(model, prompts, **kwargs)
