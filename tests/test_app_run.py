@@ -168,3 +168,42 @@ def test_human_pairwise_judge_answers_from_the_judging_screen(tiny_model, tmp_pa
         assert labels[0]["choice"] == labels[0]["shown"][0]
         assert labels[1]["choice"] == "tie"
     asyncio.run(go())
+
+
+def test_setup_screen_starts_then_resumes_a_run_by_keyboard(tiny_model, tmp_path):
+    from textual.widgets import Input
+
+    cfg = tiny_config(tiny_model, tmp_path / "run", steps=2)
+
+    async def go():
+        app = TrainerApp(cfg)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            # keyboard only: Tab through the form to the Start button and press Enter
+            for _ in range(80):
+                if getattr(app.focused, "id", None) == "start":
+                    break
+                await pilot.press("tab")
+            assert app.focused.id == "start"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.run_ended, what="first run")
+            assert app.status == "finished" and checkpoint_steps(tmp_path / "run") == [2]
+            # n: back to the setup screen; 4 steps, resume ticked, ctrl+r
+            await pilot.press("n")
+            await pilot.pause()
+            screen = app.screen
+            assert type(screen).__name__ == "SetupScreen"
+            screen.query_one("#f-steps", Input).value = "4"
+            screen.query_one("#resume").value = True
+            await pilot.pause()
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: app.run_ended, what="resumed run")
+            assert app.status == "finished", app.error
+            dash = app.dashboard
+            dash.flush()
+            assert [s for s, _ in dash.panel("kl").history] == [3, 4]  # continued, not restarted
+            await pilot.press("q")
+        steps = [r["step"] for r in records(tmp_path / "run" / "metrics.jsonl")]
+        assert steps == [1, 2, 3, 4]
+        assert checkpoint_steps(tmp_path / "run")[-1] == 4
+    asyncio.run(go())
