@@ -383,3 +383,36 @@ def test_failed_state_is_shown_and_sets_the_exit_code():
             assert "judge 'llama' failed 3 times" in dash.query_one("#log").plain_lines[-1]
             assert "failed" in app.screen_text()
     run(go())
+
+
+def test_the_ui_never_imports_mlx():
+    """The front end (app, screens, widgets, plugin listing) runs without loading MLX;
+    only the Trainer, inside the worker, does."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import asyncio, sys
+        from tui_trainer.app import TrainerApp
+        from tui_trainer.config import Config
+        from tui_trainer.events import StepMetrics
+        import tui_trainer.screens.dashboard, tui_trainer.screens.judging, tui_trainer.screens.sample
+
+        async def go():
+            app = TrainerApp(Config(steps=3))
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.pause()
+                await pilot.press("f2")
+                await pilot.pause()
+                dash = app.open_dashboard(Config(steps=3))
+                await pilot.pause()
+                app.handle_event(StepMetrics(1, {"kl": 0.1}))
+                dash.flush()
+                await pilot.pause()
+        asyncio.run(go())
+        print(sorted(m for m in sys.modules if m == "mlx" or m.startswith(("mlx.", "mlx_lm"))))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

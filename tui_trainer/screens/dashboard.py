@@ -10,6 +10,8 @@ redrawn about once a second however fast the steps come (and at once after a key
 
 from __future__ import annotations
 
+from collections import deque
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -49,7 +51,7 @@ class DashboardScreen(Screen):
         self.last_checkpoint: int | None = None
         self.ready = False  # mounted and not yet unmounted: widgets can be updated
         self._clock_running = False
-        self._checkpoint_paths: set[str] = set()
+        self._checkpoint_paths: deque[str] = deque(maxlen=20)  # recent saves, for de-duplicating logs
         self._status_shown = ""
 
     def compose(self) -> ComposeResult:
@@ -107,7 +109,7 @@ class DashboardScreen(Screen):
     def on_checkpoint(self, event: CheckpointSaved) -> None:
         self.last_checkpoint = event.step
         if event.path not in self._checkpoint_paths:  # the engine may log the same save itself
-            self._checkpoint_paths.add(event.path)
+            self._checkpoint_paths.append(event.path)
             self.add_log("info", f"checkpoint step {event.step}: {event.path}")
 
     def _already_logged(self, message: str) -> bool:
