@@ -1,0 +1,404 @@
+"""Benchmark: seconds per PPO step (rollout / judge / update), peak memory, ours vs TRL.
+
+One run does both sides on the embedded SmolLM2-135M-Instruct GGUF, one after the
+other so they never share the CPU:
+
+* ours: ``tui_trainer.engine.trainer.Trainer`` (MLX, f32, the optimized BLAS that
+  the program picks itself) with the rules judge;
+* TRL: ``trl.experimental.ppo.PPOTrainer`` (TRL 1.12.0, torch CPU), run by
+  ``bench/trl_ppo_step.py`` in a separate virtual environment (TRL and torch never
+  go into the main install), on the same prompt batches (token ids handed over).
+
+Config (both sides): 8 prompts x 2 samples = 16 sequences x 64 new tokens per
+step, EOS ignored so every response is 64 tokens, temperature 1, 2 PPO epochs,
+minibatch 4 sequences (4 optimizer steps per epoch), LoRA rank 8 on every linear
+layer of all 30 blocks (q, k, v, o, gate, up, down), alpha = 160 (mlx-lm scale 20),
+value head on the policy's backbone, reference = adapter off, 2 threads. The
+first step is a warm-up and left out of the averages.
+
+The TRL environment (default ``.venv-bench`` at the repository root; or
+``--trl-python`` / ``TUI_TRAINER_BENCH_PYTHON``)::
+
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install torch==2.13.0        # a CPU build of torch
+    .venv-bench/bin/pip install 'trl==1.12.0' peft gguf
+
+Without it, only our side is measured and reported.
+
+Usage: python bench/ppo_step.py [--steps 4] [--threads 2] [--no-trl] [--results bench/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## PPO step"
+
+CONFIG = {
+    "batch_size": 8,
+    "num_samples": 2,
+    "max_new_tokens": 64,
+    "ppo_epochs": 2,
+    "minibatch_size": 4,
+    "lora_rank": 8,
+    "lora_scale": 20.0,
+    "temperature": 1.0,
+    "beta": 0.05,
+    "epsilon": 0.2,
+    "value_clip": 0.2,
+    "vf_coef": 0.1,
+    "gamma": 1.0,
+    "lam": 0.95,
+    "lr": 1e-5,
+    "seed": 0,
+}
+RULES = {"target_length": 20, "length_tolerance": 5}  # a length rule, 20 words
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--steps", type=int, default=4, help="PPO steps per side, the first one a warm-up (default 4)")
+    p.add_argument("--threads", type=int, default=2, help="BLAS / torch threads on both sides (default 2)")
+    p.add_argument("--trl-python", default=os.environ.get("TUI_TRAINER_BENCH_PYTHON",
+                                                           str(ROOT / ".venv-bench" / "bin" / "python")),
+                   help="python of the TRL environment (env TUI_TRAINER_BENCH_PYTHON)")
+    p.add_argument("--no-trl", action="store_true", help="measure our side only")
+    p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"),
+                   help="results file whose '## PPO step' section is replaced")
+    p.add_argument("--no-write", action="store_true", help="print the table, leave the results file alone")
+    args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error("--steps must be >= 2 (the first step is a warm-up)")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
+
+
+# ----------------------------------------------------------------------------- memory
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (VmHWM), so that model loading is not counted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- our side
+
+def run_ours(steps: int, threads: int) -> dict:
+    import mlx.core as mx
+
+    from tui_trainer import events as ev
+    from tui_trainer.config import AdapterConfig, Config, JudgeSpec
+    from tui_trainer.engine.blas import blas_in_use
+    from tui_trainer.engine.policy import adapter_off
+    from tui_trainer.engine.trainer import Trainer
+
+    c = CONFIG
+    run_dir = tempfile.mkdtemp(prefix="ppo-bench-ours-")
+    cfg = Config(
+        batch_size=c["batch_size"], num_samples=c["num_samples"], max_new_tokens=c["max_new_tokens"],
+        ppo_epochs=c["ppo_epochs"], minibatch_size=c["minibatch_size"], temperature=c["temperature"],
+        beta=c["beta"], epsilon=c["epsilon"], value_clip=c["value_clip"], vf_coef=c["vf_coef"],
+        gamma=c["gamma"], lam=c["lam"], actor_lr=c["lr"], seed=c["seed"], steps=steps, save_every=0,
+        adapter=AdapterConfig(type="lora", rank=c["lora_rank"], scale=c["lora_scale"], layers=-1),
+        judges=[JudgeSpec(name="rules", options=dict(RULES))], run_dir=run_dir,
+    )
+    batches: list[list[list[int]]] = []
+    out: dict = {}
+    marks = {"cpu": 0.0}
+    cpu_per_step: list[float] = []
+
+    class BenchTrainer(Trainer):
+        def setup(self):
+            super().setup()
+            # like TRL with stop_token=None: every response is max_new_tokens long
+            self.eos_ids = set()
+            draw = self.prompts.next_batch
+
+            def recording_next_batch(n):
+                batch = draw(n)
+                batches.append([list(p.ids) for p in batch for _ in range(c["num_samples"])])
+                return batch
+
+            self.prompts.next_batch = recording_next_batch
+            probe = self.prompts.prompts[0].ids
+            with adapter_off(self.policy) as base:
+                out["probe_logits"] = base(mx.array([probe]))[0, -1].astype(mx.float32).tolist()
+            out["probe_ids"] = list(probe)
+            out["trainable_params"] = sum(v.size for _, v in _flat(self.policy.trainable_parameters()))
+            out["peak_reset"] = reset_peak_rss()
+            marks["cpu"] = time.process_time()
+
+    metrics: list[dict] = []
+
+    def observer(event):
+        if isinstance(event, ev.StepMetrics):
+            now = time.process_time()
+            cpu_per_step.append(now - marks["cpu"])
+            marks["cpu"] = now
+            metrics.append(dict(event.values, peak_rss_mb=peak_rss_mb()))
+
+    t0 = time.perf_counter()
+    trainer = BenchTrainer(cfg, observer=observer)
+    state = trainer.run()
+    if state.status != "finished":
+        raise SystemExit(f"our trainer ended {state.status}: {state.message}")
+    steps_out = []
+    for m, cpu in zip(metrics, cpu_per_step):
+        steps_out.append({k: float(m[k]) for k in ("time_step", "time_rollout", "time_judge", "time_update",
+                                                   "response_length", "peak_memory_mb", "peak_rss_mb",
+                                                   "tokens_per_second", "kl", "clip_fraction")}
+                         | {"cpu_seconds": cpu})
+    out.update(steps=steps_out, batches=batches, wall_seconds=time.perf_counter() - t0, blas=blas_in_use(),
+               peak_rss_mb_steps=peak_rss_mb() if out.get("peak_reset") else None,
+               versions={"mlx": _version("mlx"), "mlx-lm": _version("mlx-lm")})
+    return out
+
+
+def _flat(tree):
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(tree)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+# ----------------------------------------------------------------------------- TRL side
+
+def run_trl(python: str, ours: dict, threads: int) -> tuple[dict | None, str]:
+    """Run bench/trl_ppo_step.py in the TRL environment; (result or None, note)."""
+    if not Path(python).exists():
+        return None, (f"TRL environment not found ({python}); create it with:\n"
+                      "    python3 -m venv .venv-bench\n"
+                      "    .venv-bench/bin/pip install torch==2.13.0        # a CPU build of torch\n"
+                      "    .venv-bench/bin/pip install 'trl==1.12.0' peft gguf\n"
+                      "or point --trl-python / TUI_TRAINER_BENCH_PYTHON at one")
+    from tui_trainer.engine.models import default_model_path
+
+    c = CONFIG
+    work = Path(tempfile.mkdtemp(prefix="ppo-bench-trl-"))
+    spec = {
+        "gguf": str(default_model_path()),
+        "probe_ids": ours["probe_ids"],
+        "batches": ours["batches"],
+        "config": {"threads": threads, "seed": c["seed"], "minibatch_size": c["minibatch_size"],
+                   "ppo_epochs": c["ppo_epochs"], "max_new_tokens": c["max_new_tokens"],
+                   "temperature": c["temperature"], "beta": c["beta"], "epsilon": c["epsilon"],
+                   "value_clip": c["value_clip"], "vf_coef": c["vf_coef"], "gamma": c["gamma"], "lam": c["lam"],
+                   "lr": c["lr"], "lora_rank": c["lora_rank"], "lora_alpha": int(c["lora_rank"] * c["lora_scale"])},
+    }
+    (work / "in.json").write_text(json.dumps(spec))
+    env = dict(os.environ)
+    for var in ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH"):  # ours, not torch's
+        env.pop(var, None)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    log = work / "trl.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([python, str(ROOT / "bench" / "trl_ppo_step.py"), str(work / "in.json"),
+                               str(work / "out.json")], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0 or not (work / "out.json").exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        return None, f"TRL side failed (exit {proc.returncode}); last lines of {log}:\n{tail}"
+    return json.loads((work / "out.json").read_text()), ""
+
+
+# ----------------------------------------------------------------------------- report
+
+KEYS = ("time_step", "time_rollout", "time_judge", "time_update", "cpu_seconds")
+
+
+def summary(result: dict) -> dict:
+    measured = result["steps"][1:]  # the first step is a warm-up
+    avg = {k: sum(s[k] for s in measured) / len(measured) for k in KEYS if all(k in s for s in measured)}
+    avg["response_length"] = sum(s["response_length"] for s in result["steps"]) / len(result["steps"])
+    avg["rollout_update"] = avg["time_rollout"] + avg["time_update"]
+    avg["peak_rss_mb"] = result.get("peak_rss_mb_steps") or max(s.get("peak_rss_mb", 0) for s in result["steps"])
+    avg["tokens_per_second"] = (CONFIG["batch_size"] * CONFIG["num_samples"] * avg["response_length"]
+                                / avg["time_step"])
+    avg["measured_steps"] = len(measured)
+    return avg
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def probe_check(ours: dict, trl: dict) -> str:
+    a, b = ours["probe_logits"], trl["probe_logits"]
+    diff = max(abs(x - y) for x, y in zip(a, b))
+    top_a, top_b = max(range(len(a)), key=a.__getitem__), max(range(len(b)), key=b.__getitem__)
+    same = "same" if top_a == top_b else f"different ({top_a} vs {top_b})"
+    return (f"same weights check: last-position logits of a {len(ours['probe_ids'])}-token prompt, "
+            f"base model, MLX vs transformers: top-1 token {same}, max |diff| {diff:.2e}")
+
+
+def table(o: dict, t: dict | None) -> list[str]:
+    rows = [
+        ("seconds / step", "time_step", "{:.1f}"),
+        ("  rollout (generation)", "time_rollout", "{:.1f}"),
+        ("  judge (reward)", "time_judge", "{:.2f}"),
+        ("  update (ref + values + GAE + PPO epochs)", "time_update", "{:.1f}"),
+        ("rollout + update (no judge)", "rollout_update", "{:.1f}"),
+        ("CPU seconds / step (process)", "cpu_seconds", "{:.1f}"),
+        ("generated tokens / s (whole step)", "tokens_per_second", "{:.1f}"),
+        ("mean response length (tokens)", "response_length", "{:.1f}"),
+        ("peak RSS during the steps (MB)", "peak_rss_mb", "{:.0f}"),
+    ]
+    lines = ["| | ours (MLX) | TRL (torch) | TRL / ours |", "|---|---:|---:|---:|"]
+    for label, key, fmt in rows:
+        ov = o.get(key)
+        tv = t.get(key) if t else None
+        ratio = ""
+        if ov and tv is not None and key not in ("response_length",):
+            r = tv / ov
+            ratio = f"{r:.2f}x" if key != "tokens_per_second" else f"{r:.2f}x (higher is faster)"
+        lines.append(f"| {label} | {fmt.format(ov) if ov is not None else '-'} | "
+                     f"{fmt.format(tv) if tv is not None else '-'} | {ratio} |")
+    return lines
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load_after: str) -> str:
+    o = summary(ours)
+    t = summary(trl) if trl else None
+    c = CONFIG
+    rows = c["batch_size"] * c["num_samples"]
+    lines = [
+        SECTION,
+        "",
+        f"Measured {dt.date.today().isoformat()} by `bench/ppo_step.py` on {cpu_model()}, "
+        f"{os.cpu_count()} cores, {args.threads} threads per side, one side after the other. "
+        f"Load average before / after: {load_before} / {load_after} (the machine is shared; "
+        "times move with what else runs).",
+        "",
+        f"Config: embedded SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32 on both sides); "
+        f"{c['batch_size']} prompts x {c['num_samples']} samples = {rows} sequences x {c['max_new_tokens']} new "
+        f"tokens (EOS ignored on both sides), temperature {c['temperature']:g}; {c['ppo_epochs']} PPO epochs x "
+        f"{rows // c['minibatch_size']} minibatches of {c['minibatch_size']} sequences; LoRA rank "
+        f"{c['lora_rank']}, alpha {int(c['lora_rank'] * c['lora_scale'])}, on all 7 linear layers of all 30 blocks; "
+        f"reference = adapter off; {args.steps} steps per side, the first a warm-up, averages over the other "
+        f"{o['measured_steps']}.",
+        "",
+        *table(o, t),
+        "",
+    ]
+    if t:
+        lines += [
+            f"**Ratio (TRL seconds / ours) per PPO step: {t['time_step'] / o['time_step']:.2f}x**; "
+            f"rollout + update only (judges left out): {t['rollout_update'] / o['rollout_update']:.2f}x.",
+            "",
+            f"- Ours: tui-trainer Trainer, mlx {ours['versions']['mlx']}, mlx-lm {ours['versions']['mlx-lm']}, "
+            f"BLAS: {ours['blas']}; {ours['trainable_params'] / 1e6:.2f}M trainable parameters (LoRA + value head); "
+            f"judge: `rules` (length target {RULES['target_length']} words).",
+            f"- TRL: `trl.experimental.ppo.PPOTrainer` from TRL {trl['versions']['trl']} (the last release that "
+            f"ships PPO; 1.13 removed it), torch {trl['versions']['torch']} (CPU), transformers "
+            f"{trl['versions']['transformers']}, peft {trl['versions']['peft']}; "
+            f"{trl['trainable_params'] / 1e6:.2f}M trainable parameters (LoRA + value head), float32, "
+            "no gradient checkpointing.",
+            f"- {probe_check(ours, trl)}.",
+            "- What differs: TRL's PPO takes a reward *model*, not a function, so its judge is a linear "
+            "head on the policy's own backbone (one extra forward pass over prompt + response), where ours "
+            "is the rules judge on the text; the 'rollout + update' ratio leaves judges out. TRL's value "
+            "model is a head on the same shared backbone, but TRL runs it as its own forward pass (in the "
+            "rollout and in every minibatch); ours reads values off the policy forward's hidden states in "
+            "the update. TRL uses one AdamW for policy and value (lr 1e-5); ours two Adams (actor 1e-5, "
+            "critic 1e-4) and gradient clipping. TRL's pad token is set to `<|endoftext|>` because it "
+            "finds padding by token id. Both sides see the same prompt batches in the same order.",
+            "- Split: 'rollout' is generation (TRL: `batch_generation`; ours: batched KV-cached sampling "
+            "+ decoding); 'judge' is the reward call; 'update' is the rest of the step: reference "
+            "log-probs (adapter off), values, rewards, GAE and the PPO epochs. Peak RSS is the kernel's "
+            "high-water mark reset after model loading, so loading is not counted.",
+        ]
+    else:
+        lines += [f"TRL side not measured: {note.splitlines()[0]}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's section of the results file (other benchmarks own the others)."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    from tui_trainer.engine.blas import ensure_fast_blas
+
+    ensure_fast_blas()  # re-executes once with OpenBLAS preloaded, like the CLI
+    load_before = load_average()
+    print(f"ours: {args.steps} PPO steps ...", flush=True)
+    ours = run_ours(args.steps, args.threads)
+    trl, note = (None, "skipped (--no-trl)") if args.no_trl else (None, "")
+    if not args.no_trl:
+        print("TRL: the same steps in the TRL environment ...", flush=True)
+        trl, note = run_trl(args.trl_python, ours, args.threads)
+        if trl is None:
+            print(note, file=sys.stderr)
+    section = render(args, ours, trl, note, load_before, load_average())
+    print()
+    print(section)
+    if not args.no_write:
+        write_section(Path(args.results), section)
+        print(f"wrote the '{SECTION}' section of {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
