@@ -115,6 +115,32 @@ def test_samples_view_keys_open_a_sample_in_full():
     run(go())
 
 
+def test_control_characters_in_model_output_never_reach_the_terminal():
+    async def go():
+        cfg = Config(steps=5)
+        app = TrainerApp(cfg)
+        async with app.run_test(size=(80, 24)) as pilot:
+            dash = app.open_dashboard(cfg)
+            await pilot.pause()
+            evil = "ok\x1b[2J\x1b]0;owned\x07 宽字符宽字符宽字符宽字符宽字符宽字符宽字符宽字符宽字符宽字符 end"
+            app.handle_event([Sample(1, "p\x1b[31m", evil, 0.5)])
+            app.handle_event(LogMessage("warning", "judge said \x1b[5m"))
+            dash.flush()
+            await pilot.pause()
+            text = app.screen_text()
+            assert "\x1b" not in text and "\x07" not in text
+            assert "ok\ufffd[2J" in text
+            assert all(len(line) <= 80 for line in text.splitlines())  # wide characters cut by cells
+            box = in_thread(app.prompter.compare, "q\x1b[H", evil, "b\x9b1m", judge="human", step=1)
+            await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
+                           and app.screen.request is not None)
+            text = app.screen_text()
+            assert "\x1b" not in text and "\x9b" not in text and "q\ufffd[H" in text
+            await pilot.press("s")
+            box["thread"].join(5)
+    run(go())
+
+
 def test_histories_logs_and_samples_stay_bounded():
     async def go():
         cfg = Config(steps=5000)

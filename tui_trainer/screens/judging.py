@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_trainer.events import JudgeRequest, Verdict
-from tui_trainer.widgets.format import format_value, one_line
+from tui_trainer.widgets.format import format_value, one_line, printable
 
 WIDE = 100  # columns from which the completions are shown side by side
 RETURN_DELAY = 0.6  # seconds with no question before going back to the dashboard
@@ -130,17 +130,17 @@ class JudgingScreen(Screen):
             choice_b.display = False
             keys = "Esc dashboard"
         elif request.kind == "pairwise":
-            self.query_one("#prompt-text", Static).update(request.prompt)
-            self.query_one("#text-a", Static).update(request.a)
-            self.query_one("#text-b", Static).update(request.b or "")
+            self.query_one("#prompt-text", Static).update(printable(request.prompt))
+            self.query_one("#text-a", Static).update(printable(request.a))
+            self.query_one("#text-b", Static).update(printable(request.b or ""))
             self.query_one("#choice-a").border_title = "A (1 / a)"
             choice_b.border_title = "B (2 / b)"
             choice_b.display = True
             keys = "1/a: A is better · 2/b: B is better · t: tie · s: skip · Esc: dashboard"
         else:
             lo, hi = request.scale
-            self.query_one("#prompt-text", Static).update(request.prompt)
-            self.query_one("#text-a", Static).update(request.a)
+            self.query_one("#prompt-text", Static).update(printable(request.prompt))
+            self.query_one("#text-a", Static).update(printable(request.a))
             self.query_one("#choice-a").border_title = f"completion: rate {lo}-{hi}"
             choice_b.display = False
             keys = f"{lo}-{min(int(hi), 9)}: rating · s: skip · Esc: dashboard"

@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from tui_trainer.events import Sample
-from tui_trainer.widgets.format import format_value
+from tui_trainer.widgets.format import format_value, printable
 
 
 def sample_text(sample: Sample) -> str:
@@ -18,7 +18,7 @@ def sample_text(sample: Sample) -> str:
              + (f" ({scores})" if scores else "")
              + ("" if sample.finished else " · no EOS"),
              "", "PROMPT", sample.prompt, "", "COMPLETION", sample.completion]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 class SampleScreen(ModalScreen):

@@ -20,6 +20,7 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Stat
 
 from tui_trainer.config import Config, JudgeSpec
 from tui_trainer.screens.plugins import JudgeInfo, check_judge_options, judge_catalog
+from tui_trainer.widgets.format import printable
 
 MODES = ("ppo", "pairwise", "rloo", "grpo")
 PAIRWISE_OBJECTIVES = ("ppo", "studio")
@@ -243,7 +244,7 @@ class SetupScreen(Screen):
 
     def say(self, text: str, *, error: bool = False) -> None:
         bar = self.query_one("#setup-message", Static)
-        bar.update(text)
+        bar.update(printable(text))
         bar.set_class(error, "error")
 
     # ------------------------------------------------------------------ actions

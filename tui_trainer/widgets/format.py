@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
+
+# C0/C1 control characters (ESC above all) in model output or prompts must never reach
+# the terminal as such: each is shown as the replacement character.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def format_value(value: float | None) -> str:
@@ -49,9 +54,14 @@ def finite(value: object) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters replaced (newlines and tabs kept)."""
+    return _CONTROL.sub("\ufffd", str(text))
+
+
 def one_line(text: str, width: int) -> str:
     """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    flat = " ".join(str(text).split())
+    flat = " ".join(printable(text).split())
     if width <= 0:
         return ""
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"

@@ -7,6 +7,8 @@ import time
 from rich.text import Text
 from textual.widgets import RichLog
 
+from tui_trainer.widgets.format import printable
+
 MAX_LINES = 1000
 LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
 LEVEL_MARK = {"info": " ", "warning": "!", "error": "E"}
@@ -24,7 +26,7 @@ class LogPane(RichLog):
 
     def add(self, level: str, message: str, when: float | None = None) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(when if when is not None else time.time()))
-        line = f"{stamp} {LEVEL_MARK.get(level, ' ')} {message}"
+        line = f"{stamp} {LEVEL_MARK.get(level, ' ')} {printable(message)}"
         self.plain_lines.append(line)
         if len(self.plain_lines) > self._max:
             del self.plain_lines[: len(self.plain_lines) - self._max]

@@ -104,6 +104,7 @@ class SamplesView(Widget, can_focus=True):
             s = self.samples[i]
             body = one_line(s.completion, text_width - (2 if not s.finished else 0))
             line = Text(f"{s.step:>4} {format_value(s.score):>7}  {body}" + ("" if s.finished else " …"))
+            line.truncate(width, overflow="ellipsis")  # by cell width: wide characters count twice
             if highlight and i == end:
                 line.stylize("reverse")
             lines.append(line)
