@@ -207,3 +207,35 @@ def test_setup_screen_starts_then_resumes_a_run_by_keyboard(tiny_model, tmp_path
         assert steps == [1, 2, 3, 4]
         assert checkpoint_steps(tmp_path / "run")[-1] == 4
     asyncio.run(go())
+
+
+def test_process_exits_cleanly_after_a_run(tiny_model, tmp_path):
+    """MLX used on the worker thread must be cleaned up there: otherwise the process
+    aborts at exit (code 134) after a run that went well."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import asyncio
+        from tui_trainer.app import TrainerApp
+        from tui_trainer.config import Config, JudgeSpec
+
+        async def go(run_dir):
+            cfg = Config(model={str(tiny_model)!r}, run_dir=run_dir, steps=2, batch_size=2, num_samples=2,
+                         max_new_tokens=6, ppo_epochs=1, minibatch_size=4, save_every=0,
+                         judges=[JudgeSpec("rules")])
+            app = TrainerApp(cfg, start=True)
+            async with app.run_test(size=(80, 24)) as pilot:
+                while not app.run_ended:
+                    await asyncio.sleep(0.05)
+                assert app.status == "finished", app.error
+                await pilot.press("q")
+        import sys
+        asyncio.run(go(sys.argv[1]))
+        print("ok")
+    """)
+    for i in range(2):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"run{i}")], capture_output=True,
+                             text=True, timeout=180)
+        assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr[-1500:]

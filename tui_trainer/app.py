@@ -225,6 +225,7 @@ class TrainerApp(App[int]):
             self.trainer = None
             del trainer
             gc.collect()  # free the engine's arrays on the thread that made them
+            _release_engine_thread()
             self.worker_done.set()
 
     # ------------------------------------------------------------------ engine -> UI
@@ -477,6 +478,26 @@ class TrainerApp(App[int]):
         self._quitting = True
         self.stop_run("app closed: saving a checkpoint")
         self.prompter.close()
+
+
+def _release_engine_thread() -> None:
+    """End-of-thread cleanup for MLX, on the engine (worker) thread, never on the UI thread.
+
+    MLX wants the streams a thread created destroyed by that thread
+    (``mx.clear_streams()``); otherwise they are torn down at interpreter exit,
+    after the thread is gone, and the process aborts ("terminate called without
+    an active exception", exit 134) after a run that went well.
+    """
+    import sys as _sys
+
+    mx = _sys.modules.get("mlx.core")  # loaded by the Trainer on this thread, if it got that far
+    if mx is None:
+        return
+    try:
+        mx.synchronize()
+        mx.clear_streams()
+    except Exception:  # cleanup must never mask the run's own outcome
+        pass
 
 
 def one_line_error(exc: BaseException | None) -> str:
