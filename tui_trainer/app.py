@@ -1,7 +1,9 @@
 """The Textual app: set up a run, watch it, judge its samples from the keyboard.
 
-Threading (see DESIGN.md): the Trainer is built and run inside ONE exclusive
-thread worker, where all MLX work happens. It reports through ``observer(event)``,
+Threading (see DESIGN.md): every Trainer of the app is built and run inside ONE
+exclusive thread worker, the engine thread, which lives as long as the app and
+does all the MLX work (MLX streams belong to the thread that made them; the
+engine thread clears them when the app closes). A Trainer reports through ``observer(event)``,
 which only hands the event to the UI thread; the UI never reads engine state.
 Metrics, samples and logs go into an inbox that the dashboard drains when it
 redraws (about once a second), so the engine thread never waits for the UI and
@@ -11,13 +13,14 @@ judge asks through :class:`TuiPrompter`: the engine thread posts a
 future, which the judging screen resolves with the pressed key.
 
 Stopping: ``q`` (and ctrl+q, SIGHUP, SIGTERM) asks the Trainer to stop; it saves
-a checkpoint between steps and the app exits once the worker has returned.
+a checkpoint between steps and the app exits once the run has returned.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import queue
 import signal
 import sys
 import threading
@@ -119,6 +122,16 @@ class EngineEvent(Message):
         self.event = event
 
 
+class RunEnded(Message):
+    """The engine thread finished a run: its final RunState, or the error that ended it."""
+
+    def __init__(self, state: Any, error: str | None, exit_code: int) -> None:
+        super().__init__()
+        self.state = state
+        self.error = error
+        self.exit_code = exit_code
+
+
 class TrainerApp(App[int]):
     """tui-trainer's terminal app; ``return_value`` is the process exit code."""
 
@@ -158,8 +171,14 @@ class TrainerApp(App[int]):
         self._quitting = False
         self._ui_closed = False
         self._stop_requested = threading.Event()
+        # set while no run is going (the engine thread sets it when a run returns)
         self.worker_done = threading.Event()
         self.worker_done.set()
+        # runs for the engine thread: (config, resume, prompter), or None to end it
+        self._runs: queue.Queue[tuple[Config, bool, TuiPrompter] | None] = queue.Queue()
+        self._engine_started = False
+        self.engine_stopped = threading.Event()  # the engine thread has cleaned up and ended
+        self.engine_stopped.set()
 
     # ------------------------------------------------------------------ start
     def on_mount(self) -> None:
@@ -175,7 +194,7 @@ class TrainerApp(App[int]):
         return self._run_started and not self.worker_done.is_set()
 
     def start_run(self, config: Config, *, resume: bool = False) -> None:
-        """Show the dashboard and start training ``config`` in the trainer worker."""
+        """Show the dashboard and hand ``config`` to the engine thread to train."""
         if self.run_active:
             self.notify("A run is already going.", severity="warning")
             return
@@ -185,7 +204,11 @@ class TrainerApp(App[int]):
         self.worker_done.clear()
         self._run_started = True
         self.run_ended = False
-        self._train(config, resume, self.prompter)
+        if not self._engine_started:
+            self._engine_started = True
+            self.engine_stopped.clear()
+            self._engine()
+        self._runs.put((config, resume, self.prompter))
 
     def open_dashboard(self, config: Config) -> Any:
         """Show a fresh dashboard for ``config``; engine events go to it from now on."""
@@ -207,7 +230,29 @@ class TrainerApp(App[int]):
         return self.dashboard
 
     @work(thread=True, exclusive=True, group="trainer", exit_on_error=False)
-    def _train(self, config: Config, resume: bool, prompter: TuiPrompter) -> Any:
+    def _engine(self) -> None:
+        """The engine thread: every run of this app, one after another, on this one thread.
+
+        One thread for the app's life, because MLX streams belong to the thread
+        that made them: they are cleared once, when the app closes (see
+        ``_release_engine_thread``), and a later run on the same thread still has them.
+        """
+        try:
+            while True:
+                job = self._runs.get()
+                if job is None:
+                    break
+                ended = RunEnded(*self._run_one(*job))
+                try:
+                    self.post_message(ended)
+                except RuntimeError:  # the UI's loop is gone
+                    pass
+        finally:
+            _release_engine_thread()
+            self.engine_stopped.set()
+
+    def _run_one(self, config: Config, resume: bool, prompter: TuiPrompter) -> tuple[Any, str | None, int]:
+        """One run on the engine thread: (final RunState or None, error line or None, exit code)."""
         trainer = None
         try:
             from tui_trainer.engine.trainer import Trainer
@@ -215,17 +260,14 @@ class TrainerApp(App[int]):
             self.trainer = trainer
             if self._stop_requested.is_set():
                 trainer.stop()
-            return trainer.run()
-        except BaseException as exc:
-            # Keep no frame (and so no model array) alive past this thread: MLX
-            # arrays freed later, at interpreter exit, abort the process.
-            exc.__context__ = exc.__cause__ = None
-            raise exc.with_traceback(None) from None
+            state = trainer.run()
+            return state, None, 0
+        except Exception as exc:  # reported as one line; the traceback (and its frames) go now
+            return None, one_line_error(exc), 2 if _is_trainer_error(exc) else 1
         finally:
             self.trainer = None
             del trainer
             gc.collect()  # free the engine's arrays on the thread that made them
-            _release_engine_thread()
             self.worker_done.set()
 
     # ------------------------------------------------------------------ engine -> UI
@@ -401,34 +443,43 @@ class TrainerApp(App[int]):
         if not self.run_active:
             self.exit(self.exit_code)
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "trainer" or event.state not in (
-                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
-            return
+    def on_run_ended(self, message: RunEnded) -> None:
+        """The engine thread finished a run (UI thread)."""
         self.drain_events()
-        self.worker_done.set()
         self.trainer = None
         self.prompter.close()
         self._skip_all_pending()
-        if event.state == WorkerState.ERROR:
-            exc = event.worker.error
-            message = one_line_error(exc)
-            self.exit_code = 2 if _is_trainer_error(exc) else 1
-            if self.error != message and not (self.state and self.state.status == "failed"
-                                              and self.state.message == message):
-                self._log("error", message)
-            self.error = message
+        final, error = message.state, message.error
+        if error is not None:
+            self.exit_code = message.exit_code
+            if self.error != error and not (self.state and self.state.status == "failed"
+                                            and self.state.message == error):
+                self._log("error", error)
+            self.error = error
             self.status = "failed"
-        elif event.state == WorkerState.SUCCESS:
-            final = event.worker.result
-            if isinstance(final, RunState):
-                self.state = final
-                self.status = final.status
-                if final.status == "failed":
-                    self.exit_code = 1
-                    self.error = final.message or "the run failed"
-        else:
-            self.status = "stopped"
+        elif isinstance(final, RunState):
+            self.state = final
+            self.status = final.status
+            if final.status == "failed":
+                self.exit_code = 1
+                self.error = final.message or "the run failed"
+        self._finish_run()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The engine thread itself ended: only expected when the app closes."""
+        if event.worker.group != "trainer" or event.state not in (
+                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self._engine_started = False
+        if self.run_active or not self.run_ended and self._run_started:
+            self.worker_done.set()
+            self.drain_events()
+            self.status = "failed"
+            self.error = one_line_error(event.worker.error) if event.worker.error else "the engine stopped"
+            self.exit_code = 1
+            self._finish_run()
+
+    def _finish_run(self) -> None:
         self.run_ended = True
         if self.dashboard is not None and self.dashboard.ready:
             self.dashboard.on_finished(self.status, self.error)
@@ -478,6 +529,7 @@ class TrainerApp(App[int]):
         self._quitting = True
         self.stop_run("app closed: saving a checkpoint")
         self.prompter.close()
+        self._runs.put(None)  # the engine thread ends after the current run
 
 
 def _release_engine_thread() -> None:
@@ -515,6 +567,7 @@ def _is_trainer_error(exc: BaseException | None) -> bool:
 
 
 HANGUP_GRACE = 3.0  # seconds the UI gets to close by itself once the run has stopped
+ENGINE_CLEANUP_WAIT = 30.0  # seconds to let the engine thread release MLX after the last run
 
 
 def run_app(config: Config | None = None, *, config_path: str | None = None, resume: bool = False,
@@ -547,6 +600,7 @@ def run_app(config: Config | None = None, *, config_path: str | None = None, res
         trainer = app.trainer
         if trainer is not None:
             trainer.stop()
+        app._runs.put(None)
 
     def after_hangup() -> None:
         stop_engine()
@@ -571,9 +625,11 @@ def run_app(config: Config | None = None, *, config_path: str | None = None, res
         code = app.run()
     finally:
         app_closed.set()
-        # Whatever ended the UI, the engine stops with a checkpoint before we return.
+        # Whatever ended the UI, the engine stops with a checkpoint before we return,
+        # and its thread cleans up MLX before the interpreter exits.
         stop_engine()
         app.worker_done.wait()
+        app.engine_stopped.wait(ENGINE_CLEANUP_WAIT)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if app.error:
