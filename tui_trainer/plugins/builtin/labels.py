@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from tui_trainer.engine.errors import DataError
+from tui_trainer.fileio import atomic_write_jsonl
 
 LABELS_FILE = "labels.jsonl"
 FORMATS = ("dpo",)
@@ -88,22 +88,4 @@ def to_dpo(records: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     """Write ``rows`` as JSON lines to ``path`` via a temp file and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return n
+    return atomic_write_jsonl(path, rows)
