@@ -276,7 +276,7 @@ def table(o: dict, t: dict | None) -> list[str]:
     rows = [
         ("seconds / step", "time_step", "{:.1f}"),
         ("  rollout (generation)", "time_rollout", "{:.1f}"),
-        ("  judge (reward)", "time_judge", "{:.2f}"),
+        ("  judge (ours: rules; TRL: reward-model forward)", "time_judge", "{:.2f}"),
         ("  update (ref + values + GAE + PPO epochs)", "time_update", "{:.1f}"),
         ("rollout + update (no judge)", "rollout_update", "{:.1f}"),
         ("CPU seconds / step (process)", "cpu_seconds", "{:.1f}"),
@@ -289,7 +289,7 @@ def table(o: dict, t: dict | None) -> list[str]:
         ov = o.get(key)
         tv = t.get(key) if t else None
         ratio = ""
-        if ov and tv is not None and key not in ("response_length",):
+        if ov and tv is not None and key not in ("response_length", "time_judge"):
             r = tv / ov
             ratio = f"{r:.2f}x" if key != "tokens_per_second" else f"{r:.2f}x (higher is faster)"
         lines.append(f"| {label} | {fmt.format(ov) if ov is not None else '-'} | "
@@ -342,6 +342,9 @@ def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load
             f"{trl['trainable_params'] / 1e6:.2f}M trainable parameters (LoRA + value head), float32, "
             "no gradient checkpointing.",
             f"- {probe_check(ours, trl)}.",
+            "- Every step, warm-up first (seconds, rollout / judge / update): ours "
+            + ", ".join(_step_str(s) for s in ours["steps"]) + "; TRL "
+            + ", ".join(_step_str(s) for s in trl["steps"]) + ".",
             "- What differs: TRL's PPO takes a reward *model*, not a function, so its judge is a linear "
             "head on the policy's own backbone (one extra forward pass over prompt + response), where ours "
             "is the rules judge on the text; the 'rollout + update' ratio leaves judges out. TRL's value "
@@ -357,7 +360,12 @@ def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load
         ]
     else:
         lines += [f"TRL side not measured: {note.splitlines()[0]}", ""]
+    lines.append("<!-- end of PPO step -->")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _step_str(s: dict) -> str:
+    return f"{s['time_step']:.0f} ({s['time_rollout']:.0f} / {s['time_judge']:.1f} / {s['time_update']:.0f})"
 
 
 def write_section(path: Path, section: str) -> None:
@@ -392,6 +400,9 @@ def main(argv=None) -> int:
         if trl is None:
             print(note, file=sys.stderr)
     section = render(args, ours, trl, note, load_before, load_average())
+    raw = ROOT / "bench" / "out"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "ppo_step.json").write_text(json.dumps({"ours": ours, "trl": trl}))
     print()
     print(section)
     if not args.no_write:

@@ -190,14 +190,15 @@ def main(argv: list[str]) -> int:
     ppo_mod.get_reward = timed_reward
 
     steps: list[dict] = []
-    mark = {"t": 0.0}
+    mark = {"t": 0.0, "cpu": 0.0}
 
     class StepClock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             mark["t"] = time.perf_counter()
+            mark["cpu"] = time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.process_time()
             total = now - mark["t"]
             lengths = cur["lengths"]
             steps.append({
@@ -207,10 +208,11 @@ def main(argv: list[str]) -> int:
                 "time_update": total - cur["rollout"] - cur["judge"],
                 "response_length": sum(lengths) / max(len(lengths), 1),
                 "tokens": sum(lengths),
+                "cpu_seconds": cpu - mark["cpu"],
                 "peak_rss_mb": peak_rss_mb(),
             })
             cur.update(rollout=0.0, judge=0.0, lengths=[])
-            mark["t"] = time.perf_counter()
+            mark["t"], mark["cpu"] = time.perf_counter(), time.process_time()
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=model, ref_model=None, reward_model=reward_model,
                          train_dataset=ds, value_model=value_model, peft_config=lora, callbacks=[StepClock()])
