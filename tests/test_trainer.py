@@ -206,3 +206,12 @@ def test_frozen_prefix_cache_is_exact(tiny_dir, prompts_file, tmp_path, monkeypa
     assert t_slow.policy.prefix_layers == 0
     for key in ("kl", "policy_loss", "value_loss", "clip_fraction", "approx_kl", "score_mean"):
         assert m_fast[-1][key] == pytest.approx(m_slow[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_kl_estimator_names_the_reported_kl(tiny_dir, prompts_file, tmp_path):
+    _, _, m1, _ = run(make_config(tiny_dir, prompts_file, tmp_path / "k1", steps=2, actor_lr=5e-3))
+    _, _, m3, _ = run(make_config(tiny_dir, prompts_file, tmp_path / "k3", steps=2, actor_lr=5e-3,
+                                  kl_estimator="k3"))
+    assert m1[-1]["kl"] == pytest.approx(m1[-1]["kl_k1"]) and m1[-1]["kl"] != pytest.approx(m1[-1]["kl_k3"])
+    assert m3[-1]["kl"] == pytest.approx(m3[-1]["kl_k3"]) and m3[-1]["kl"] != pytest.approx(m3[-1]["kl_k1"])
+    assert m3[-1]["kl_k3"] > 0

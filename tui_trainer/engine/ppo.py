@@ -51,12 +51,14 @@ def last_token_index(mask: mx.array) -> mx.array:
 
 
 def compute_rewards(scores: mx.array, logp_old: mx.array, logp_ref: mx.array, mask: mx.array,
-                    beta: float) -> tuple[mx.array, mx.array]:
-    """Per-token rewards: r_t = -beta * k1_t on every response token, plus the score on the last one.
+                    beta: float, estimator: str = "k1") -> tuple[mx.array, mx.array]:
+    """Per-token rewards: r_t = -beta * KL_t on every response token, plus the score on the last one.
 
-    Returns ``(rewards, non_score_reward)``, where non_score_reward = -beta * k1 * mask.
+    KL_t is k1 (the default, as in TRL) or k3 (``estimator="k3"``).
+    Returns ``(rewards, non_score_reward)``, where non_score_reward = -beta * KL_t * mask.
     """
-    non_score = -beta * kl_k1(logp_old, logp_ref) * mask
+    kl = kl_k3(logp_old, logp_ref) if estimator == "k3" else kl_k1(logp_old, logp_ref)
+    non_score = -beta * kl * mask
     last = last_token_index(mask)
     cols = mx.arange(mask.shape[1])[None, :]
     at_last = (cols == last[:, None]).astype(mask.dtype) * (mask.sum(axis=1, keepdims=True) > 0)

@@ -405,17 +405,21 @@ class Trainer:
         logp_ref = mx.concatenate(ref_parts) * roll.response_mask
         kl1 = ppo.kl_k1(logp_old, logp_ref) * mask
         kl3 = ppo.kl_k3(logp_old, logp_ref) * mask
-        kl_seq = kl1.sum(axis=1)
+        n_kept = max(keep.sum().item(), 1.0)
+        # "kl" (penalised and fed to the adaptive controller) uses the configured estimator;
+        # kl_k1 and kl_k3 are both always reported, summed over a sequence, averaged over sequences
+        kl_seq = (kl3 if cfg.kl_estimator == "k3" else kl1).sum(axis=1)
         stats: dict[str, float] = {
-            "kl": float(kl_seq.sum().item() / max(keep.sum().item(), 1.0)),
-            "kl_k3": float(kl3.sum().item() / max(keep.sum().item(), 1.0)),
-            "kl_estimator": 1.0 if cfg.kl_estimator == "k1" else 3.0,
+            "kl": float(kl_seq.sum().item() / n_kept),
+            "kl_k1": float(kl1.sum().item() / n_kept),
+            "kl_k3": float(kl3.sum().item() / n_kept),
         }
 
         values_old = returns = None
         if critic:
             values_old = mx.concatenate(val_parts) * mask
-            rewards, non_score = ppo.compute_rewards(scores, logp_old, logp_ref, mask, self.beta)
+            rewards, non_score = ppo.compute_rewards(scores, logp_old, logp_ref, mask, self.beta,
+                                                         cfg.kl_estimator)
             if cfg.whiten_rewards:
                 rewards = ppo.whiten(rewards, mask, shift_mean=False)
             advantages, returns = ppo.gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
