@@ -208,10 +208,15 @@ def test_frozen_prefix_cache_is_exact(tiny_dir, prompts_file, tmp_path, monkeypa
         assert m_fast[-1][key] == pytest.approx(m_slow[-1][key], rel=1e-4, abs=1e-6), key
 
 
+def char_length(prompt: str, completion: str) -> float:
+    return len(completion) / 20
+
+
 def test_kl_estimator_names_the_reported_kl(tiny_dir, prompts_file, tmp_path):
-    _, _, m1, _ = run(make_config(tiny_dir, prompts_file, tmp_path / "k1", steps=2, actor_lr=5e-3))
+    judges = [JudgeSpec("rules", 1.0, {"callable": "test_trainer:char_length"})]  # varies from step 1
+    _, _, m1, _ = run(make_config(tiny_dir, prompts_file, tmp_path / "k1", steps=2, actor_lr=5e-3, judges=judges))
     _, _, m3, _ = run(make_config(tiny_dir, prompts_file, tmp_path / "k3", steps=2, actor_lr=5e-3,
-                                  kl_estimator="k3"))
+                                  kl_estimator="k3", judges=judges))
     assert m1[-1]["kl"] == pytest.approx(m1[-1]["kl_k1"]) and m1[-1]["kl"] != pytest.approx(m1[-1]["kl_k3"])
     assert m3[-1]["kl"] == pytest.approx(m3[-1]["kl_k3"]) and m3[-1]["kl"] != pytest.approx(m3[-1]["kl_k1"])
     assert m3[-1]["kl_k3"] > 0
