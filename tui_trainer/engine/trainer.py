@@ -423,7 +423,12 @@ class Trainer:
             if cfg.whiten_rewards:
                 rewards = ppo.whiten(rewards, mask, shift_mean=False)
             advantages, returns = ppo.gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
-            advantages = ppo.whiten(advantages, mask)
+            # whitening divides by the advantages' spread: when there is none (every score and
+            # value the same), it would blow float noise up into a full-size Adam step
+            if float(ppo.masked_var(advantages, mask).item()) > 1e-12:
+                advantages = ppo.whiten(advantages, mask)
+            else:
+                advantages = mx.zeros_like(advantages)
             stats["reward_mean"] = float(rewards.sum().item() / max(keep.sum().item(), 1.0))
             stats["non_score_reward"] = float(non_score.sum().item() / max(keep.sum().item(), 1.0))
         elif cfg.mode in ("rloo", "grpo"):
