@@ -314,7 +314,7 @@ def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load
         "",
         f"Measured {dt.date.today().isoformat()} by `bench/ppo_step.py` on {cpu_model()}, "
         f"{os.cpu_count()} cores, {args.threads} threads per side, one side after the other. "
-        f"Load average before / after: {load_before} / {load_after} (the machine is shared; "
+        f"Load average (1/5/15 min) before / after: {load_before} / {load_after} (the machine is shared; "
         "times move with what else runs).",
         "",
         f"Config: embedded SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32 on both sides); "
