@@ -37,7 +37,7 @@ run: $(STAMP)
 
 ## A short headless training run (no TUI).
 headless: $(STAMP)
-	$(BIN)/tui-trainer train --headless --steps 4
+	$(BIN)/tui-trainer train --headless --steps 4 --run-dir runs/headless-$$(date +%Y%m%d-%H%M%S)
 
 ## The test suite.
 test: $(STAMP)
