@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import make_tiny_model_dir
 from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
 from tui_trainer.engine.trainer import Trainer
@@ -51,11 +50,6 @@ class Server:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

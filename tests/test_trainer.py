@@ -9,7 +9,6 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import make_tiny_model_dir
 from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
 from tui_trainer.engine.models import load_policy
@@ -21,11 +20,6 @@ from tui_trainer.engine.trainer import Trainer, trim_rows
 def char_length(prompt: str, completion: str) -> float:
     """Rule used by these tests: characters / 20 (varies between samples from the first step)."""
     return len(completion) / 20
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
