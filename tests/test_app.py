@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -54,14 +55,21 @@ def in_thread(fn, *args, **kwargs):
     box["thread"] = t
     return box
 
+@asynccontextmanager
+async def dashboard_app(size=(80, 24)):
+    """A TrainerApp on its dashboard (no run started), driven by a pilot."""
+    cfg = Config(steps=5)
+    app = TrainerApp(cfg)
+    async with app.run_test(size=size) as pilot:
+        app.open_dashboard(cfg)
+        await pilot.pause()
+        yield app, pilot
+
+
 
 def test_panels_show_each_step_from_the_engine_thread():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             events = [RunState("starting", 0, 5), RunState("running", 0, 5)]
             for s in range(1, 4):
                 events += [StepMetrics(s, step_values(s)),
@@ -217,11 +225,7 @@ def test_step_time_split_reads_without_colour():
 @pytest.mark.parametrize("key,choice", [("1", "a"), ("b", "b"), ("t", "tie"), ("s", "skip")])
 def test_judging_screen_answers_the_engine_with_the_pressed_key(key, choice):
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             box = in_thread(app.prompter.compare, "Which is kinder?", "first answer", "second answer",
                             judge="human", step=4)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
@@ -241,11 +245,7 @@ def test_judging_screen_answers_the_engine_with_the_pressed_key(key, choice):
 
 def test_pointwise_rating_keys_respect_the_scale():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             box = in_thread(app.prompter.rate, "Rate this", "a completion", judge="human", step=1,
                             scale=(1, 5))
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
@@ -270,11 +270,7 @@ def test_pointwise_rating_keys_respect_the_scale():
 
 def test_judging_layout_side_by_side_when_wide_stacked_when_narrow():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             box = in_thread(app.prompter.compare, "p", "left text", "right text", judge="human", step=1)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
                            and app.screen.request is not None)
@@ -293,11 +289,7 @@ def test_judging_layout_side_by_side_when_wide_stacked_when_narrow():
 
 def test_two_waiting_questions_are_answered_in_order_and_counted():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             first = in_thread(app.prompter.compare, "first?", "a1", "b1", judge="human", step=1)
             await wait_for(pilot, lambda: app.waiting_count() == 1)
             second = in_thread(app.prompter.compare, "second?", "a2", "b2", judge="human", step=1)
@@ -318,11 +310,7 @@ def test_two_waiting_questions_are_answered_in_order_and_counted():
 
 def test_escape_leaves_the_question_waiting_and_j_returns_to_it():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             box = in_thread(app.prompter.compare, "p?", "x", "y", judge="human", step=2)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
                            and app.screen.request is not None)
@@ -363,11 +351,7 @@ def test_parse_rating():
 
 def test_engine_judge_request_event_is_shown_like_a_prompter_question():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             request = JudgeRequest("pairwise", "event prompt", "A text", "B text", step=7)
             app._observe(request)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
@@ -379,11 +363,7 @@ def test_engine_judge_request_event_is_shown_like_a_prompter_question():
 
 def test_help_opens_and_closes_with_keys():
     async def go():
-        cfg = Config(steps=5)
-        app = TrainerApp(cfg)
-        async with app.run_test(size=(80, 24)) as pilot:
-            app.open_dashboard(cfg)
-            await pilot.pause()
+        async with dashboard_app(size=(80, 24)) as (app, pilot):
             await pilot.press("question_mark")
             await pilot.pause()
             text = app.screen_text()
