@@ -35,12 +35,13 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from memory import peak_rss_mb, reset_peak_rss  # bench/memory.py: the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## PPO step"
@@ -87,24 +88,6 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- memory
 
-def reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (VmHWM), so that model loading is not counted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------- our side
