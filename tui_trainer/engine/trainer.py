@@ -249,9 +249,9 @@ class Trainer:
                     self._ckpt.clear()
                     self.save()
                 self._set_state("paused" if self._pause.is_set() else "running")
-            if self.step > 0 and (latest_checkpoint(self.run_dir) is None
-                                  or int(latest_checkpoint(self.run_dir).name) != self.step):
-                self.save()
+            last = latest_checkpoint(self.run_dir)
+            if self.step > 0 and (last is None or int(last.name) != self.step):
+                self.save()  # the run always ends on a checkpoint of its last step
             self._set_state("stopped" if self._stop.is_set() and self.step < self.cfg.steps else "finished")
         except KeyboardInterrupt:
             self._save_after_failure()
