@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ def _early_blas_threads() -> None:
 
 _early_blas_threads()
 
+from results import write_section  # noqa: E402  bench/results.py
 from tui_trainer.engine.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
@@ -54,7 +54,6 @@ from tui_trainer.config import Config, JudgeSpec  # noqa: E402
 from tui_trainer.events import StepMetrics  # noqa: E402
 
 SECTION = "## App throughput"
-END_MARK = "<!-- end of App throughput -->"
 
 
 def rates(stamps: list[tuple[float, float, float]]) -> tuple[float, float, float]:
@@ -128,23 +127,6 @@ def make_config(model: str | None, run_dir: Path, steps: int) -> Config:
     return Config(model=model, run_dir=str(run_dir), steps=steps, save_every=0, seed=0,
                   batch_size=4, num_samples=2, max_new_tokens=16, ppo_epochs=1, minibatch_size=4,
                   judges=[JudgeSpec("rules")])
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace this bench's section (from its heading to its end marker), keep the rest."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    body = text.rstrip() + "\n" + END_MARK + "\n"
-    marked = re.compile(rf"^{re.escape(SECTION)}\n.*?^{re.escape(END_MARK)}\n?", re.S | re.M)
-    unmarked = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    for pattern in (marked, unmarked):
-        if pattern.search(old):
-            new = pattern.sub(lambda _: body + ("\n" if pattern is unmarked else ""), old, count=1)
-            break
-    else:
-        new = old.rstrip() + "\n\n" + body
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new.rstrip() + "\n")
-    os.replace(tmp, path)
 
 
 def bench_model(name: str, tmp: Path, steps: int | None, pairs: int) -> list[str]:
@@ -234,7 +216,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="app-bench-") as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             lines += bench_model(name, Path(tmp), args.steps, args.pairs)
-    write_section(Path(args.results), "\n".join(lines))
+    write_section(Path(args.results), SECTION, "\n".join(lines))
     print(f"wrote {args.results}")
     return 0
 

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from memory import peak_rss_mb, reset_peak_rss  # bench/memory.py: the script's own folder
+from results import write_section  # bench/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## PPO step"
@@ -343,7 +344,6 @@ def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load
         ]
     else:
         lines += [f"TRL side not measured: {note.splitlines()[0]}", ""]
-    lines.append("<!-- end of PPO step -->")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -351,28 +351,12 @@ def _step_str(s: dict) -> str:
     return f"{s['time_step']:.0f} ({s['time_rollout']:.0f} / {s['time_judge']:.1f} / {s['time_update']:.0f})"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of the results file (other benchmarks own the others)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     from tui_trainer.engine.blas import ensure_fast_blas
 
-    ensure_fast_blas()  # re-executes once with OpenBLAS preloaded, like the CLI
+    ensure_fast_blas()  # loads the probed OpenBLAS before mlx, like the CLI
     load_before = load_average()
     print(f"ours: {args.steps} PPO steps ...", flush=True)
     ours = run_ours(args.steps, args.threads)
@@ -389,7 +373,7 @@ def main(argv=None) -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(Path(args.results), section)
+        write_section(Path(args.results), SECTION, section)
         print(f"wrote the '{SECTION}' section of {args.results}")
     return 0
 

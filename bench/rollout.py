@@ -16,9 +16,9 @@ tokens over the wall time including the prompt's prefill. Each number is the bes
 of ``--repeats`` runs after a 4-token warm-up (the machine may be shared).
 
 Matmul: f32 (1024x576) @ (576x4096) and the LM-head shape (1024x576) @ (576x49152),
-GFLOP/s = 2*M*K*N / seconds, in this process (BLAS preloaded by
-``ensure_fast_blas``) and in a child process started with TUI_TRAINER_BLAS=off and
-no LD_PRELOAD, i.e. the reference BLAS bundled with the mlx[cpu] wheel.
+GFLOP/s = 2*M*K*N / seconds, in this process (BLAS loaded by ``ensure_fast_blas``)
+and in a child process started with TUI_TRAINER_BLAS=off, i.e. the reference BLAS
+bundled with the mlx[cpu] wheel.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import ctypes
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from results import write_section  # noqa: E402  bench/results.py
 
 from tui_trainer.engine.blas import ensure_fast_blas  # noqa: E402
 
@@ -81,8 +81,6 @@ def matmul_gflops(max_seconds: float) -> dict[str, float]:
 def reference_gflops(max_seconds: float) -> tuple[dict[str, float] | None, str]:
     """The same matmuls in a child process on the wheel's bundled reference BLAS."""
     env = dict(os.environ)
-    for key in ("LD_PRELOAD", "TUI_TRAINER_BLAS_REEXEC"):
-        env.pop(key, None)
     env["TUI_TRAINER_BLAS"] = "off"
     proc = subprocess.run([sys.executable, __file__, "--matmul-child", str(max_seconds)],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -195,17 +193,6 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, keeping the others; atomic."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = text.rstrip() + "\n\n"
-    new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip() + "\n\n" + body
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new.rstrip() + "\n")
-    os.replace(tmp, path)
-
-
 def render(args, rows, mm, ref, ref_blas, blas, model_path, prompt_len, load_before, load_after, wall) -> str:
     cpu, cores = cpu_model()
     lines = [
@@ -298,7 +285,7 @@ def main(argv=None) -> int:
     print()
     print(text)
     if not args.no_write:
-        write_section(Path(args.results), text)
+        write_section(Path(args.results), SECTION, text)
         print(f"\nwrote the {SECTION!r} section of {args.results}")
     return 0
 

@@ -50,3 +50,17 @@ def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, **o
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     (path / "config.json").write_text(json.dumps({**args, "eos_token_id": 1, "bos_token_id": 2}))
     return path
+
+
+EPS32 = 2.0 ** -23  # float32 machine epsilon
+
+
+def step0_kl_bound(metrics: dict) -> float:
+    """How far from 0 the step-0 KL may be on any BLAS kernel.
+
+    At step 0 the policy is the reference, so the KL (a sum over a sequence of log-prob
+    differences between the KV-cached decode and the full forward) is rounding error only:
+    each difference is a few float32 ulps of the log-probs involved. Their sum per sequence is
+    about entropy x length, and the factor 32 covers the error the layers accumulate.
+    """
+    return 32 * EPS32 * metrics["response_length"] * max(metrics["entropy"], 1.0)

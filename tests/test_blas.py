@@ -1,14 +1,107 @@
+"""The BLAS that MLX uses on Linux CPU: fast, portable across CPUs, probed before use, and invisible
+to child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
-from tui_trainer.engine.blas import blas_in_use, is_fast, wants_cpu_blas
+from tui_trainer.engine.blas import blas_in_use, candidates, is_fast, probe, wants_cpu_blas
+
+linux_cpu = pytest.mark.skipif(not (sys.platform.startswith("linux") and wants_cpu_blas()),
+                               reason="the mlx[cpu] wheel on Linux only")
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux CPU only")
+def child_env(tmp_path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TUI_TRAINER_BLAS", "LD_PRELOAD")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # a fresh probe, not a cached verdict
+    env.update(extra)
+    return env
+
+
+def build_lib(tmp_path, name: str, body: str) -> str:
+    """A shared library whose ``cblas_sgemm`` does ``body``."""
+    src = tmp_path / f"{name}.c"
+    src.write_text(textwrap.dedent("""
+        void cblas_sgemm(int o, int ta, int tb, int m, int n, int k, float al, const float* a, int lda,
+                         const float* b, int ldb, float be, float* c, int ldc) { %s }
+    """) % body)
+    out = tmp_path / f"lib{name}.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    return str(out)
+
+
+@linux_cpu
 def test_tests_run_on_optimized_blas():
-    if not wants_cpu_blas():
-        pytest.skip("not the mlx[cpu] wheel")
     desc = blas_in_use()
     assert is_fast(desc), desc
     assert "OpenBLAS" in desc or "MKL" in desc
+
+
+@linux_cpu
+def test_chosen_blas_selects_kernels_at_run_time():
+    """A BLAS built for one core (e.g. SKYLAKEX) dies with SIGILL elsewhere: what we load must be
+    DYNAMIC_ARCH (or MKL), so such a build cannot come back through a dependency bump."""
+    desc = blas_in_use()
+    assert "DYNAMIC_ARCH" in desc or "MKL" in desc, desc
+    found = [lib for lib, source in candidates() if "scipy-openblas32" in source]
+    assert found, "the scipy-openblas32 dependency is not installed"
+    result = probe(found[0])
+    assert result.ok, result.line
+    assert "DYNAMIC_ARCH" in result.config, result.config
+    assert result.seconds < result.bundled_seconds
+
+
+@linux_cpu
+@needs_cc
+@pytest.mark.parametrize("kind, body, expect", [
+    ("crash", "__builtin_trap();", "died with SIG"),        # SIGILL on x86-64, SIGTRAP on aarch64
+    ("wrong", "(void)c;", "wrong results"),                 # leaves C untouched
+])
+def test_a_bad_blas_is_refused_and_the_program_runs_on(tmp_path, kind, body, expect):
+    lib = build_lib(tmp_path, kind, body)
+    code = ("from tui_trainer.engine.blas import ensure_fast_blas, blas_in_use; ensure_fast_blas();"
+            "import mlx.core as mx; a = mx.ones((64, 64)); print(int((a @ a).sum().item())); print(blas_in_use())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=child_env(tmp_path, TUI_TRAINER_BLAS=lib))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == str(64 ** 3)  # the matmul ran, on the bundled BLAS
+    assert "reference BLAS" in proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if "BLAS probe" in ln]
+    assert len(lines) == 1 and expect in lines[0] and lib in lines[0], proc.stderr
+    # doctor shows the same verdict
+    doc = subprocess.run([sys.executable, "-m", "tui_trainer", "doctor"], capture_output=True, text=True,
+                         timeout=300, env=child_env(tmp_path, TUI_TRAINER_BLAS=lib))
+    assert expect in doc.stdout and "BLAS fix" in doc.stdout, doc.stdout + doc.stderr
+    assert "Traceback" not in doc.stdout + doc.stderr
+
+
+@linux_cpu
+def test_children_inherit_no_blas_environment(tmp_path):
+    """The BLAS is loaded in-process: pip, shells and llama.cpp helpers started by the program get
+    the environment it was started with, no LD_PRELOAD / LD_LIBRARY_PATH of ours."""
+    code = ("import json, os, subprocess, sys\n"
+            "before = dict(os.environ)\n"
+            "from tui_trainer.engine.blas import ensure_fast_blas, blas_in_use\n"
+            "ensure_fast_blas()\n"
+            "import mlx.core as mx\n"
+            "mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8)))\n"
+            "child = subprocess.run([sys.executable, '-c', 'import json, os; print(json.dumps(dict(os.environ)))'],"
+            " capture_output=True, text=True).stdout\n"
+            "print(json.dumps({'fast': blas_in_use(), 'before': before, 'child': json.loads(child)}))\n")
+    env = child_env(tmp_path)
+    env.pop("LD_LIBRARY_PATH", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert is_fast(out["fast"]), out["fast"]
+    for key in ("LD_PRELOAD", "LD_LIBRARY_PATH"):
+        assert out["child"].get(key) == out["before"].get(key), key
+    assert out["child"] == out["before"]  # nothing at all added to what the child inherits

@@ -1,7 +1,7 @@
 """pytest plugin (``-p tui_trainer.pytest_blas``, set in pyproject's addopts).
 
-Loaded before pytest captures output, so the one-time re-exec with an
-optimized BLAS preloaded (see engine/blas.py) keeps the terminal.
+Loaded before any test module imports mlx, so the probed optimized BLAS (see
+engine/blas.py) is in place when MLX binds its BLAS symbols.
 """
 
 from tui_trainer.engine.blas import ensure_fast_blas

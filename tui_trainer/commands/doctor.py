@@ -1,4 +1,4 @@
-"""`tui-trainer doctor`: platform, Python, MLX and its device, BLAS in use, default model, llama.cpp, plugins.
+"""`tui-trainer doctor`: platform, Python, MLX and its device, CPU features, BLAS in use and its probe, default model, llama.cpp, plugins.
 
 Exit status 0 when the essentials (MLX, the default model, llama-cpp-python) are
 there; 1 when one is missing. A slow BLAS is reported with its fix, not an error.
@@ -7,6 +7,7 @@ there; 1 when one is missing. A slow BLAS is reported with its fix, not an error
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from importlib import metadata
@@ -45,23 +46,21 @@ def _mlx() -> tuple[bool, str]:
     return True, f"{mx.__version__}, default device {mx.default_device()}{extra}; mlx-lm {lm or 'missing'}"
 
 
-def _blas() -> tuple[str, str | None]:
-    from tui_trainer.engine.blas import blas_in_use, find_openblas, is_fast, wants_cpu_blas
+def _blas() -> list[tuple[str, str]]:
+    """Lines for the CPU's vector features, the BLAS in use, each probe's result and a fix."""
+    from tui_trainer.engine.blas import STATUS, blas_in_use, cpu_features, is_fast, wants_cpu_blas
 
-    desc = blas_in_use()
-    if is_fast(desc):
-        return desc, None
-    choice = find_openblas()
-    if choice.library is None and choice.reason.startswith("disabled"):
-        fix = "unset TUI_TRAINER_BLAS (it is set to off) so that tui-trainer preloads an optimized BLAS"
-    elif choice.library:
-        fix = (f"{choice.library} was found but is not in use: start through `tui-trainer` (it re-executes "
-               f"itself with LD_PRELOAD), or unset TUI_TRAINER_BLAS_REEXEC")
-    elif wants_cpu_blas():
-        fix = choice.reason
-    else:
-        fix = None
-    return desc, fix
+    rows = [("CPU features", cpu_features()), ("BLAS", blas_in_use())]
+    for p in STATUS.probes:
+        rows.append(("BLAS probe", f"{p.library}: {p.line}" if p.ok else p.line))
+    if not is_fast(rows[1][1]) and wants_cpu_blas():
+        if os.environ.get("TUI_TRAINER_BLAS", "").lower() in ("0", "off", "none", "reference"):
+            rows.append(("BLAS fix", "unset TUI_TRAINER_BLAS (it is set to off) so that tui-trainer loads "
+                                     "an optimized BLAS"))
+        else:
+            rows.append(("BLAS fix", "pip install scipy-openblas32 (and a C compiler for its shim), or point "
+                                     "TUI_TRAINER_BLAS at a DYNAMIC_ARCH OpenBLAS or MKL library"))
+    return rows
 
 
 def _model() -> tuple[bool, str]:
@@ -127,10 +126,8 @@ def run(args: argparse.Namespace) -> int:
     ok &= mlx_ok
     _line("mlx", mlx_desc)
     if mlx_ok:
-        desc, fix = _blas()
-        _line("BLAS", desc)
-        if fix:
-            _line("BLAS fix", fix)
+        for label, value in _blas():
+            _line(label, value)
     model_ok, model_desc = _model()
     ok &= model_ok
     _line("default model", model_desc)

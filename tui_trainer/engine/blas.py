@@ -1,41 +1,172 @@
-"""Pick a fast BLAS for MLX's CPU backend on Linux.
+"""Pick a fast, safe BLAS for MLX's CPU backend on Linux.
 
 The ``mlx[cpu]`` wheel links a bundled reference BLAS (netlib): f32 matmul runs
-~30-40x slower than OpenBLAS. libmlx resolves ``cblas_sgemm`` and the LAPACK
-routines dynamically, so a library named in ``LD_PRELOAD`` wins the symbol
-lookup. ``ensure_fast_blas()`` re-executes the current process once with
-``LD_PRELOAD`` set to the OpenBLAS shipped by the ``cmeel-openblas`` wheel (a
-dependency on Linux x86_64), or to an MKL/OpenBLAS named by the user in
-``TUI_TRAINER_BLAS``. It must run before ``mlx`` is imported, which is why this
-module imports nothing heavy.
+~20-40x slower than OpenBLAS. libmlx looks ``cblas_sgemm`` up at load time in the
+process's global scope before its own dependencies, so a library loaded earlier
+with ``RTLD_GLOBAL`` wins. ``ensure_fast_blas()`` does that in-process, before
+``mlx`` is imported: no re-exec, no ``LD_PRELOAD``, nothing for child processes
+to inherit.
 
-That OpenBLAS needs ``libgfortran.so.5``; the MLX wheel bundles one under a
-mangled name, so a cache folder holds a symlink with the plain name.
+The library must choose its kernels at run time: a build for one core (e.g. an
+OpenBLAS compiled for SKYLAKEX) dies with SIGILL on a CPU without AVX-512. So:
+
+1. candidates, in order: ``TUI_TRAINER_BLAS`` (a user's OpenBLAS/MKL, or ``off``);
+   the ``scipy-openblas32`` wheel (a dependency on Linux; built ``DYNAMIC_ARCH``);
+   a system ``libopenblas.so.0``;
+2. each is **probed in a short child process** (load it, run a small sgemm in two
+   transpose modes, check the result against exact arithmetic, time it against the
+   bundled BLAS). A child that dies by a signal, answers wrong, or is slower than the
+   bundled BLAS disqualifies the library, and one line says so;
+3. scipy-openblas32 exports its symbols with a ``scipy_`` prefix, so a ten-line C
+   shim (``cblas_sgemm`` -> ``scipy_cblas_sgemm``, ...) is compiled once with the
+   system C compiler into ``~/.cache/tui-trainer/blas/`` (no ``-march``: it runs on
+   any CPU) and loaded instead.
+
+Probe results are cached per (library, size, mtime, CPU) in the same folder.
+This module imports nothing heavy and never imports mlx.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
+import json
 import os
+import platform
+import shutil
+import signal
+import subprocess
 import sys
 import sysconfig
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-_GUARD = "TUI_TRAINER_BLAS_REEXEC"
+_SHIM_SOURCE = r"""
+/* tui-trainer: standard cblas_* / openblas_* names for a BLAS exported with a prefix. */
+typedef int I;
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define P(name) CAT(PREFIX, name)
+extern void P(cblas_sgemm)(I, I, I, I, I, I, float, const float*, I, const float*, I, float, float*, I);
+extern void P(cblas_dgemm)(I, I, I, I, I, I, double, const double*, I, const double*, I, double, double*, I);
+extern void P(cblas_cgemm)(I, I, I, I, I, I, const void*, const void*, I, const void*, I, const void*, void*, I);
+extern char* P(openblas_get_config)(void);
+extern char* P(openblas_get_corename)(void);
+extern int P(openblas_get_num_threads)(void);
+extern void P(openblas_set_num_threads)(int);
+void cblas_sgemm(I o, I ta, I tb, I m, I n, I k, float al, const float* a, I lda, const float* b, I ldb,
+                 float be, float* c, I ldc) { P(cblas_sgemm)(o, ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc); }
+void cblas_dgemm(I o, I ta, I tb, I m, I n, I k, double al, const double* a, I lda, const double* b, I ldb,
+                 double be, double* c, I ldc) { P(cblas_dgemm)(o, ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc); }
+void cblas_cgemm(I o, I ta, I tb, I m, I n, I k, const void* al, const void* a, I lda, const void* b, I ldb,
+                 const void* be, void* c, I ldc) { P(cblas_cgemm)(o, ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc); }
+char* openblas_get_config(void) { return P(openblas_get_config)(); }
+char* openblas_get_corename(void) { return P(openblas_get_corename)(); }
+int openblas_get_num_threads(void) { return P(openblas_get_num_threads)(); }
+void openblas_set_num_threads(int n) { P(openblas_set_num_threads)(n); }
+"""
+
+# The probe runs in a child: only ctypes, no mlx, no numpy. argv: library, bundled BLAS (or "").
+_PROBE = r"""
+import ctypes, json, random, sys, time
+out = {}
+def load(path):
+    lib = ctypes.CDLL(path)
+    for pfx in ("", "scipy_"):
+        try:
+            fn = getattr(lib, pfx + "cblas_sgemm")
+        except AttributeError:
+            continue
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                            ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+        return lib, pfx, fn
+    raise SystemExit("no cblas_sgemm in " + path)
+lib, pfx, gemm = load(sys.argv[1])
+out["prefix"] = pfx
+for key, name in (("config", "openblas_get_config"), ("core", "openblas_get_corename")):
+    f = getattr(lib, pfx + name, None)
+    if f is not None:
+        f.restype = ctypes.c_char_p
+        out[key] = f().decode("utf-8", "replace")
+if "config" not in out and hasattr(lib, "MKL_Get_Version_String"):
+    buf = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(buf, 256)
+    out["config"] = buf.value.decode("utf-8", "replace")
+ROW, NT, T = 101, 111, 112
+def run(fn, m, n, k, ta, a, b):
+    A = (ctypes.c_float * len(a))(*a); B = (ctypes.c_float * len(b))(*b); C = (ctypes.c_float * (m * n))()
+    lda = m if ta == T else k
+    fn(ROW, ta, NT, m, n, k, 1.0, A, lda, B, n, 0.0, C, n)
+    return list(C)
+rng = random.Random(0)
+m, n, k = 37, 29, 53   # odd sizes reach the kernels' edge cases
+a = [rng.uniform(-1, 1) for _ in range(m * k)]
+b = [rng.uniform(-1, 1) for _ in range(k * n)]
+worst = 0.0
+for ta in (NT, T):
+    got = run(gemm, m, n, k, ta, a, b)
+    for i in range(m):
+        for j in range(n):
+            terms = [(a[p * m + i] if ta == T else a[i * k + p]) * b[p * n + j] for p in range(k)]
+            bound = 4 * k * 2.0 ** -24 * sum(abs(t) for t in terms) + 1e-30   # float32 summation error
+            worst = max(worst, abs(got[i * n + j] - sum(terms)) / bound)
+out["error_ratio"] = worst   # <= 1: within float32 error of the exact product
+def best(fn, size=192, reps=3):
+    x = [rng.uniform(-1, 1) for _ in range(size * size)]
+    A = (ctypes.c_float * len(x))(*x); C = (ctypes.c_float * len(x))()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter(); fn(ROW, NT, NT, size, size, size, 1.0, A, size, A, size, 0.0, C, size)
+        times.append(time.perf_counter() - t)
+    return min(times)
+out["seconds"] = best(gemm)
+if sys.argv[2]:
+    out["bundled_seconds"] = best(load(sys.argv[2])[2])
+print(json.dumps(out))
+"""
+
+_INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                      "amx_tile", "asimd", "asimdhp", "sve", "sve2", "i8mm", "bf16")
 
 
 @dataclass
-class BlasChoice:
-    library: str | None  # path to the optimized library, None when none found
-    reason: str  # one line: what was found, or why not / the fix
+class Probe:
+    library: str
+    ok: bool
+    line: str  # one line: what the probe found
+    config: str = ""
+    core: str = ""
+    prefix: str = ""
+    seconds: float | None = None
+    bundled_seconds: float | None = None
+
+
+@dataclass
+class BlasStatus:
+    """What ``ensure_fast_blas`` did in this process (``doctor`` prints it)."""
+
+    attempted: bool = False
+    loaded: str | None = None  # the library loaded with RTLD_GLOBAL (a shim, or the library itself)
+    source: str = ""  # where it came from
+    probes: list[Probe] = field(default_factory=list)
+    message: str = ""  # the one line shown when falling back to the bundled BLAS
+
+
+STATUS = BlasStatus()
+_HANDLE = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tui-trainer" / "blas"
 
 
 def _site_dirs() -> list[Path]:
     dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     dirs.update(p for p in sys.path if p.endswith("site-packages"))
-    return [Path(d) for d in dirs if Path(d).is_dir()]
+    return [Path(d) for d in sorted(dirs) if Path(d).is_dir()]
 
 
 def _mlx_libs_dir() -> Path | None:
@@ -46,118 +177,269 @@ def _mlx_libs_dir() -> Path | None:
     return None
 
 
-def find_openblas() -> BlasChoice:
-    """Locate an optimized BLAS to preload; never imports mlx."""
-    user = os.environ.get("TUI_TRAINER_BLAS")
-    if user:
-        if user.lower() in ("0", "off", "none", "reference"):
-            return BlasChoice(None, "disabled by TUI_TRAINER_BLAS")
-        if Path(user).is_file():
-            return BlasChoice(user, f"from TUI_TRAINER_BLAS={user}")
-        return BlasChoice(None, f"TUI_TRAINER_BLAS={user} is not a file")
-    for site in _site_dirs():
-        for cand in sorted(glob.glob(str(site / "cmeel.prefix" / "lib" / "libopenblas*.so*"))):
-            return BlasChoice(cand, "OpenBLAS from the cmeel-openblas wheel")
-    for cand in ("/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
-                 "/usr/lib64/libopenblas.so.0", "/usr/lib/libopenblas.so.0"):
-        if Path(cand).is_file():
-            return BlasChoice(cand, "system OpenBLAS")
-    return BlasChoice(None, "no optimized BLAS found: `pip install cmeel-openblas` (or apt install libopenblas0), "
-                            "or point TUI_TRAINER_BLAS at an OpenBLAS/MKL library")
+def bundled_blas() -> str | None:
+    """The reference BLAS that the mlx[cpu] wheel links (the speed to beat)."""
+    libs = _mlx_libs_dir()
+    found = sorted(glob.glob(str(libs / "libblas*.so*"))) if libs else []
+    return found[0] if found else None
 
 
-def _gfortran_shim(libs: Path) -> Path | None:
-    """A cache folder with ``libgfortran.so.5`` -> MLX's bundled copy."""
-    found = sorted(libs.glob("libgfortran*.so*"))
-    if not found:
-        return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tui-trainer" / "blas-shim"
+def cpu_features() -> str:
+    """The CPU's vector features that matter to BLAS kernels, e.g. ``avx avx2 fma``."""
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        link = cache / "libgfortran.so.5"
-        if not link.exists() or link.resolve() != found[0].resolve():
-            tmp = cache / f".libgfortran.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(found[0])
-            os.replace(tmp, link)
-        return cache
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return None
+        return platform.machine()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            break
+    return " ".join(f for f in _INTERESTING_FLAGS if f in flags) or "(no SIMD flags reported)"
+
+
+def _cpu_signature() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "CPU part")):
+                model = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{model}|{cpu_features()}"
 
 
 def wants_cpu_blas() -> bool:
-    """True on Linux unless a GPU backend is in use or the user opted out."""
+    """True on Linux with the mlx[cpu] wheel, unless the GPU is asked for."""
     if not sys.platform.startswith("linux"):
         return False
     if os.environ.get("TUI_TRAINER_DEVICE", "").lower() == "gpu":
         return False
-    # the mlx[cuda] wheel has no bundled reference BLAS worth replacing for GPU work
-    return _mlx_libs_dir() is not None and (_mlx_libs_dir().name == "mlx_cpu.libs")
-
-
-def preload_env(choice: BlasChoice) -> dict[str, str] | None:
-    """The environment that makes MLX use ``choice.library``; None if impossible."""
-    if not choice.library:
-        return None
-    env = dict(os.environ)
-    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
-    if choice.library not in preload:
-        preload.insert(0, choice.library)
-    env["LD_PRELOAD"] = ":".join(preload)
     libs = _mlx_libs_dir()
-    extra = []
-    if libs is not None and "cmeel" in choice.library:
-        shim = _gfortran_shim(libs)
-        if shim is None:
-            return None
-        extra = [str(shim), str(libs)]
-    if extra:
-        env["LD_LIBRARY_PATH"] = ":".join(extra + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p])
-    env[_GUARD] = "1"
-    return env
+    return libs is not None and libs.name == "mlx_cpu.libs"
 
 
-def ensure_fast_blas() -> None:
-    """Re-exec this process once with an optimized BLAS preloaded (Linux CPU only).
+def candidates() -> list[tuple[str, str]]:
+    """(library, where it came from) in the order they are tried; [] when the user said off."""
+    user = os.environ.get("TUI_TRAINER_BLAS")
+    if user:
+        if user.lower() in ("0", "off", "none", "reference"):
+            return []
+        return [(user, "TUI_TRAINER_BLAS")]
+    found: list[tuple[str, str]] = []
+    for site in _site_dirs():
+        for lib in sorted(glob.glob(str(site / "scipy_openblas32" / "lib" / "libscipy_openblas*.so*"))):
+            found.append((lib, "the scipy-openblas32 wheel"))
+    for lib in ("/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+                "/usr/lib64/libopenblas.so.0", "/usr/lib/libopenblas.so.0"):
+        if Path(lib).is_file():
+            found.append((lib, "the system OpenBLAS"))
+    return found
 
-    Call it first thing in an entry point, before anything imports mlx. If the
-    re-exec is impossible or was already done, it returns and the process goes
-    on (``blas_in_use()`` then tells what MLX actually got).
-    """
-    if os.environ.get(_GUARD) or "mlx.core" in sys.modules or not wants_cpu_blas():
-        return
-    env = preload_env(find_openblas())
-    if env is None:
-        return
-    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
-    sys.stdout.flush()
-    sys.stderr.flush()
+
+def _signal_name(rc: int) -> str:
     try:
-        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+        name = signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+    return name + (" (illegal instruction: built for another CPU)" if name == "SIGILL" else "")
+
+
+def _run_probe(library: str) -> Probe:
+    bundled = bundled_blas() or ""
+    # one thread on both sides: the comparison is of kernels, not of how busy the machine is
+    env = {**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}, "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", _PROBE, library, bundled], capture_output=True,
+                              text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return Probe(library, False, f"{library}: the probe's sgemm did not finish in 120 s")
+    except OSError as exc:
+        return Probe(library, False, f"{library}: cannot start the probe ({exc})")
+    if proc.returncode < 0:
+        return Probe(library, False, f"{library}: the probe died with {_signal_name(proc.returncode)}")
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return Probe(library, False, f"{library}: does not load as a BLAS ({err[:200]})")
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Probe(library, False, f"{library}: the probe printed no result")
+    p = Probe(library, False, "", out.get("config", ""), out.get("core", ""), out.get("prefix", ""),
+              out.get("seconds"), out.get("bundled_seconds"))
+    if not out.get("error_ratio", 1e9) <= 1.0:
+        p.line = f"{library}: sgemm gives wrong results ({out.get('error_ratio', 0):.3g}x float32 error)"
+    elif p.bundled_seconds is not None and p.seconds > p.bundled_seconds:
+        p.line = (f"{library}: slower than the bundled BLAS "
+                  f"({p.seconds * 1e3:.1f} ms vs {p.bundled_seconds * 1e3:.1f} ms for a 192^3 sgemm)")
+    else:
+        p.ok = True
+        speed = f", {p.bundled_seconds / max(p.seconds, 1e-9):.0f}x the bundled BLAS" if p.bundled_seconds else ""
+        p.line = f"ok: sgemm correct{speed}" + (f", kernels {p.core}" if p.core else "")
+    return p
+
+
+def probe(library: str) -> Probe:
+    """Probe ``library`` in a child process (result cached per library file and CPU)."""
+    try:
+        st = Path(library).stat()
     except OSError:
-        return
+        return Probe(library, False, f"{library}: no such file")
+    key = hashlib.sha256(f"{Path(library).resolve()}|{st.st_size}|{st.st_mtime_ns}|{_cpu_signature()}|"
+                         f"{bundled_blas()}".encode()).hexdigest()[:24]
+    path = cache_dir() / f"probe-{key}.json"
+    try:
+        return Probe(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    result = _run_probe(library)
+    if "did not finish" not in result.line:  # a busy machine is no verdict on the library
+        _atomic_write(path, json.dumps(asdict(result)).encode())
+    return result
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache we cannot write is only a cache
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc.split()[0]):
+            return cc
+    return None
+
+
+def build_shim(library: str, prefix: str) -> tuple[str | None, str]:
+    """A shared library giving ``library``'s ``{prefix}cblas_*`` symbols their standard names."""
+    lib = Path(library).resolve()
+    st = lib.stat()
+    key = hashlib.sha256(f"{lib}|{st.st_size}|{st.st_mtime_ns}|{prefix}|{_SHIM_SOURCE}".encode()).hexdigest()[:16]
+    out = cache_dir() / f"libtui_cblas-{key}.so"
+    if out.is_file():
+        return str(out), "cached"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler (cc) to build the cblas shim it needs: install gcc, or set TUI_TRAINER_BLAS"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            src = Path(tmp) / "shim.c"
+            src.write_text(_SHIM_SOURCE)
+            built = Path(tmp) / out.name
+            # the library's own soname may differ from its file name: link it by full path
+            cmd = [*cc.split(), "-O2", "-shared", "-fPIC", f"-DPREFIX={prefix}", "-o", str(built), str(src),
+                   str(lib), f"-Wl,-rpath,{lib.parent}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                return None, f"building the cblas shim failed ({err[:200]})"
+            os.replace(built, out)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"building the cblas shim failed ({exc})"
+    return str(out), "built"
+
+
+def ensure_fast_blas() -> BlasStatus:
+    """Load a probed, fast BLAS with RTLD_GLOBAL so MLX binds to it (Linux, mlx[cpu] only).
+
+    Call it before anything imports mlx. On any failure the process goes on with the
+    bundled BLAS and ``STATUS.message`` holds the one line that says why (printed to stderr).
+    """
+    global _HANDLE
+    if STATUS.attempted or "mlx.core" in sys.modules or not wants_cpu_blas():
+        return STATUS
+    STATUS.attempted = True
+    cands = candidates()
+    if not cands:
+        STATUS.message = ("TUI_TRAINER_BLAS=off: using the reference BLAS bundled with mlx[cpu] (slow)"
+                          if os.environ.get("TUI_TRAINER_BLAS") else
+                          "no optimized BLAS found (pip install scipy-openblas32, or set TUI_TRAINER_BLAS): "
+                          "using the reference BLAS bundled with mlx[cpu] (slow)")
+        _say(STATUS.message, quiet=bool(os.environ.get("TUI_TRAINER_BLAS")))
+        return STATUS
+    reasons = []
+    for library, source in cands:
+        result = probe(library)
+        STATUS.probes.append(result)
+        if not result.ok:
+            reasons.append(result.line)
+            continue
+        target = library
+        if result.prefix:
+            target, how = build_shim(library, result.prefix)
+            if target is None:
+                result.ok = False
+                result.line = f"{library}: {how}"
+                reasons.append(result.line)
+                continue
+        try:
+            _HANDLE = ctypes.CDLL(target, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            result.ok = False
+            result.line = f"{target}: cannot be loaded ({exc})"
+            reasons.append(result.line)
+            continue
+        STATUS.loaded, STATUS.source = target, source
+        return STATUS
+    STATUS.message = "BLAS probe: " + "; ".join(reasons) + ": using the reference BLAS bundled with mlx[cpu] (slow)"
+    _say(STATUS.message)
+    return STATUS
+
+
+def _say(line: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"tui-trainer: {line}", file=sys.stderr, flush=True)
+
+
+def _global_sgemm_library() -> str | None:
+    """The file that the process's global ``cblas_sgemm`` (what MLX binds to) comes from."""
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+    try:
+        proc = ctypes.CDLL(None)
+        addr = ctypes.cast(proc.cblas_sgemm, ctypes.c_void_p)
+        info = DlInfo()
+        if proc.dladdr(addr, ctypes.byref(info)) and info.dli_fname:
+            return info.dli_fname.decode()
+    except (AttributeError, OSError):
+        pass
+    return None
 
 
 def blas_in_use() -> str:
-    """One line naming the BLAS that MLX calls in this process."""
+    """One line naming the BLAS that MLX calls in this process, with the kernels it picked."""
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
+    lib = _openblas()
+    if lib is not None:
+        lib.openblas_get_config.restype = ctypes.c_char_p
+        desc = lib.openblas_get_config().decode()
+        core = ""
+        if hasattr(lib, "openblas_get_corename"):
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            core = f", kernels {lib.openblas_get_corename().decode()}"
+        src = f" from {STATUS.source}" if STATUS.source else ""
+        return f"{desc}{core} (threads={lib.openblas_get_num_threads()}, loaded{src})"
     try:
-        lib = ctypes.CDLL(None)
-        get_config = lib.openblas_get_config
-        get_config.restype = ctypes.c_char_p
-        threads = lib.openblas_get_num_threads()
-        return f"{get_config().decode()} (threads={threads}, preloaded)"
-    except (AttributeError, OSError):
-        pass
-    try:
-        lib = ctypes.CDLL(None)
-        lib.MKL_Get_Max_Threads  # noqa: B018 - presence check
-        return "Intel MKL (preloaded)"
+        ctypes.CDLL(None).MKL_Get_Max_Threads  # noqa: B018 - presence check
+        return "Intel MKL (loaded)"
     except (AttributeError, OSError):
         pass
     if wants_cpu_blas():
-        return "reference BLAS bundled with the mlx[cpu] wheel (slow) - " + find_openblas().reason
+        return "reference BLAS bundled with the mlx[cpu] wheel (slow)"
     return "none needed (GPU backend)"
 
 
@@ -175,7 +457,7 @@ def _openblas():
 
 
 class blas_threads:
-    """Run a block with ``n`` OpenBLAS threads (no-op without a preloaded OpenBLAS).
+    """Run a block with ``n`` OpenBLAS threads (no-op without an OpenBLAS loaded).
 
     Decoding multiplies a few rows at a time: there OpenBLAS's thread hand-off costs more
     than it saves (measured 4-12x slower rollout with 2 threads on a busy 2-core machine),
