@@ -156,7 +156,7 @@ def run_ours(steps: int, threads: int) -> dict:
     for m, cpu in zip(metrics, cpu_per_step):
         steps_out.append({k: float(m[k]) for k in ("time_step", "time_rollout", "time_judge", "time_update",
                                                    "response_length", "peak_memory_mb", "peak_rss_mb",
-                                                   "tokens_per_second", "kl", "clip_fraction")}
+                                                   "generation_tokens_per_second", "kl", "clip_fraction")}
                          | {"cpu_seconds": cpu})
     out.update(steps=steps_out, batches=batches, wall_seconds=time.perf_counter() - t0, blas=blas_in_use(),
                peak_rss_mb_steps=peak_rss_mb() if out.get("peak_reset") else None,

@@ -27,7 +27,7 @@ from tui_trainer.widgets.format import format_value
 def step_values(step: int) -> dict[str, float]:
     return {"step": step, "score_mean": 0.1 * step - 0.05, "kl": 0.003 * step, "clip_fraction": 0.02 * step,
             "entropy": 2.5 - 0.1 * step, "value_loss": 0.7 / step, "approx_kl": 1e-4 * step,
-            "response_length": 20.0 + step, "tokens_per_second": 100.0 + step, "time_rollout": 1.0,
+            "response_length": 20.0 + step, "generation_tokens_per_second": 100.0 + step, "samples_per_second": 0.5, "time_rollout": 1.0,
             "time_judge": 0.5, "time_update": 2.5}
 
 
@@ -187,7 +187,7 @@ def test_layout_fits_80x24():
             await pilot.pause()
             for selector in ("#status", "#panel-score_mean", "#panel-kl", "#panel-clip_fraction",
                              "#stat-entropy", "#stat-value_loss", "#stat-approx_kl", "#stat-response_length",
-                             "#stat-tokens_per_second", "#step-split", "#progress", "#samples", "#log",
+                             "#stat-generation_tokens_per_second", "#step-split", "#progress", "#samples", "#log",
                              "Footer"):
                 region = dash.query_one(selector).region
                 assert region.height > 0 and region.width > 0, selector

@@ -76,7 +76,7 @@ def test_short_run_panels_match_metrics_jsonl(tiny_model, tmp_path):
                 panel = dash.panel(key)
                 assert [s for s, _ in panel.history] == [1, 2, 3]
                 assert all(same(v, r[key]) for v, r in zip(panel.values, rows)), key
-            for key in ("entropy", "value_loss", "approx_kl", "response_length", "tokens_per_second"):
+            for key in ("entropy", "value_loss", "approx_kl", "response_length", "generation_tokens_per_second"):
                 assert same(dash.query_one(f"#stat-{key}").value, rows[-1][key]), key
             samples = records(tmp_path / "run" / "samples.jsonl")
             table = dash.query_one("#samples")
@@ -239,3 +239,69 @@ def test_process_exits_cleanly_after_a_run(tiny_model, tmp_path):
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"run{i}")], capture_output=True,
                              text=True, timeout=180)
         assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr[-1500:]
+
+
+def slow_judge(prompt: str, completion: str) -> float:
+    """A judge that takes its time (a llama judge on a slow machine, say)."""
+    time.sleep(1.0)
+    return len(completion) / 10
+
+
+async def wait_for_phase(pilot, app, step: int, phase: str):
+    """Until the dashboard's step-progress line shows ``phase`` of ``step``; returns the dashboard."""
+    from tui_trainer.widgets.progress import StepProgress
+
+    dash = app.dashboard
+    bar = dash.query_one(StepProgress)
+    await wait_for(pilot, lambda: bar.latest is not None and bar.latest.step == step and bar.latest.phase == phase,
+                   what=f"step {step} {phase}")
+    return dash
+
+
+def test_step_progress_shows_the_phase_of_the_step_in_flight(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path / "run", steps=2,
+                      judges=[JudgeSpec("rules", 1.0, {"callable": "test_app_run:slow_judge"})])
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(100, 24)) as pilot:
+            # the first judge call takes seconds: the bar says so before any step has finished
+            dash = await wait_for_phase(pilot, app, 1, "judging")
+            assert dash.steps_seen == 0
+            dash.flush()
+            await pilot.pause()
+            text = app.screen_text()
+            assert "step 1" in text and "judging 0/4 samples" in text, text
+            await wait_for(pilot, lambda: app.run_ended, what="run finished")
+            await pilot.press("q")
+    asyncio.run(go())
+
+
+def test_q_twice_abandons_the_step_in_flight(tiny_model, tmp_path):
+    """q: stop after this step (the footer offers 'q again: stop now'); q again: stop now, even
+    inside a judge call, with the checkpoint of the last completed step."""
+    cfg = tiny_config(tiny_model, tmp_path / "run", steps=50, batch_size=4, max_new_tokens=6,
+                      judges=[JudgeSpec("rules", 1.0, {"callable": "test_app_run:slow_judge"})])
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(100, 24)) as pilot:
+            dash = await wait_for_phase(pilot, app, 2, "judging")
+            assert dash.steps_seen == 1
+            await pilot.press("q")
+            await pilot.pause()
+            assert app.stopping_after_step and app.is_running
+            dash.flush()
+            await pilot.pause()
+            text = app.screen_text()
+            assert "q again: stop now" in text and "stopping after this step" in text, text
+            t0 = time.monotonic()
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running, timeout=30, what="exit after the second q")
+            waited = time.monotonic() - t0
+        assert app.return_value == 0
+        assert waited < 4.0, waited  # the judge call (4 samples x 1 s) was not waited for
+        steps = [r["step"] for r in records(tmp_path / "run" / "metrics.jsonl")]
+        assert steps == [1]
+        assert checkpoint_steps(tmp_path / "run") == [1]
+    asyncio.run(go())

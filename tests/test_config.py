@@ -108,7 +108,7 @@ def test_int_field_takes_integral_float_only(tmp_path):
     ("rl_num_ppo_epochs", "ppo_epochs", 3), ("num_ppo_epochs", "ppo_epochs", 3),
     ("rl_max_new_tokens", "max_new_tokens", 17), ("max_completion_length", "max_new_tokens", 17),
     ("response_length", "max_new_tokens", 17), ("learning_rate", "actor_lr", 3e-6),
-    ("target_kl", "kl_target", 6.0), ("target", "kl_target", 6.0), ("horizon", "kl_horizon", 500),
+    ("target", "kl_target", 6.0), ("horizon", "kl_horizon", 500),
     ("num_generations", "num_samples", 4), ("per_device_train_batch_size", "batch_size", 3),
     ("mini_batch_size", "minibatch_size", 3), ("gradient_accumulation_steps", "grad_accum", 2),
     ("vf_coef", "vf_coef", 0.5), ("max_grad_norm", "max_grad_norm", 0.5),
@@ -411,3 +411,14 @@ def test_init_default_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["init"]) == 0
     assert load_config(tmp_path / "tui-trainer.yaml") == Config()
+
+
+def test_target_kl_is_the_early_stop_not_the_controller_target(tmp_path):
+    """Bug: target_kl was an alias of kl_target (the adaptive controller); in SB3 and TRL <= 0.11 it
+    is the approx_kl early stop. TRL's controller target was `target`, which stays an alias."""
+    cfg = load_config(write(tmp_path, "target_kl: 0.02\n"))
+    assert cfg.target_kl == 0.02 and cfg.kl_target is None
+    cfg = load_config(write(tmp_path, "target: 6.0\n"))
+    assert cfg.kl_target == 6.0 and cfg.target_kl is None
+    with pytest.raises(ConfigError, match="target_kl"):
+        load_config(write(tmp_path, "target_kl: -1\n"))

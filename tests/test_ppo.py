@@ -355,39 +355,52 @@ def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def test_studio_pairwise_loss_one_pair_by_hand():
-    m, old, ref = mx.array([-1.0, -2.0]), mx.array([-1.2, -1.5]), mx.array([-1.1, -1.9])
-    # winner row 0: gap = -1.2 - (-1.5) = 0.3; A = sigmoid(-0.3) = 0.4255575
-    # log ratios [0.1, -0.1]: loss = -(A e^0.1 - A e^-0.1) / 2 + beta * 0 = -A sinh(0.1)
-    a = _sigmoid(-0.3)
-    loss, stats = ppo.studio_pairwise_loss(m, old, ref, mx.array([1.0]), 0.1)
-    close(loss, -a * math.sinh(0.1))
-    close(stats["gap"], 0.3)
-    close(stats["log_ratio"], 0.0)
-    # winner row 1: gap = -0.3; A = sigmoid(0.3); row 0 gets -A, row 1 gets +A
-    b = _sigmoid(0.3)
-    loss, stats = ppo.studio_pairwise_loss(m, old, ref, mx.array([0.0]), 0.1)
-    close(loss, b * math.sinh(0.1))
-    close(stats["gap"], -0.3)
+def test_pair_winners_tie_and_skip_give_no_preference():
+    """Bug: a tie (equal scores) counted as a win for the second sample."""
+    first_won, decided = ppo.pair_winners(mx.array([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, math.nan, 1.0]))
+    assert first_won.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert decided.tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
-def test_studio_pairwise_loss_beta_term_and_gradient_flows():
-    m = [-1.0, -2.0, -0.5, -0.7]
-    old = [-1.2, -1.5, -0.6, -0.4]
-    ref = [-1.1, -1.9, -0.9, -0.6]
-    winner_first = [1.0, 0.0]
-    beta = 0.05
-    # pair 0: row 0 won, gap = 0.3; pair 1: row 3 won, gap = -0.4 - (-0.6) = 0.2
-    a0, a1 = _sigmoid(-0.3), _sigmoid(-0.2)
-    adv = [a0, -a0, -a1, a1]
-    lr = [mi - ri for mi, ri in zip(m, ref)]  # [0.1, -0.1, 0.4, -0.1]
-    expected = -py_mean([ai * math.exp(li) for ai, li in zip(adv, lr)]) + beta * py_mean(lr)
-    args = (mx.array(old), mx.array(ref), mx.array(winner_first), beta)
-    loss, stats = ppo.studio_pairwise_loss(mx.array(m), *args)
-    close(loss, expected)
-    close(stats["gap"], 0.25)
-    grad = mx.grad(lambda x: ppo.studio_pairwise_loss(x, *args)[0])(mx.array(m)).tolist()
-    # d loss / d m_i = (-A_i exp(lr_i) + beta) / 4
-    close(grad, [(-ai * math.exp(li) + beta) / 4.0 for ai, li in zip(adv, lr)])
-    assert all(abs(g) > 1e-3 for g in grad)
-    assert grad[0] < 0 < grad[1]  # descent raises the winner's log-prob, lowers the loser's
+def test_studio_advantages_documented_form_by_hand():
+    # pairs: (row0 won, gap = -3 - -5 = 2), (row3 won, gap = -4 - -2 = -2), (tie), (row6 won, gap 3)
+    seq = mx.array([-3.0, -5.0, -2.0, -4.0, -1.0, -1.0, -2.0, -5.0])
+    lengths = mx.array([3.0, 5.0, 2.0, 4.0, 1.0, 1.0, 2.0, 5.0])
+    first_won, decided = ppo.pair_winners(mx.array([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, 1.0, -1.0]))
+    adv = ppo.studio_advantages(seq, lengths, first_won, decided, "studio").tolist()
+    gaps = [2.0, -2.0, 3.0]  # A = log pi(y_c) - log pi(y_r) over the decided pairs
+    mu = py_mean(gaps)
+    sd = math.sqrt(py_var(gaps, unbiased=False))
+    a = [(g - mu) / (sd + 1e-8) for g in gaps]
+    close(adv, [a[0], -a[0], -a[1], a[1], 0.0, 0.0, a[2], -a[2]])
+
+
+def test_studio_advantages_without_spread_are_zero():
+    """Three pairs with the same gap (1.7): the float32 mean is off by one ulp, and dividing that by
+    std + 1e-8 gave every chosen completion an advantage of -0.92. No spread, no signal."""
+    seq = mx.array([-1.0, -2.7, -3.0, -4.7, -2.0, -3.7])
+    first_won, decided = ppo.pair_winners(mx.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0]))
+    adv = ppo.studio_advantages(seq, mx.ones((6,)), first_won, decided, "studio").tolist()
+    assert adv == [0.0] * 6
+
+
+def test_studio_sigmoid_variant_keeps_the_verdicts_sign():
+    seq = mx.array([-3.0, -5.0, -2.0, -4.0])
+    lengths = mx.array([3.0, 5.0, 2.0, 4.0])  # length-normalised: [-1, -1, -1, -1] -> gap 0
+    first_won, decided = ppo.pair_winners(mx.array([1.0, 0.0, 0.0, 1.0]))
+    adv = ppo.studio_advantages(seq, lengths, first_won, decided, "studio_sigmoid").tolist()
+    close(adv, [0.5, -0.5, -0.5, 0.5])
+    seq = mx.array([-1.0, -3.0, -1.0, -3.0])  # the policy already prefers row 0 (and row 2)
+    adv = ppo.studio_advantages(seq, mx.ones((4,)), mx.array([1.0, 0.0]), mx.array([1.0, 1.0]),
+                                "studio_sigmoid").tolist()
+    close(adv, [_sigmoid(-2.0), -_sigmoid(-2.0), -_sigmoid(2.0), _sigmoid(2.0)])
+    assert adv[3] > adv[0] > 0  # the pair the policy gets wrong weighs more
+
+
+def test_group_advantages_leave_dropped_samples_out():
+    """Bug: a dropped score entered the group baseline as 0."""
+    scores = mx.array([1.0, 2.0, 0.0, 5.0, 0.0, 0.0])  # row 2 and rows 4-5 dropped (their 0 is no score)
+    keep = mx.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    close(ppo.group_advantages(scores, 3, "rloo", keep), [-1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    grpo = ppo.group_advantages(scores, 3, "grpo", keep).tolist()
+    close(grpo, [-0.5 / (0.5 + 1e-4), 0.5 / (0.5 + 1e-4), 0.0, 0.0, 0.0, 0.0])

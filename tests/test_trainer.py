@@ -66,7 +66,8 @@ def test_first_step_invariants_and_metrics_file(tiny_dir, prompts_file, tmp_path
     required = ["step", "score_mean", "score_std", "reward_mean", "kl", "kl_k3", "clip_fraction", "approx_kl",
                 "entropy", "policy_loss", "value_loss", "value_clip_fraction", "explained_variance",
                 "response_length", "eos_rate", "beta", "actor_lr", "time_rollout", "time_judge", "time_update",
-                "tokens_per_second", "peak_memory_mb"]
+                "generation_tokens_per_second", "samples_per_second", "steps_per_minute", "minibatches",
+                "early_stopped", "time_reference", "peak_memory_mb"]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
     for key in required:

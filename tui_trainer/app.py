@@ -12,8 +12,11 @@ judge asks through :class:`TuiPrompter`: the engine thread posts a
 ``JudgeRequest`` (``post_message``, which wakes the UI at once) and blocks on its
 future, which the judging screen resolves with the pressed key.
 
-Stopping: ``q`` (and ctrl+q, SIGHUP, SIGTERM) asks the Trainer to stop; it saves
-a checkpoint between steps and the app exits once the run has returned.
+Stopping: ``q`` (and ctrl+q) asks the Trainer to stop after the step in flight
+(the footer then offers "q again: stop now"); a second ``q``, ctrl+c, SIGTERM,
+SIGHUP or the UI closing abandon the step in flight at once. Either way the run
+ends on a checkpoint of its last completed step and the app exits once the run
+has returned.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from textual.worker import Worker, WorkerState
 
 from tui_trainer.config import Config
 from tui_trainer.events import (
-    CheckpointSaved, JudgeRequest, LogMessage, RunState, Sample, StepMetrics, Verdict,
+    CheckpointSaved, JudgeRequest, LogMessage, Progress, RunState, Sample, StepMetrics, Verdict,
 )
 
 __all__ = ["TrainerApp", "TuiPrompter", "EngineEvent", "run_app", "skip_answer"]
@@ -171,6 +174,7 @@ class TrainerApp(App[int]):
         self._quitting = False
         self._ui_closed = False
         self._stop_requested = threading.Event()
+        self._abort_requested = False
         # set while no run is going (the engine thread sets it when a run returns)
         self.worker_done = threading.Event()
         self.worker_done.set()
@@ -218,6 +222,7 @@ class TrainerApp(App[int]):
         self.error = None
         self.exit_code = 0
         self._stop_requested.clear()
+        self._abort_requested = False
         self.prompter = TuiPrompter(self._deliver_request)
         self.pending.clear()
         self._inbox.clear()
@@ -258,7 +263,9 @@ class TrainerApp(App[int]):
             from tui_trainer.engine.trainer import Trainer
             trainer = Trainer(config, observer=self._observe, prompter=prompter, resume=resume)
             self.trainer = trainer
-            if self._stop_requested.is_set():
+            if self._abort_requested:
+                trainer.abort()
+            elif self._stop_requested.is_set():
                 trainer.stop()
             state = trainer.run()
             return state, None, 0
@@ -308,6 +315,9 @@ class TrainerApp(App[int]):
         elif isinstance(event, StepMetrics):
             if dash is not None:
                 dash.on_step(event)
+        elif isinstance(event, Progress):
+            if dash is not None:
+                dash.on_progress(event)
         elif isinstance(event, list):
             samples = [s for s in event if isinstance(s, Sample)]
             if dash is not None and samples:
@@ -421,6 +431,28 @@ class TrainerApp(App[int]):
             self._log("warning", reason)
             if self.dashboard is not None:
                 self.dashboard.show_status()
+                self.dashboard.refresh_bindings()
+
+    @property
+    def stopping_after_step(self) -> bool:
+        """A stop was asked for and the run has not ended: a second q stops now."""
+        return self.run_active and self._stop_requested.is_set() and not self._abort_requested
+
+    def stop_now(self, reason: str = "stopping now: the step in flight is abandoned") -> None:
+        """Abandon the step in flight (rollout, judge call or update); never blocks the UI thread."""
+        if not self.run_active:
+            return
+        self.stop_run(reason)
+        if not self._abort_requested:
+            self._abort_requested = True
+            self.status = "stopping"
+            self._log("warning", reason)
+        trainer = self.trainer
+        if trainer is not None:
+            trainer.abort()  # sets events only: safe from the UI thread
+        if self.dashboard is not None:
+            self.dashboard.show_status()
+            self.dashboard.refresh_bindings()
 
     async def action_quit(self) -> None:
         self.request_quit()
@@ -431,15 +463,15 @@ class TrainerApp(App[int]):
             self.exit(self.exit_code)
             return
         if self._quitting:
-            self.notify("Saving a checkpoint before exit, please wait.")
+            self.stop_now()
             return
         self._quitting = True
-        self.stop_run("quit: stopping after the current step and saving a checkpoint")
+        self.stop_run("quit: stopping after this step — q again to stop now")
 
     def hangup(self) -> None:
-        """The terminal went away (SIGHUP) or SIGTERM: checkpoint and exit."""
+        """The terminal went away (SIGHUP) or SIGTERM: abandon the step in flight, exit."""
         self._quitting = True
-        self.stop_run("terminal closed: saving a checkpoint")
+        self.stop_now("terminal closed or SIGTERM: stopping now")
         if not self.run_active:
             self.exit(self.exit_code)
 
@@ -527,7 +559,7 @@ class TrainerApp(App[int]):
         """The UI is going away (exit, crash, lost terminal): never leave the engine waiting."""
         self._ui_closed = True
         self._quitting = True
-        self.stop_run("app closed: saving a checkpoint")
+        self.stop_now("app closed: stopping now")
         self.prompter.close()
         self._runs.put(None)  # the engine thread ends after the current run
 
@@ -596,10 +628,11 @@ def run_app(config: Config | None = None, *, config_path: str | None = None, res
     def stop_engine() -> None:
         app._ui_closed = True
         app._stop_requested.set()
+        app._abort_requested = True
         app.prompter.close()
         trainer = app.trainer
         if trainer is not None:
-            trainer.stop()
+            trainer.abort()  # the UI is gone: the step in flight is abandoned, the last one kept
         app._runs.put(None)
 
     def after_hangup() -> None:

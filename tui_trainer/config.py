@@ -72,7 +72,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     # algorithm
     mode: str = "ppo"  # ppo | pairwise | rloo | grpo
-    pairwise_objective: str = "ppo"  # ppo | studio (MLX-LoRA-Studio objective)
+    pairwise_objective: str = "ppo"  # ppo | studio | studio_sigmoid (MLX-LoRA-Studio objective)
     batch_size: int = 4  # prompts per step
     num_samples: int = 2  # completions per prompt
     max_new_tokens: int = 48
@@ -82,6 +82,7 @@ class Config:
     beta: float = 0.05  # KL coefficient
     kl_target: float | None = None  # adaptive KL controller off when None
     kl_horizon: int = 10000
+    target_kl: float | None = None  # early stop: skip the rest of a step's update once approx_kl > 1.5 x this
     kl_estimator: str = "k1"  # k1 | k3 (which estimator the reported/penalised KL uses)
     epsilon: float = 0.2  # policy clip range
     value_clip: float = 0.2
@@ -115,7 +116,7 @@ class Config:
 # ----------------------------------------------------------------------------- vocabulary
 
 MODES = ("ppo", "pairwise", "rloo", "grpo")
-PAIRWISE_OBJECTIVES = ("ppo", "studio")
+PAIRWISE_OBJECTIVES = ("ppo", "studio", "studio_sigmoid")
 ADAPTER_TYPES = ("lora", "dora", "full")
 SCHEDULERS = ("constant", "linear", "cosine")
 KL_ESTIMATORS = ("k1", "k3")
@@ -135,7 +136,7 @@ ALIASES: dict[str, str] = {
     "rl_max_new_tokens": "max_new_tokens", "max_completion_length": "max_new_tokens",
     "response_length": "max_new_tokens",
     "learning_rate": "actor_lr",
-    "target_kl": "kl_target", "target": "kl_target",
+    "target": "kl_target",  # TRL's adaptive controller; target_kl is the early stop (SB3, TRL <= 0.11)
     "horizon": "kl_horizon",
     "num_generations": "num_samples",
     "per_device_train_batch_size": "batch_size",
@@ -189,7 +190,8 @@ FIELD_HELP: dict[str, str] = {
     "data.shuffle": "shuffle the prompts each epoch (deterministic from seed)",
     "data.drop_long": "drop prompts longer than the context instead of stopping with an error",
     "mode": "ppo | pairwise | rloo | grpo (rloo and grpo use a group baseline, no value head)",
-    "pairwise_objective": "pairwise mode: ppo (verdicts become rewards) | studio (MLX-LoRA-Studio objective)",
+    "pairwise_objective": "pairwise mode: ppo (verdicts become rewards) | studio (MLX-LoRA-Studio objective, "
+                          "as documented) | studio_sigmoid (its variant that keeps the verdict's sign)",
     "batch_size": "prompts per step (alias per_device_train_batch_size)",
     "num_samples": "completions per prompt; pairwise needs 2 (alias num_generations)",
     "max_new_tokens": "longest completion in tokens (aliases max_completion_length, response_length, rl_max_new_tokens)",
@@ -197,7 +199,9 @@ FIELD_HELP: dict[str, str] = {
     "top_p": "nucleus sampling, 0 < top_p <= 1 (1 = off)",
     "top_k": "sample among the k likeliest tokens; 0 = off",
     "beta": "KL penalty coefficient (aliases kl_coef, init_kl_coef, rl_kl_coef)",
-    "kl_target": "adaptive KL controller target; null = fixed beta (aliases target_kl, target)",
+    "kl_target": "adaptive KL controller target; null = fixed beta (alias target)",
+    "target_kl": "early stop: the rest of a step's minibatches are skipped once one has approx_kl > 1.5 x "
+                 "target_kl (SB3 / TRL <= 0.11); null = never",
     "kl_horizon": "adaptive KL controller horizon in samples (alias horizon)",
     "kl_estimator": "k1 | k3: the KL estimator reported and penalised",
     "epsilon": "policy ratio clip range (aliases clip_range, cliprange, rl_clip_range)",
@@ -564,6 +568,8 @@ def _validate(cfg: Config, merged: dict[str, _Value]) -> None:
     at_least("beta", cfg.beta, 0)
     if cfg.kl_target is not None:
         above("kl_target", cfg.kl_target, 0)
+    if cfg.target_kl is not None:
+        above("target_kl", cfg.target_kl, 0)
     at_least("kl_horizon", cfg.kl_horizon, 1)
     one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)
     above("epsilon", cfg.epsilon, 0)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal
 from tui_trainer.plugins.judge import Verdict
 
 __all__ = [
-    "StepMetrics", "Sample", "JudgeRequest", "RunState", "LogMessage", "CheckpointSaved",
+    "StepMetrics", "Progress", "Sample", "JudgeRequest", "RunState", "LogMessage", "CheckpointSaved",
     "Event", "Observer", "Verdict", "fan_out",
 ]
 
@@ -33,6 +33,35 @@ class StepMetrics:
 
     def as_record(self) -> dict[str, Any]:
         return {"step": self.step, **self.values}
+
+
+PHASES = ("rollout", "judging", "reference", "update")
+
+
+@dataclass
+class Progress:
+    """Where the step in flight is: ``phase`` (one of PHASES), ``done`` of ``total`` ``unit``.
+
+    rollout: tokens generated of the most the batch can generate (``rate``: generation tok/s);
+    judging: samples judged (``detail`` names the judge); reference: minibatches of the
+    reference / value pass; update: minibatches over all epochs (``detail``: "epoch e/E,
+    minibatch m/M"). ``elapsed`` is the step's time so far; ``eta`` the seconds it still needs,
+    estimated from the previous step's phases (None until one step has finished).
+    """
+
+    step: int
+    phase: str
+    done: int
+    total: int
+    unit: str
+    rate: float | None = None
+    detail: str = ""
+    elapsed: float = 0.0
+    eta: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
 
 
 @dataclass
@@ -64,7 +93,7 @@ class JudgeRequest:
 
 @dataclass
 class RunState:
-    """Where the run stands. status: starting, running, paused, stopping, finished, failed."""
+    """Where the run stands. status: starting, running, paused, stopping, stopped, finished, failed."""
 
     status: str
     step: int = 0
@@ -86,7 +115,7 @@ class CheckpointSaved:
     path: str
 
 
-Event = StepMetrics | Sample | JudgeRequest | RunState | LogMessage | CheckpointSaved | list
+Event = StepMetrics | Progress | Sample | JudgeRequest | RunState | LogMessage | CheckpointSaved | list
 Observer = Callable[[Any], None]
 
 

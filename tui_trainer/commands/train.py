@@ -28,7 +28,7 @@ def _fmt(v: Any) -> str:
 
 LINE_KEYS = [("score", "score_mean"), ("kl", "kl"), ("clip", "clip_fraction"), ("akl", "approx_kl"),
              ("ent", "entropy"), ("vloss", "value_loss"), ("len", "response_length"), ("eos", "eos_rate"),
-             ("tok/s", "tokens_per_second")]
+             ("gen tok/s", "generation_tokens_per_second"), ("samples/s", "samples_per_second")]
 
 
 def metrics_line(values: dict) -> str:
@@ -52,23 +52,40 @@ def run(args: argparse.Namespace) -> int:
 
 def run_headless(config, resume: bool = False) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tui_trainer import events as ev
     from tui_trainer.engine.trainer import Trainer
     from tui_trainer.plugins.builtin.human import ConsolePrompter
+    from tui_trainer.widgets.format import PHASE_LABELS, format_duration, progress_text
 
     console = Console(stderr=False)
-    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                        transient=False)
-    task = progress.add_task("train", total=config.steps)
+    live = console.is_terminal
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                        console=console, transient=False)
+    task = progress.add_task("training", total=config.steps, unit="steps", eta="")
+    # the step in flight: a second bar on a terminal, one plain line per phase otherwise
+    phase_task = progress.add_task("", total=None, unit="", eta="") if live else None
+    shown: dict[str, Any] = {"phase": None, "times": []}
 
     def observe(event: Any) -> None:
-        if isinstance(event, ev.StepMetrics):
+        if isinstance(event, ev.Progress):
+            if phase_task is not None:
+                unit = event.unit + (f" · {event.rate:.1f} gen tok/s" if event.phase == "rollout" and event.rate
+                                     else "") + (f" · {event.detail}" if event.detail else "")
+                progress.update(phase_task, total=max(event.total, 1), completed=event.done, unit=unit,
+                                description=f"step {event.step} {PHASE_LABELS.get(event.phase, event.phase)}",
+                                eta=f"step ETA {format_duration(event.eta)}" if event.eta is not None else "")
+            elif (event.step, event.phase) != shown["phase"]:
+                shown["phase"] = (event.step, event.phase)
+                console.print(progress_text(event), markup=False, highlight=False)
+        elif isinstance(event, ev.StepMetrics):
             progress.console.print(metrics_line(event.as_record()), markup=False, highlight=False)
-            progress.update(task, completed=event.step)
+            shown["times"].append(event.values.get("time_step", 0.0))
+            per = sum(shown["times"][-10:]) / len(shown["times"][-10:])
+            progress.update(task, completed=event.step,
+                            eta=f"ETA {format_duration(per * max(config.steps - event.step, 0))}")
         elif isinstance(event, ev.LogMessage):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
             progress.console.print(f"[{style}]{event.message}[/]", highlight=False)
@@ -77,13 +94,20 @@ def run_headless(config, resume: bool = False) -> int:
 
     prompter = _PausingPrompter(ConsolePrompter(console=progress.console), progress)
     trainer = Trainer(config, observer=observe, prompter=prompter, resume=resume)
+    interrupted = {"sigint": 0}
 
-    def on_hangup(signum, frame):  # a dropped SSH session: checkpoint and stop
-        trainer.stop()
+    def stop_now(signum, frame):
+        """SIGTERM / SIGHUP (a dropped SSH session) / the first Ctrl-C: abandon the step in flight;
+        the run ends on a checkpoint of its last completed step. A second Ctrl-C raises at once."""
+        if signum == signal.SIGINT:
+            interrupted["sigint"] += 1
+            if interrupted["sigint"] > 1:
+                raise KeyboardInterrupt
+        trainer.abort()
 
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_hangup)
-    signal.signal(signal.SIGTERM, on_hangup)
+    for name in ("SIGHUP", "SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop_now)
     with progress:
         try:
             state = trainer.run()
@@ -91,6 +115,13 @@ def run_headless(config, resume: bool = False) -> int:
             console.print(f"interrupted at step {trainer.step}; checkpoint saved in {config.run_dir}; "
                           "continue with --resume")
             return 130
+        finally:
+            if phase_task is not None:
+                progress.remove_task(phase_task)
+    if state.message.startswith("interrupted"):
+        console.print(f"stopped at step {state.step} ({state.message}); the checkpoint of step {state.step} "
+                      f"is in {config.run_dir}; continue with --resume")
+        return 130 if interrupted["sigint"] else 0
     console.print(f"{state.status} at step {state.step}; run directory {config.run_dir}")
     return 0 if state.status in ("finished", "stopped") else 1
 

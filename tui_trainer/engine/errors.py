@@ -15,3 +15,11 @@ class ConfigError(TrainerError):
 
 class DataError(TrainerError):
     """Prompt data that is missing, empty or malformed."""
+
+
+class StepInterrupted(Exception):
+    """The step in flight was abandoned on request (second ``q``, Ctrl-C, SIGTERM, SIGHUP).
+
+    Not a TrainerError: nothing was wrong with the input. The trainer goes back to the state
+    at the end of the last completed step and checkpoints that.
+    """

@@ -136,25 +136,31 @@ def explained_variance(values: mx.array, returns: mx.array, mask: mx.array) -> m
     return 1.0 - masked_var(returns - values, mask) / mx.maximum(var_r, 1e-8)
 
 
-def group_advantages(scores: mx.array, group_size: int, kind: str) -> mx.array:
+def group_advantages(scores: mx.array, group_size: int, kind: str, keep: mx.array | None = None) -> mx.array:
     """Critic-free advantages from groups of ``group_size`` samples of one prompt.
 
-    rloo: A_i = s_i - mean_{j != i} s_j (leave-one-out baseline);
+    Over the kept samples of a group (``keep`` 1/0 per row; a dropped score is no sample):
+    rloo: A_i = s_i - mean_{j != i, kept} s_j (leave-one-out baseline);
     grpo: A_i = (s_i - mean(s)) / (std(s) + 1e-4).
+    Dropped samples, and groups with fewer than two kept samples, get A = 0.
     """
     g = scores.reshape(-1, group_size)
+    k = mx.ones_like(g) if keep is None else keep.reshape(-1, group_size).astype(g.dtype)
+    n = k.sum(axis=1, keepdims=True)
+    enough = (n >= 2).astype(g.dtype) * k
+    total = (g * k).sum(axis=1, keepdims=True)
     if kind == "rloo":
         if group_size < 2:
             raise ValueError("rloo needs num_samples >= 2")
-        baseline = (g.sum(axis=1, keepdims=True) - g) / (group_size - 1)
+        baseline = (total - g) / mx.maximum(n - 1, 1)
         adv = g - baseline
     elif kind == "grpo":
-        mean = g.mean(axis=1, keepdims=True)
-        std = mx.sqrt(((g - mean) ** 2).mean(axis=1, keepdims=True))
+        mean = total / mx.maximum(n, 1)
+        std = mx.sqrt((k * (g - mean) ** 2).sum(axis=1, keepdims=True) / mx.maximum(n, 1))
         adv = (g - mean) / (std + 1e-4)
     else:
         raise ValueError(f"unknown group baseline {kind!r}")
-    return adv.reshape(-1)
+    return (adv * enough).reshape(-1)
 
 
 def verdict_rewards(choices: list[str], win: float = 1.0, lose: float = -1.0, tie: float = 0.0
@@ -164,22 +170,45 @@ def verdict_rewards(choices: list[str], win: float = 1.0, lose: float = -1.0, ti
     return [table.get(c) for c in choices]
 
 
-def studio_pairwise_loss(mean_logp: mx.array, mean_logp_old: mx.array, mean_logp_ref: mx.array,
-                         winner_first: mx.array, beta: float) -> tuple[mx.array, dict[str, mx.array]]:
-    """The MLX-LoRA-Studio pairwise objective, with gradients flowing through ``mean_logp``.
+def pair_winners(scores: mx.array) -> tuple[mx.array, mx.array]:
+    """Rows (2i, 2i+1) are one pair. Returns (first_won, decided), each (P,) of 1/0.
 
-    Inputs are length-normalised sequence log-probs, shape (2P,), rows (2i, 2i+1) one pair;
-    ``winner_first`` (P,) is 1 where row 2i won, 0 where row 2i+1 won.
-    gap = mean_logp_old[winner] - mean_logp_old[loser]; advantage of the winner A = sigmoid(-gap)
-    (large while the policy still prefers the loser), the loser gets -A;
-    ratio_i = exp(mean_logp_i - mean_logp_ref_i) (against the reference);
-    loss = -mean(A_i * ratio_i) + beta * mean(mean_logp_i - mean_logp_ref_i).
+    A tie (equal scores) or a skipped pair (a dropped score, given as NaN) is undecided: it
+    carries no preference, so it must give no signal either way.
     """
-    first, second = mean_logp_old[0::2], mean_logp_old[1::2]
-    sign = 2.0 * winner_first - 1.0  # +1: row 2i won
-    gap = sign * (first - second)
-    a = mx.sigmoid(-gap)
-    adv = mx.stack([sign * a, -sign * a], axis=1).reshape(-1)
-    log_ratio = mean_logp - mean_logp_ref
-    loss = -(adv * mx.exp(log_ratio)).mean() + beta * log_ratio.mean()
-    return loss, {"gap": gap.mean(), "log_ratio": log_ratio.mean()}
+    a, b = scores[0::2], scores[1::2]
+    decided = mx.logical_and(mx.logical_not(mx.isnan(a) | mx.isnan(b)), a != b)
+    return (a > b).astype(mx.float32) * decided, decided.astype(mx.float32)
+
+
+def studio_advantages(seq_logp_old: mx.array, lengths: mx.array, first_won: mx.array, decided: mx.array,
+                      variant: str = "studio") -> mx.array:
+    """Per-sequence advantages of the MLX-LoRA-Studio pairwise objective, shape (2P,).
+
+    ``seq_logp_old`` is each sequence's summed log-prob under the rollout policy (a constant);
+    with c / r the chosen and rejected row of a decided pair:
+
+    studio (as documented):  A = log pi(y_c) - log pi(y_r);  A_norm = (A - mean) / (std + 1e-8)
+                             over the decided pairs (0 when they have no spread); the chosen row gets A_norm,
+                             the rejected -A_norm.
+    studio_sigmoid:          A = sigmoid(-(log pi(y_c) / |y_c| - log pi(y_r) / |y_r|)) (the gap of
+                             length-normalised log-probs): always the verdict's sign, large while the
+                             policy still prefers the loser (the first version's form).
+    Undecided pairs (tie, skip) get 0.
+    """
+    sign = 2.0 * first_won - 1.0  # +1: row 2i is the chosen one
+    if variant == "studio_sigmoid":
+        seq_logp_old = seq_logp_old / mx.maximum(lengths, 1.0)
+    gap = sign * (seq_logp_old[0::2] - seq_logp_old[1::2])  # log pi(chosen) - log pi(rejected)
+    if variant == "studio":
+        n = mx.maximum(decided.sum(), 1.0)
+        mean = (gap * decided).sum() / n
+        std = mx.sqrt(((gap - mean) ** 2 * decided).sum() / n)
+        # no spread (one decided pair, or equal gaps): exactly 0, not float noise / 1e-8
+        a = mx.where(std > 1e-6, (gap - mean) / (std + 1e-8), 0.0)
+    elif variant == "studio_sigmoid":
+        a = mx.sigmoid(-gap)
+    else:
+        raise ValueError(f"unknown studio variant {variant!r}")
+    a = a * decided
+    return mx.stack([sign * a, -sign * a], axis=1).reshape(-1)

@@ -14,6 +14,7 @@ sampler draws from a truncated version of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -21,6 +22,7 @@ from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.sample_utils import make_sampler
 
 from tui_trainer.engine.blas import blas_threads, decode_threads
+from tui_trainer.engine.errors import StepInterrupted
 
 
 @dataclass
@@ -76,11 +78,15 @@ def _sample(
     eos_ids: set[int] | list[int] = (),
     pad_id: int = 0,
     seed: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Rollout:
     """Sample ``num_samples`` completions for each prompt (token-id lists) in one batch.
 
     ``temperature == 0`` is greedy decoding (log-probs then at T = 1).
     Rows are ordered prompt-major: row ``i * num_samples + j`` is sample j of prompt i.
+    ``on_token(t)`` is called after each of the ``max_new_tokens`` decode positions;
+    ``should_stop()`` is checked there too and raises ``StepInterrupted`` when true.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -124,6 +130,10 @@ def _sample(
         out_lp.append(lp)
         out_ent.append(ent)
         out_mask.append(alive)
+        if should_stop is not None and should_stop():
+            raise StepInterrupted("rollout interrupted")
+        if on_token is not None:
+            on_token(t + 1)
         if t + 1 == max_new_tokens:
             break
         nxt = step(tok[:, None], done)

@@ -13,7 +13,13 @@ One step:
  7. metrics to the observers and metrics.jsonl, samples to samples.jsonl.
 
 All MLX work runs on the thread that calls ``run()``. ``pause``/``resume``/
-``request_checkpoint``/``stop`` are safe from any thread and act between steps.
+``request_checkpoint``/``stop`` are safe from any thread and act between steps;
+``abort`` abandons the step in flight within a token, a judge poll or a minibatch.
+
+Progress inside a step goes out as ``events.Progress`` (phase, counts, rate, ETA).
+A checkpoint only ever holds the state at the end of a completed step: the trainer
+keeps that state (``_completed``: references to immutable MLX arrays, no copies) and
+goes back to it when a step is abandoned or fails.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from tui_trainer import events as ev
 from tui_trainer.config import Config
 from tui_trainer.engine import ppo
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from tui_trainer.engine.errors import TrainerError
+from tui_trainer.engine.errors import StepInterrupted, TrainerError
 from tui_trainer.engine.models import load_policy
 from tui_trainer.engine.policy import Policy, evaluate, hidden_states, prefix_hidden, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
@@ -102,6 +108,11 @@ class Trainer:
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._ckpt = threading.Event()
+        self._abort = threading.Event()
+        self._completed: dict | None = None  # the state at the end of the last completed step
+        self._phase_times: dict[str, float] = {}  # the last completed step's seconds per phase
+        self._phase_now: dict[str, float] = {}
+        self._progress_t = 0.0
         self.step = 0
         self.beta = config.beta
         self.state = ev.RunState("starting", 0, config.steps, str(self.run_dir))
@@ -118,8 +129,18 @@ class Trainer:
         self._ckpt.set()
 
     def stop(self) -> None:
+        """Stop after the step in flight (it completes and is checkpointed)."""
         self._stop.set()
         self._pause.clear()
+
+    def abort(self) -> None:
+        """Stop now: abandon the step in flight; the last completed step is what is kept."""
+        self._abort.set()
+        self.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     @property
     def paused(self) -> bool:
@@ -234,6 +255,9 @@ class Trainer:
         self._observer = self._user_observer
         try:
             self.setup()
+            self.judges.interrupt = self._abort
+            self.judges.progress = self._judge_progress
+            self._completed = self._snapshot()
             self._set_state("running")
             while self.step < self.cfg.steps and not self._stop.is_set():
                 if self._pause.is_set():
@@ -245,20 +269,23 @@ class Trainer:
                         self.save()
                     continue
                 self.train_step()
+                self._completed = self._snapshot()
                 if self._ckpt.is_set() or (self.cfg.save_every > 0 and self.step % self.cfg.save_every == 0):
                     self._ckpt.clear()
                     self.save()
                 self._set_state("paused" if self._pause.is_set() else "running")
-            last = latest_checkpoint(self.run_dir)
-            if self.step > 0 and (last is None or int(last.name) != self.step):
-                self.save()  # the run always ends on a checkpoint of its last step
+            self._save_if_missing()  # the run always ends on a checkpoint of its last step
             self._set_state("stopped" if self._stop.is_set() and self.step < self.cfg.steps else "finished")
+        except StepInterrupted:
+            self._back_to_completed()
+            self.log(f"step {self.step + 1} abandoned; the run stops at step {self.step}", "warning")
+            self._set_state("stopped", f"interrupted: step {self.step + 1} abandoned")
         except KeyboardInterrupt:
-            self._save_after_failure()
+            self._back_to_completed()
             self._set_state("stopped", "interrupted")
             raise
         except TrainerError as exc:
-            self._save_after_failure()
+            self._back_to_completed()
             self._set_state("failed", str(exc))
             raise
         finally:
@@ -268,12 +295,73 @@ class Trainer:
                 self.files.close()
         return self.state
 
-    def _save_after_failure(self) -> None:
-        if getattr(self, "actor_opt", None) is not None and self.step > 0:
-            try:
-                self.save()
-            except Exception as exc:  # never hide the original error
-                self.log(f"could not save a checkpoint: {exc}", "error")
+    def _snapshot(self) -> dict:
+        """The trainable state now (references: MLX arrays are immutable, updates replace them)."""
+        return {
+            "step": self.step, "beta": self.beta, "data": self.prompts.state(),
+            "adapters": self.policy.adapter_weights(), "value_head": self.policy.value_head_weights(),
+            "optimizers": {name: (opt._initialized, tree_map(lambda x: x, opt.state))
+                           for name, opt in (("actor", self.actor_opt), ("critic", self.critic_opt))},
+        }
+
+    def _back_to_completed(self) -> None:
+        """Undo a step that did not complete, then make sure its predecessor is checkpointed.
+
+        A step abandoned or failed half-way may have drawn prompts and updated the adapter and
+        the optimizers; none of that may reach a checkpoint. An existing checkpoint of the last
+        completed step is the same state and is kept as it is.
+        """
+        snap = self._completed
+        if snap is None:
+            return
+        try:
+            self.policy.model.load_weights(list(snap["adapters"].items()), strict=False)
+            self.policy.value_head.load_weights(list(snap["value_head"].items()))
+            for name, opt in (("actor", self.actor_opt), ("critic", self.critic_opt)):
+                initialized, state = snap["optimizers"][name]
+                opt.state = tree_map(lambda x: x, state)
+                opt._initialized = initialized
+            self.step, self.beta = snap["step"], snap["beta"]
+            self.prompts.set_state(snap["data"])
+            self._save_if_missing()
+        except Exception as exc:  # never hide the original error
+            self.log(f"could not save a checkpoint: {exc}", "error")
+
+    def _save_if_missing(self) -> None:
+        last = latest_checkpoint(self.run_dir)
+        if self.step > 0 and (last is None or int(last.name) != self.step):
+            self.save()
+
+    # ----------------------------------------------------------------- progress
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise StepInterrupted("step interrupted")
+
+    def _begin_phase(self, phase: str) -> None:
+        self._phase_start = time.perf_counter()
+        self._phase_now[phase] = 0.0
+
+    def _end_phase(self, phase: str) -> None:
+        self._phase_now[phase] = time.perf_counter() - self._phase_start
+
+    def _progress(self, phase: str, done: int, total: int, unit: str, rate: float | None = None,
+                  detail: str = "") -> None:
+        """Emit ``events.Progress``: per minibatch and judge call; rollout tokens at most ~10 a second."""
+        now = time.perf_counter()
+        if phase == "rollout" and 0 < done < total and now - self._progress_t < 0.1:
+            return
+        self._progress_t = now
+        eta = None
+        if self._phase_times:  # the rest of this phase by its pace, the later phases as last step
+            spent = now - self._phase_start
+            frac = done / total if total else 0.0
+            rest = spent * (1 - frac) / frac if frac > 0 else max(self._phase_times.get(phase, 0.0) - spent, 0.0)
+            later = ev.PHASES[ev.PHASES.index(phase) + 1:]
+            eta = rest + sum(self._phase_times.get(p, 0.0) for p in later)
+        self.emit(ev.Progress(self.step + 1, phase, done, total, unit, rate, detail, now - self._step_t0, eta))
+
+    def _judge_progress(self, judge: str, done: int, total: int) -> None:
+        self._progress("judging", done, total, "samples", detail=judge)
 
     # ----------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
@@ -281,26 +369,43 @@ class Trainer:
         step = self.step + 1
         mx.random.seed(cfg.seed * 1000003 + step)
         shuffle = random.Random(cfg.seed * 7919 + step)
-        t0 = time.perf_counter()
+        t0 = self._step_t0 = time.perf_counter()
+        self._phase_now = {}
 
+        self._begin_phase("rollout")
         batch = self.prompts.next_batch(cfg.batch_size)
+        n_rows = len(batch) * cfg.num_samples
+        expected = n_rows * cfg.max_new_tokens
+
+        def on_token(t: int) -> None:
+            spent = time.perf_counter() - t0
+            self._progress("rollout", t * n_rows, expected, "tokens", rate=t * n_rows / max(spent, 1e-9))
+
+        self._progress("rollout", 0, expected, "tokens")
         roll = sample(self.policy.model, [p.ids for p in batch], num_samples=cfg.num_samples,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id)
+                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                      on_token=on_token, should_stop=self._abort.is_set)
         texts = [batch[i].text for i in roll.prompt_index]
         completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
                        for r in roll.responses]
         t1 = time.perf_counter()
+        n_tok = roll.num_tokens
+        self._progress("rollout", expected, expected, "tokens", rate=n_tok / max(t1 - t0, 1e-9))
+        self._end_phase("rollout")
 
+        self._begin_phase("judging")
         scores, per_judge = self._judge(texts, completions, step)
+        self._check_abort()
+        self._end_phase("judging")
         t2 = time.perf_counter()
 
         stats = self._update(roll, scores, shuffle)
         t3 = time.perf_counter()
 
         self.step = step
+        self._phase_times = dict(self._phase_now)
         valid = [s for s in scores if s is not None]
-        n_tok = roll.num_tokens
         metrics = {
             "step": step,
             "score_mean": float(sum(valid) / len(valid)) if valid else float("nan"),
@@ -313,10 +418,14 @@ class Trainer:
             "critic_lr": float(self.critic_opt.learning_rate.item()),
             "time_rollout": t1 - t0,
             "time_judge": t2 - t1,
+            "time_reference": self._phase_now.get("reference", 0.0),
             "time_update": t3 - t2,
             "time_step": t3 - t0,
-            "tokens_per_second": n_tok / max(t3 - t0, 1e-9),
-            "rollout_tokens_per_second": n_tok / max(t1 - t0, 1e-9),
+            # generation speed: tokens sampled per second of the rollout phase
+            "generation_tokens_per_second": n_tok / max(t1 - t0, 1e-9),
+            # whole-step throughput: completions per second, steps per minute
+            "samples_per_second": len(roll.lengths) / max(t3 - t0, 1e-9),
+            "steps_per_minute": 60.0 / max(t3 - t0, 1e-9),
             "peak_memory_mb": _peak_memory_mb(),
             "dropped_samples": float(sum(s is None for s in scores)),
         }
@@ -341,8 +450,11 @@ class Trainer:
         choices = []
         if self.judges.can_compare:
             for i in range(0, len(texts), 2):
+                self._progress("judging", i, len(texts), "samples", detail="pairs")
                 verdict = self.judges.compare(texts[i], completions[i], completions[i + 1], step=step)
+                self._check_abort()
                 choices.append(verdict.choice)
+            self._progress("judging", len(texts), len(texts), "samples", detail="pairs")
         else:  # pointwise judges decide each pair by score; a dropped score skips the pair
             res = self.judges.score(texts, completions, step=step)
             for a, b in zip(res.scores[0::2], res.scores[1::2]):
@@ -369,15 +481,22 @@ class Trainer:
     def _update(self, roll: Rollout, raw_scores: list[float | None], shuffle: random.Random) -> dict[str, float]:
         cfg = self.cfg
         T = cfg.temperature
+        studio = cfg.mode == "pairwise" and cfg.pairwise_objective != "ppo"
+        critic = cfg.mode in ("ppo", "pairwise") and not studio
         scores, keep = self._shape_scores(roll, raw_scores)
+        if studio:  # a tie or a skipped pair carries no preference: both rows leave the update
+            raw = mx.array([math.nan if x is None else float(x) for x in raw_scores], dtype=mx.float32)
+            first_won, decided = ppo.pair_winners(raw)
+            keep = keep * mx.repeat(decided, 2)
         mask = roll.response_mask * keep[:, None]
         logp_old = roll.logprobs
         n = mask.shape[0]
         chunks = [list(range(i, min(i + cfg.minibatch_size, n))) for i in range(0, n, cfg.minibatch_size)]
 
         # reference log-probs (adapter off) and old values, in minibatch-sized chunks, no gradient
+        self._begin_phase("reference")
+        self._progress("reference", 0, len(chunks), "minibatches")
         ref_parts, val_parts = [], []
-        critic = cfg.mode in ("ppo", "pairwise") and cfg.pairwise_objective != "studio"
         R = mask.shape[1]
         k = self.policy.prefix_layers
         prefix_h = None
@@ -392,7 +511,8 @@ class Trainer:
             cut = int(roll.left_pad[mx.array(idx)].min().item())
             return k, prefix_h[mx.array(idx), cut:roll.prompt_width + max(1, max(roll.lengths[i] for i in idx)) - 1]
 
-        for idx in chunks:
+        for c, idx in enumerate(chunks):
+            self._check_abort()
             tok, lp, p_w, r_w = trim_rows(roll, idx)
             pad = [(0, 0), (0, R - r_w)]
             pre = prefix_of(idx)
@@ -402,6 +522,7 @@ class Trainer:
                 hidden = hidden_states(self.policy.model, tok, lp, p_w, pre)
                 val_parts.append(mx.pad(self.policy.value_head(hidden.astype(mx.float32)), pad))
             mx.eval(ref_parts[-1], *val_parts[-1:])
+            self._progress("reference", c + 1, len(chunks), "minibatches")
         logp_ref = mx.concatenate(ref_parts) * roll.response_mask
         kl1 = ppo.kl_k1(logp_old, logp_ref) * mask
         kl3 = ppo.kl_k3(logp_old, logp_ref) * mask
@@ -429,35 +550,40 @@ class Trainer:
                 advantages = ppo.whiten(advantages, mask)
             else:
                 advantages = mx.zeros_like(advantages)
-            stats["reward_mean"] = float(rewards.sum().item() / max(keep.sum().item(), 1.0))
-            stats["non_score_reward"] = float(non_score.sum().item() / max(keep.sum().item(), 1.0))
+            stats["reward_mean"] = float(rewards.sum().item() / n_kept)
+            stats["non_score_reward"] = float(non_score.sum().item() / n_kept)
         elif cfg.mode in ("rloo", "grpo"):
             seq = scores - (self.beta * kl_seq if cfg.mode == "rloo" else 0.0)
-            adv_seq = ppo.group_advantages(seq, cfg.num_samples, cfg.mode) * keep
+            adv_seq = ppo.group_advantages(seq, cfg.num_samples, cfg.mode, keep)
             advantages = adv_seq[:, None] * mask
-            stats["reward_mean"] = float((seq * keep).sum().item() / max(keep.sum().item(), 1.0))
-            stats["non_score_reward"] = float(-self.beta * kl_seq.sum().item() / max(keep.sum().item(), 1.0))
-        else:  # pairwise with the studio objective
-            advantages = mx.zeros_like(mask)
-            stats["reward_mean"] = float((scores * keep).sum().item() / max(keep.sum().item(), 1.0))
-            stats["non_score_reward"] = 0.0
-        mx.eval(advantages, logp_ref, *( [returns, values_old] if critic else []))
+            stats["reward_mean"] = float((seq * keep).sum().item() / n_kept)
+            stats["non_score_reward"] = float(-self.beta * (kl_seq * keep).sum().item() / n_kept)
+        else:  # pairwise with the studio objective: sequence advantages from the rollout's log-probs
+            seq_lp = (logp_old * roll.response_mask).sum(axis=1)
+            lengths = roll.response_mask.sum(axis=1)
+            adv_seq = ppo.studio_advantages(seq_lp, lengths, first_won, decided, cfg.pairwise_objective)
+            advantages = adv_seq[:, None] * mask
+            stats["reward_mean"] = float((scores * keep).sum().item() / n_kept)
+            stats["non_score_reward"] = float(-self.beta * (kl3.sum(axis=1) * keep).sum().item() / n_kept)
+        mx.eval(advantages, logp_ref, *([returns, values_old] if critic else []))
+        self._end_phase("reference")
 
+        self._begin_phase("update")
         acc: dict[str, list[float]] = {}
         rows = [i for i in range(n) if keep[i].item() > 0]
-        if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
-            rows = [i for i in range(0, n, 2) if keep[i].item() > 0]  # pair starts
+        per_epoch = math.ceil(len(rows) / cfg.minibatch_size)
+        total = per_epoch * cfg.ppo_epochs
+        ran = 0
+        early_stop = False
+        self._progress("update", 0, total, "minibatches", detail=f"epoch 1/{cfg.ppo_epochs}")
         for epoch in range(cfg.ppo_epochs):
             order = list(rows)
             if not (epoch == 0 and cfg.ppo_epochs == 1):
                 shuffle.shuffle(order)
-            per_mb = cfg.minibatch_size if cfg.pairwise_objective != "studio" or cfg.mode != "pairwise" \
-                else max(1, cfg.minibatch_size // 2)
-            mbs = [order[i:i + per_mb] for i in range(0, len(order), per_mb)]
+            mbs = [order[i:i + cfg.minibatch_size] for i in range(0, len(order), cfg.minibatch_size)]
             grads_sum, n_acc = None, 0
-            for k, mb in enumerate(mbs):
-                if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
-                    mb = [j for i in mb for j in (i, i + 1)]
+            for j, mb in enumerate(mbs):
+                self._check_abort()
                 ids = mx.array(mb)
                 tok, lp, p_w, r_w = trim_rows(roll, mb)
                 batch = {
@@ -465,27 +591,48 @@ class Trainer:
                     "logp_old": logp_old[ids, :r_w], "adv": advantages[ids, :r_w], "logp_ref": logp_ref[ids, :r_w],
                     "values_old": values_old[ids, :r_w] if critic else None,
                     "returns": returns[ids, :r_w] if critic else None,
-                    "scores": scores[ids],
                     "prefix": prefix_of(mb),
                 }
                 (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
+                if cfg.target_kl is not None:
+                    # SB3's early stop: this minibatch already left the trust region, so its
+                    # gradient is not applied and the rest of this step's update is skipped
+                    mx.eval(aux["approx_kl"])
+                    if aux["approx_kl"].item() > 1.5 * cfg.target_kl:
+                        early_stop = True
+                        if epoch == 0 and j == 0:
+                            stats.update(first_ratio=float(aux["ratio"].item()),
+                                         first_approx_kl=float(aux["approx_kl"].item()),
+                                         first_clip_fraction=float(aux["clip_fraction"].item()))
+                        break
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                 n_acc += 1
-                if n_acc == cfg.grad_accum or k == len(mbs) - 1:
+                if n_acc == cfg.grad_accum or j == len(mbs) - 1:
                     if n_acc > 1:
                         grads_sum = tree_map(lambda g: g / n_acc, grads_sum)
-                    gnorm = self._apply(grads_sum)
-                    aux["grad_norm"] = gnorm
+                    aux["grad_norm"] = self._apply(grads_sum)
                     grads_sum, n_acc = None, 0
                 mx.eval(loss, aux, self.policy.trainable_parameters(),
                         self.actor_opt.state, self.critic_opt.state)
+                ran += 1
                 acc.setdefault("loss", []).append(loss.item())
                 for key, val in aux.items():
                     acc.setdefault(key, []).append(float(val.item()))
-                if epoch == 0 and k == 0:
-                    stats["first_ratio"] = float(aux["ratio"].item()) if "ratio" in aux else 1.0
-                    stats["first_approx_kl"] = float(aux["approx_kl"].item()) if "approx_kl" in aux else 0.0
-                    stats["first_clip_fraction"] = float(aux["clip_fraction"].item()) if "clip_fraction" in aux else 0.0
+                if epoch == 0 and j == 0:
+                    stats["first_ratio"] = float(aux["ratio"].item())
+                    stats["first_approx_kl"] = float(aux["approx_kl"].item())
+                    stats["first_clip_fraction"] = float(aux["clip_fraction"].item())
+                self._progress("update", ran, total, "minibatches",
+                               detail=f"epoch {epoch + 1}/{cfg.ppo_epochs}, minibatch {j + 1}/{len(mbs)}")
+            if early_stop:
+                if grads_sum is not None:  # accumulated before the stop: apply what was earned
+                    self._apply(tree_map(lambda g: g / n_acc, grads_sum))
+                    mx.eval(self.policy.trainable_parameters(), self.actor_opt.state, self.critic_opt.state)
+                break
+        self._progress("update", total, total, "minibatches", detail="done")
+        self._end_phase("update")
+        stats["minibatches"] = float(ran)
+        stats["early_stopped"] = float(early_stop)
         stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask).item())
         for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "value_clip_fraction",
                     "ratio", "grad_norm", "loss", "explained_variance"):
@@ -496,7 +643,13 @@ class Trainer:
         return stats
 
     def _loss(self, policy: Policy, b: dict, prompt_width: int):
-        """The loss of one minibatch; everything here is inside the differentiated function."""
+        """The loss of one minibatch; everything here is inside the differentiated function.
+
+        ppo / pairwise-ppo: clipped surrogate + vf_coef x clipped value loss (the KL is in the reward);
+        rloo: clipped surrogate (the KL is in the sequence reward);
+        grpo / studio: clipped surrogate + beta x k3 KL to the reference (a KL term with a gradient);
+        all: - entropy_coef x entropy when the bonus is on.
+        """
         cfg = self.cfg
         mask = b["mask"]
         critic = b["values_old"] is not None
@@ -505,27 +658,18 @@ class Trainer:
                                          with_values=critic, with_entropy=bonus, entropy_grad=bonus,
                                          prefix=b["prefix"])
         aux = {}
-        if cfg.mode == "pairwise" and cfg.pairwise_objective == "studio":
-            lengths = mx.maximum(mask.sum(axis=1), 1.0)
-            mean_lp = (logp * mask).sum(axis=1) / lengths
-            mean_old = (b["logp_old"] * mask).sum(axis=1) / lengths
-            mean_ref = (b["logp_ref"] * mask).sum(axis=1) / lengths
-            winner_first = (b["scores"][0::2] > b["scores"][1::2]).astype(mx.float32)
-            loss, st = ppo.studio_pairwise_loss(mean_lp, mean_old, mean_ref, winner_first, self.beta)
-            aux["policy_loss"] = loss
-            aux.update(st)
-        else:
-            pg_loss, st = ppo.policy_loss(logp, b["logp_old"], b["adv"], mask, cfg.epsilon)
-            loss = pg_loss
-            aux.update(st)
-            aux["policy_loss"] = pg_loss
-            if critic:
-                vf_loss, vf_clip = ppo.value_loss(values, b["values_old"], b["returns"], mask, cfg.value_clip)
-                loss = loss + cfg.vf_coef * vf_loss
-                aux["value_loss"] = vf_loss
-                aux["value_clip_fraction"] = vf_clip
-            if cfg.mode == "grpo" and self.beta > 0:
-                loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
+        pg_loss, st = ppo.policy_loss(logp, b["logp_old"], b["adv"], mask, cfg.epsilon)
+        loss = pg_loss
+        aux.update(st)
+        aux["policy_loss"] = pg_loss
+        if critic:
+            vf_loss, vf_clip = ppo.value_loss(values, b["values_old"], b["returns"], mask, cfg.value_clip)
+            loss = loss + cfg.vf_coef * vf_loss
+            aux["value_loss"] = vf_loss
+            aux["value_clip_fraction"] = vf_clip
+        studio = cfg.mode == "pairwise" and cfg.pairwise_objective != "ppo"
+        if (cfg.mode == "grpo" or studio) and self.beta > 0:
+            loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
         if bonus:  # entropy bonus; the reported entropy comes from the rollout
             loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask)
         return loss, aux

@@ -59,7 +59,9 @@ class JudgeContext:
     """What a judge factory gets besides its options.
 
     ``step`` is kept current by the judge set before each call, so a judge that
-    records labels knows which training step asked.
+    records labels knows which training step asked. A judge that works through a
+    batch one sample at a time may call ``progress(done, total)`` as it goes, so the
+    dashboard shows a slow judge working.
     """
 
     name: str
@@ -69,6 +71,7 @@ class JudgeContext:
     seed: int = 0
     step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[int, int], None] = field(default=lambda done, total: None)
 
 
 @runtime_checkable

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.engine.errors import ConfigError, StepInterrupted
 from tui_trainer.plugins.judge import JudgeContext, JudgeFailure, JudgeTimeout, Verdict, one_line
 
 FAILURE_MODES = ("drop", "retry", "stop")
@@ -74,6 +75,10 @@ class JudgeSet:
         self.failure = failure
         self.retries = retries
         self.timeout = timeout or None
+        # set by the trainer: an Event that abandons the call in flight (StepInterrupted), and
+        # progress(judge, done, total) for the dashboard
+        self.interrupt: threading.Event | None = None
+        self.progress: Callable[[str, int, int], None] = lambda judge, done, total: None
         self.log = log or (lambda message: None)
         self.max_consecutive_failures = max(1, max_consecutive_failures)
 
@@ -94,6 +99,8 @@ class JudgeSet:
         per_judge: dict[str, list[float | None]] = {}
         for m in self.members:
             m.context.step = step
+            m.context.progress = lambda done, total, key=m.key: self.progress(key, done, total)
+            self.progress(m.key, 0, n)
             if m.info.pointwise:
                 values = self._call(
                     m, step, lambda m=m: m.judge.score(list(prompts), list(completions)),
@@ -101,6 +108,7 @@ class JudgeSet:
                 per_judge[m.key] = values if values is not None else [None] * n
             else:
                 per_judge[m.key] = self._against_baseline(m, prompts, completions, step)
+            self.progress(m.key, n, n)
         scores: list[float | None] = []
         for i in range(n):
             parts = [(m.weight, per_judge[m.key][i]) for m in self.members]
@@ -124,6 +132,7 @@ class JudgeSet:
                                                                                    completions[base]),
                                _check_verdict, fallback=Verdict("skip"))
                 out[i] = verdict_score(v)
+                self.progress(m.key, sum(v is not None for v in out), len(completions))
         return out
 
     # -- pairwise --------------------------------------------------------------------
@@ -162,7 +171,7 @@ class JudgeSet:
             partial = None
             try:
                 value, problem = check(self._invoke(m, fn))
-            except JudgeFailure:
+            except (JudgeFailure, StepInterrupted):
                 raise
             except Exception as exc:  # noqa: BLE001  any plugin error is a judge failure
                 value, problem = None, one_line(exc)
@@ -187,7 +196,7 @@ class JudgeSet:
         return fallback
 
     def _invoke(self, m: Member, fn: Callable[[], Any]) -> Any:
-        if m.interactive or self.timeout is None:
+        if m.interactive:  # a person: the front end answers (and skips everything on stop)
             with m.lock:
                 return fn()
         box: dict[str, Any] = {}
@@ -203,9 +212,14 @@ class JudgeSet:
 
         worker = threading.Thread(target=work, name=f"judge-{m.key}", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None else math.inf)
+        while worker.is_alive() and time.monotonic() < deadline:
+            worker.join(max(0.0, min(0.1, deadline - time.monotonic())))
+            if self.interrupt is not None and self.interrupt.is_set() and worker.is_alive():
+                # the call finishes in the background (under the member's lock); the step is abandoned
+                raise StepInterrupted(f"judge {m.key} interrupted")
         if worker.is_alive():
-            raise JudgeTimeout(f"timed out after {self.timeout:g}s")
+            raise JudgeTimeout(f"timed out after {self.timeout:g}s")  # (never with timeout None)
         if "error" in box:
             raise box["error"]
         return box["value"]

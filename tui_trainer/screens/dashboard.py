@@ -1,8 +1,10 @@
 """The live training dashboard.
 
 Top: reward (score mean), KL and clip fraction, each its value and history plot.
-Then entropy, value loss, approx KL, response length, tokens/s and the step-time
-split; the progress bar with ETA; the latest samples and the log.
+Then entropy, value loss, approx KL, response length, generation tok/s and the
+step-time split; the run's progress bar with its ETA; the step in flight (phase,
+counts, the step's ETA; between steps the last step's time and samples/s); the
+latest samples and the log.
 The app feeds it engine events; it never reads engine state. ``flush`` (on a
 timer) takes in the events the engine handed over and shows them, so the screen is
 redrawn about once a second however fast the steps come (and at once after a key).
@@ -19,17 +21,17 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_trainer.config import Config
-from tui_trainer.events import CheckpointSaved, RunState, Sample, StepMetrics
+from tui_trainer.events import CheckpointSaved, Progress, RunState, Sample, StepMetrics
 from tui_trainer.widgets.log_pane import LogPane
 from tui_trainer.widgets.metric_panel import MetricPanel
-from tui_trainer.widgets.progress import RunProgress
+from tui_trainer.widgets.progress import RunProgress, StepProgress
 from tui_trainer.widgets.samples import SamplesView
 from tui_trainer.widgets.stats import Stat, StepTimeSplit
 
 # (metric key, label) for the main panels and the secondary row.
 MAIN_PANELS = (("score_mean", "reward"), ("kl", "KL"), ("clip_fraction", "clip fraction"))
 SECONDARY = (("entropy", "entropy"), ("value_loss", "value loss"), ("approx_kl", "approx KL"),
-             ("response_length", "resp len"), ("tokens_per_second", "tok/s"))
+             ("response_length", "resp len"), ("generation_tokens_per_second", "gen tok/s"))
 FLUSH_SECONDS = 1.0
 
 
@@ -39,6 +41,8 @@ class DashboardScreen(Screen):
         Binding("p", "pause", "Pause/resume"),
         Binding("c", "checkpoint", "Checkpoint"),
         Binding("q", "quit_run", "Quit"),
+        Binding("q", "stop_now", "q again: stop now"),  # shown instead once a stop was asked for
+        Binding("ctrl+c", "stop_now", "Stop now", show=False, priority=True),
         Binding("j", "judge", "Judge"),
         Binding("n", "new_run", "New run", show=False),
     ]
@@ -66,6 +70,7 @@ class DashboardScreen(Screen):
                 yield Stat(key, label, id=f"stat-{key}")
             yield StepTimeSplit(id="step-split")
         yield RunProgress(id="progress")
+        yield StepProgress(id="step-progress")
         with Horizontal(id="bottom"):
             yield SamplesView(id="samples")
             yield LogPane(id="log")
@@ -97,6 +102,11 @@ class DashboardScreen(Screen):
             self.query_one(f"#stat-{key}", Stat).set_value(values.get(key))
         self.query_one(StepTimeSplit).set_times(values)
         self.query_one(RunProgress).update_step(event.step)
+        self.query_one(StepProgress).clear(f"step {event.step} done in {values.get('time_step', 0):.1f}s · "
+                                           f"{values.get('samples_per_second', 0):.2f} samples/s")
+
+    def on_progress(self, event: Progress) -> None:
+        self.query_one(StepProgress).update_progress(event)
 
     def add_samples(self, samples: list[Sample]) -> None:
         self.query_one(SamplesView).add_samples(samples)
@@ -126,6 +136,10 @@ class DashboardScreen(Screen):
             progress.update_step(max(state.step, progress.step), total)
             if state.status == "paused":
                 self._clock_running = False
+        if state.status in ("stopped", "finished", "failed"):
+            self.query_one(StepProgress).clear(f"run {state.status} at step {state.step}")
+        elif state.status == "starting":
+            self.query_one(StepProgress).clear(state.message or "starting…")
         if state.status == "failed" and state.message:
             self.add_log("error", state.message)
         elif state.message and state.status in ("stopped", "finished"):
@@ -148,6 +162,7 @@ class DashboardScreen(Screen):
             stat.sync()
         self.query_one(StepTimeSplit).sync()
         self.query_one(RunProgress).sync()
+        self.query_one(StepProgress).sync()
         self.query_one(SamplesView).sync()
         self.query_one(LogPane).sync()
         self.show_status()
@@ -158,6 +173,8 @@ class DashboardScreen(Screen):
         parts = ["tui-trainer", status]
         if status == "starting" and not self.steps_seen:
             parts.append("loading model…")
+        if getattr(app, "stopping_after_step", False):
+            parts.append("stopping after this step — q again to stop now")
         waiting = app.waiting_count() if hasattr(app, "waiting_count") else 0
         if waiting:
             parts.append(f"judge: {waiting} waiting (j)")
@@ -182,8 +199,24 @@ class DashboardScreen(Screen):
         self.app.checkpoint_now()
         self.flush()
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        stopping = getattr(self.app, "stopping_after_step", False)
+        if action == "quit_run":
+            return not stopping
+        if action == "stop_now":
+            return stopping or bool(getattr(self.app, "run_active", False))
+        return True
+
     def action_quit_run(self) -> None:
         self.app.request_quit()
+        self.refresh_bindings()
+        self.flush()
+
+    def action_stop_now(self) -> None:
+        self.app.request_quit()  # a quit already asked for: this stops now
+        if not getattr(self.app, "_abort_requested", False):
+            self.app.stop_now()
+        self.refresh_bindings()
         self.flush()
 
     def action_new_run(self) -> None:

@@ -65,3 +65,23 @@ def one_line(text: str, width: int) -> str:
     if width <= 0:
         return ""
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
+
+
+PHASE_LABELS = {"rollout": "rollout", "judging": "judging", "reference": "reference + values", "update": "update"}
+
+
+def progress_text(p) -> str:
+    """One line for an ``events.Progress``: phase, counts, rate, detail and the step's ETA.
+
+    The app's progress bar and the headless progress line show the same text.
+    """
+    parts = [f"step {p.step}", f"{PHASE_LABELS.get(p.phase, p.phase)} {p.done}/{p.total} {p.unit}"]
+    if p.phase == "rollout" and p.rate:
+        parts.append(f"{p.rate:.1f} gen tok/s")
+    if p.detail:
+        parts.append(p.detail)
+    if p.eta is not None:
+        parts.append(f"step ETA {format_duration(p.eta)}")
+    else:
+        parts.append(f"{format_duration(p.elapsed)} into the step")
+    return " · ".join(parts)

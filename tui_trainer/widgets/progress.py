@@ -1,4 +1,5 @@
-"""Run progress: a bar, the step count, seconds per step and the ETA."""
+"""Run progress (a bar, the step count, seconds per step, the run's ETA) and step progress (the
+phase of the step in flight, its counts and the step's ETA)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import ProgressBar, Static
 
-from tui_trainer.widgets.format import format_duration
+from tui_trainer.widgets.format import format_duration, progress_text
 
 
 class RunProgress(Horizontal):
@@ -77,3 +78,45 @@ class RunProgress(Horizontal):
         self.query_one(ProgressBar).update(total=self.total or None,
                                            progress=min(self.step, self.total or self.step))
         self.query_one("#progress-text", Static).update(text, layout=False)
+
+
+class StepProgress(Horizontal):
+    """The step in flight, from the engine's ``Progress`` events: phase bar + one line of text."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.latest = None  # the last events.Progress
+        self.idle_text = "waiting for the first step…"
+        self._shown: tuple = ()
+
+    def compose(self) -> ComposeResult:
+        yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="step-bar")
+        yield Static("", id="step-text")
+
+    def on_mount(self) -> None:
+        self.sync()
+
+    def update_progress(self, progress) -> None:
+        self.latest = progress
+
+    def clear(self, text: str) -> None:
+        """Between steps or when the run ends: no step in flight."""
+        self.latest = None
+        self.idle_text = text
+
+    def text(self) -> str:
+        return progress_text(self.latest) if self.latest is not None else self.idle_text
+
+    def sync(self) -> None:
+        p = self.latest
+        text = self.text()
+        shown = (text, p.done if p else None, p.total if p else None)
+        if shown == self._shown:
+            return
+        self._shown = shown
+        bar = self.query_one("#step-bar", ProgressBar)
+        if p is None:
+            bar.update(total=None, progress=0)
+        else:
+            bar.update(total=max(p.total, 1), progress=min(p.done, p.total))
+        self.query_one("#step-text", Static).update(text, layout=False)

@@ -299,6 +299,7 @@ class LlamaJudge:
     def __init__(self, options: dict[str, Any], context: JudgeContext) -> None:
         o = options
         self.name = context.name
+        self.progress = context.progress
         lo, hi = o["scale_min"], o["scale_max"]
         if not (0 <= lo < hi <= 9):
             raise ConfigError(f"judge {self.name}: need 0 <= scale_min < scale_max <= 9, got {lo}..{hi}")
@@ -335,7 +336,11 @@ class LlamaJudge:
 
     # pointwise
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return [self.rate(p, c) for p, c in zip(prompts, completions)]
+        out = []
+        for p, c in zip(prompts, completions):
+            out.append(self.rate(p, c))
+            self.progress(len(out), len(completions))
+        return out
 
     def rate(self, prompt: str, completion: str) -> float:
         """The expected rating of ``completion``, mapped to [0, 1]."""
