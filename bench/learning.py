@@ -19,8 +19,8 @@ Commands::
 
 Raw per-step records go to ``bench/out/learning/<name>.json`` (a run already there is not
 repeated, so a sweep can be resumed); ``curves`` writes its table and picture
-(``bench/learning.png``, matplotlib from the ``bench`` extra) into bench/RESULTS.md, and
-``sweep --write`` its table.
+(``bench/learning.png``, matplotlib from the ``bench`` extra) into bench/RESULTS.md, ``sweep``
+its table (``--no-write``: print only).
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def main(argv=None) -> int:
         s.add_argument("--jobs", type=int, default=2, help="runs at a time (one BLAS thread each when > 1)")
         s.add_argument("--window", type=int, default=6, help="steps in the first / last score window")
         s.add_argument("--set", action="append", default=[], help="key=value for every run")
-        s.add_argument("--write", action="store_true" if name == "sweep" else "store_false",
-                       help="write the table into bench/RESULTS.md" if name == "sweep" else "print only")
+        s.add_argument("--no-write", dest="write", action="store_false",
+                       help="print the table only (default: also write it into bench/RESULTS.md)")
         if name == "sweep":
             s.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (one axis of the grid)")
             s.add_argument("--point", action="append", default=[],

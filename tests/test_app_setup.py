@@ -169,3 +169,23 @@ def test_plugins_screen_lists_judges_and_a_broken_plugin(monkeypatch):
             # the broken plugin does not stop the rest: the working plugin's judges are offered
             assert set(app.screen.catalog) == {"rules", "human", "llama"}
     run(go())
+
+
+def test_choosing_pairwise_sets_two_samples_per_prompt():
+    """The default is 4 samples per prompt; pairwise compares 2, so picking it sets 2 (and back)."""
+    async def go():
+        app = TrainerApp(Config())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            samples = screen.query_one("#f-num_samples", Input)
+            assert samples.value == "4"
+            screen.query_one("#f-mode", Select).value = "pairwise"
+            await pilot.pause()
+            assert samples.value == "2"
+            form = screen.form_config()
+            assert (form.mode, form.num_samples) == ("pairwise", 2)
+            screen.query_one("#f-mode", Select).value = "grpo"
+            await pilot.pause()
+            assert samples.value == "4" and screen.form_config().num_samples == 4
+    run(go())

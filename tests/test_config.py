@@ -109,7 +109,7 @@ def test_int_field_takes_integral_float_only(tmp_path):
     ("rl_max_new_tokens", "max_new_tokens", 17), ("max_completion_length", "max_new_tokens", 17),
     ("response_length", "max_new_tokens", 17), ("learning_rate", "actor_lr", 3e-6),
     ("target", "kl_target", 6.0), ("horizon", "kl_horizon", 500),
-    ("num_generations", "num_samples", 4), ("per_device_train_batch_size", "batch_size", 3),
+    ("num_generations", "num_samples", 6), ("per_device_train_batch_size", "batch_size", 3),
     ("mini_batch_size", "minibatch_size", 3), ("gradient_accumulation_steps", "grad_accum", 2),
     ("vf_coef", "vf_coef", 0.5), ("max_grad_norm", "max_grad_norm", 0.5),
     ("whiten_rewards", "whiten_rewards", True), ("missing_eos_penalty", "missing_eos_penalty", 1.0),
@@ -224,7 +224,7 @@ def test_wrong_types(tmp_path, text, needles):
     ("scheduler: cosin\n", ["scheduler", "did you mean 'cosine'"]),
     ("kl_estimator: k2\n", ["kl_estimator", "k1, k3"]),
     ("judge_failure: ignore\n", ["judge_failure", "drop, retry, stop"]),
-    ("minibatch_size: 9\n", ["minibatch_size", "batch_size * num_samples = 8"]),
+    ("minibatch_size: 17\n", ["minibatch_size", "batch_size * num_samples = 16"]),
     ("steps: 0\n", ["steps", ">= 1"]),
     ("kl_target: 0\n", ["kl_target", "> 0"]),
     ("adapter: {dropout: 1.0}\n", ["adapter.dropout", "[0, 1)"]),
@@ -244,7 +244,7 @@ def test_error_names_the_line(tmp_path):
 
 
 def test_default_minibatch_follows_a_small_batch(tmp_path):
-    cfg = load_config(write(tmp_path, "batch_size: 1\n"))
+    cfg = load_config(write(tmp_path, "batch_size: 1\nnum_samples: 2\n"))
     assert cfg.minibatch_size == 2  # 1 prompt x 2 samples; the default of 4 would not fit
 
 
@@ -350,7 +350,7 @@ def test_set_any_key(tmp_path):
 def test_save_config_round_trips(tmp_path):
     cfg = Config(model="a/b", adapter=AdapterConfig(type="full", keys=["mlp.up_proj"], scale=1.5),
                  data=DataConfig(path="d.parquet", system_prompt="Line one\nline 'two': yes", shuffle=False),
-                 mode="pairwise", actor_lr=1e-6, kl_target=6.0, missing_eos_penalty=1.0,
+                 mode="pairwise", num_samples=2, actor_lr=1e-6, kl_target=6.0, missing_eos_penalty=1.0,
                  judges=[JudgeSpec("llama", 0.7, {"system": "null", "nested": {"a": [1, 2]}}), JudgeSpec("human")])
     path = tmp_path / "sub" / "config.yaml"
     save_config(cfg, path)
@@ -422,3 +422,10 @@ def test_target_kl_is_the_early_stop_not_the_controller_target(tmp_path):
     assert cfg.kl_target == 6.0 and cfg.target_kl is None
     with pytest.raises(ConfigError, match="target_kl"):
         load_config(write(tmp_path, "target_kl: -1\n"))
+
+
+def test_pairwise_defaults_to_two_samples(tmp_path):
+    assert load_config(write(tmp_path, "mode: pairwise\n")).num_samples == 2
+    assert load_config(write(tmp_path, "mode: grpo\n")).num_samples == Config().num_samples == 4
+    with pytest.raises(ConfigError, match="num_samples = 2"):
+        load_config(write(tmp_path, "mode: pairwise\nnum_samples: 4\n"))

@@ -306,6 +306,13 @@ class SetupScreen(Screen):
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.has_class("judge-name"):
             self._show_hint(str(event.value))
+        elif event.select.id == "f-mode":
+            # pairwise compares two completions of a prompt; the other modes take the default again
+            samples = self.query_one(f"#{field_id('num_samples')}", Input)
+            if event.value == "pairwise":
+                samples.value = "2"
+            elif samples.value.strip() == "2" and self.base.num_samples != 2:
+                samples.value = str(self.base.num_samples)
 
     def on_descendant_focus(self, event: Any) -> None:
         widget = event.widget
