@@ -49,6 +49,7 @@ def test_headless_prints_one_line_per_phase_when_not_a_terminal(tiny_dir, tmp_pa
         phases = [ln.split(" · ")[1].split(" ")[0] for ln in lines]
         assert phases == ["rollout", "judging", "reference", "update"], out
     assert "gen tok/s" in out and "finished at step 2" in out
+    assert "loading 0/4: reading the model" in out
 
 
 def test_sigterm_mid_step_stops_at_once_with_the_last_completed_checkpoint(tiny_dir, tmp_path):

@@ -115,6 +115,11 @@ def test_progress_goes_through_every_phase_in_order(tiny_dir, prompts_file, tmp_
     cfg = make_config(tiny_dir, prompts_file, tmp_path / "run", steps=2)
     _, _, metrics, events = run(cfg)
     steps = [e for e in events if isinstance(e, (ev.Progress, ev.StepMetrics))]
+    # start-up comes first: model, adapter, prompts, judges
+    loading = [p for p in steps if isinstance(p, ev.Progress) and p.phase == "loading"]
+    assert [p.done for p in loading] == [0, 1, 2, 3, 4] and steps[0] is loading[0] and steps[4] is loading[-1]
+    assert all(p.step == 0 and p.total == 4 for p in loading)
+    steps = steps[5:]
     phases = [p.phase for p in steps if isinstance(p, ev.Progress) and p.step == 1]
     order = [ph for i, ph in enumerate(phases) if i == 0 or phases[i - 1] != ph]
     assert order == ["rollout", "judging", "reference", "update"]

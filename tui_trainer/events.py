@@ -42,6 +42,9 @@ PHASES = ("rollout", "judging", "reference", "update")
 class Progress:
     """Where the step in flight is: ``phase`` (one of PHASES), ``done`` of ``total`` ``unit``.
 
+    Before step 1 the run reports ``phase="loading"`` with ``step=0`` (model, adapter, prompts,
+    judges: 4 parts, ``detail`` says which is under way).
+
     rollout: tokens generated of the most the batch can generate (``rate``: generation tok/s);
     judging: samples judged (``detail`` names the judge); reference: minibatches of the
     reference / value pass; update: minibatches over all epochs (``detail``: "epoch e/E,

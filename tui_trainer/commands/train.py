@@ -75,7 +75,8 @@ def run_headless(config, resume: bool = False) -> int:
                 unit = event.unit + (f" · {event.rate:.1f} gen tok/s" if event.phase == "rollout" and event.rate
                                      else "") + (f" · {event.detail}" if event.detail else "")
                 progress.update(phase_task, total=max(event.total, 1), completed=event.done, unit=unit,
-                                description=f"step {event.step} {PHASE_LABELS.get(event.phase, event.phase)}",
+                                description=f"step {event.step} {PHASE_LABELS.get(event.phase, event.phase)}"
+                                if event.step else "loading",
                                 eta=f"step ETA {format_duration(event.eta)}" if event.eta is not None else "")
             elif (event.step, event.phase) != shown["phase"]:
                 shown["phase"] = (event.step, event.phase)

@@ -175,10 +175,18 @@ class Trainer:
         self.files = RunFiles(self.run_dir)
         self._observer = ev.fan_out(self.files, self._user_observer)
         self._set_state("starting", "loading model")
+        t_load = time.perf_counter()
+
+        def loaded(done: int, detail: str) -> None:  # start-up, before step 1: the "loading" phase
+            self.emit(ev.Progress(0, "loading", done, 4, "parts", detail=detail,
+                                  elapsed=time.perf_counter() - t_load))
+
+        loaded(0, "reading the model")
         save_config(cfg, self.run_dir / "config.yaml")
 
         mx.random.seed(cfg.seed)
         model, self.tokenizer = load_policy(cfg.model, quantized=cfg.quantized_base)
+        loaded(1, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
         self.reference = None
         if cfg.reference_model:
@@ -189,14 +197,17 @@ class Trainer:
                  f"{cfg.adapter.type} adapter, {n_params / 1e6:.2f}M trainable parameters")
 
         context = getattr(getattr(model, "args", None), "max_position_embeddings", None) or 2048
+        loaded(2, "reading the prompts")
         self.prompts = PromptSet.load(cfg.data, self.tokenizer,
                                       max_prompt_tokens=max(16, min(context, 4096) - cfg.max_new_tokens),
                                       seed=cfg.seed)
+        loaded(3, "starting the judges")
         self.judges = build_judge_set(cfg.judges, prompter=self.prompter, run_dir=self.run_dir,
                                       failure=cfg.judge_failure, retries=cfg.judge_retries,
                                       timeout=cfg.judge_timeout, log=lambda m: self.log(m, "warning"))
         if cfg.mode == "pairwise" and not self.judges.can_compare:
             self.log("pairwise mode with pointwise judges: the higher-scored completion of each pair wins")
+        loaded(4, "ready")
 
         rows = cfg.batch_size * cfg.num_samples
         n_mb = math.ceil(rows / cfg.minibatch_size)

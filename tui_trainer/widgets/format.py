@@ -67,7 +67,8 @@ def one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
 
 
-PHASE_LABELS = {"rollout": "rollout", "judging": "judging", "reference": "reference + values", "update": "update"}
+PHASE_LABELS = {"loading": "loading", "rollout": "rollout", "judging": "judging", "reference": "reference + values",
+                "update": "update"}
 
 
 def progress_text(p) -> str:
@@ -75,6 +76,8 @@ def progress_text(p) -> str:
 
     The app's progress bar and the headless progress line show the same text.
     """
+    if p.phase == "loading":
+        return f"loading {p.done}/{p.total}: {p.detail} · {format_duration(p.elapsed)}"
     parts = [f"step {p.step}", f"{PHASE_LABELS.get(p.phase, p.phase)} {p.done}/{p.total} {p.unit}"]
     if p.phase == "rollout" and p.rate:
         parts.append(f"{p.rate:.1f} gen tok/s")
