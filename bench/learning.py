@@ -68,6 +68,10 @@ def run_one(overrides: dict, steps: int, seed: int) -> dict:
     def observe(event):
         if isinstance(event, ev.StepMetrics):
             records.append({k: float(event.values[k]) for k in KEYS if k in event.values})
+            # pairwise: score_mean is the verdicts' mean (+1/-1: always 0); the judge's own score is
+            # what shows learning
+            if "score/rules" in event.values and cfg.mode == "pairwise":
+                records[-1]["score_mean"] = float(event.values["score/rules"])
             r = records[-1]
             print(f"{name_of(overrides, seed)} step {len(records)}/{steps}: score {r['score_mean']:.3f} "
                   f"approx_kl {r['approx_kl']:.3f} clip {r['clip_fraction']:.3f} kl {r['kl']:.2f} "

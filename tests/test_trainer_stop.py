@@ -186,4 +186,6 @@ def test_studio_objective_is_clipped_and_reports_its_ratio(tiny_dir, prompts_fil
     assert max(m["clip_fraction"] for m in metrics) > 0
     assert all(m["ratio"] > 0 for m in metrics)
     assert metrics[0]["first_ratio"] == pytest.approx(1.0, abs=1e-5)
-    assert all(m["minibatches"] == 16 for m in metrics)  # 8 rows (4 decided pairs) / 2, 4 epochs
+    assert all(m["minibatches"] == 16 for m in metrics)
+    # the verdicts' mean is 0 by construction; the pointwise judge's own score is reported too
+    assert all(m["score_mean"] == 0.0 and 0.0 <= m["score/rules"] <= 1.0 for m in metrics)  # 8 rows (4 decided pairs) / 2, 4 epochs

@@ -459,6 +459,7 @@ class Trainer:
             return list(res.scores), dict(res.per_judge)
         scores: list[float | None] = []
         choices = []
+        pointwise: dict[str, list[float | None]] = {}
         if self.judges.can_compare:
             for i in range(0, len(texts), 2):
                 self._progress("judging", i, len(texts), "samples", detail="pairs")
@@ -468,11 +469,12 @@ class Trainer:
             self._progress("judging", len(texts), len(texts), "samples", detail="pairs")
         else:  # pointwise judges decide each pair by score; a dropped score skips the pair
             res = self.judges.score(texts, completions, step=step)
+            pointwise = dict(res.per_judge)  # reported too: score/<judge> is what the verdicts hide
             for a, b in zip(res.scores[0::2], res.scores[1::2]):
                 choices.append("skip" if a is None or b is None else "a" if a > b else "b" if b > a else "tie")
         for pair in ppo.verdict_rewards(choices):
             scores.extend(pair if pair is not None else (None, None))
-        return scores, {"verdict": scores}
+        return scores, {"verdict": scores, **pointwise}
 
     def _shape_scores(self, roll: Rollout, scores: list[float | None]) -> tuple[mx.array, mx.array]:
         """Scores as an array (0 where dropped) and a row-keep mask; EOS penalty, scale, clip applied."""
