@@ -211,6 +211,8 @@ def main(argv=None) -> int:
                            help="one run's overrides, 'key=v key=v' (instead of or besides --grid)")
         else:
             s.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
+            s.add_argument("--mode-steps", action="append", default=[], metavar="MODE=N",
+                           help="steps for one mode instead of --steps (e.g. 'rloo=30')")
     args = p.parse_args(argv)
     if args.cmd == "child":
         res = run_one(json.loads(args.overrides), args.steps, args.seed)
@@ -230,7 +232,14 @@ def main(argv=None) -> int:
     else:
         chosen = [m.strip() for m in args.modes.split(",")]
         jobs = [({**fixed, **MODES[m]}, seed) for m in chosen for seed in seeds]
-    results = launch(jobs, args.steps, args.jobs)
+    # steps per run: --steps, or a mode's own count from --mode-steps
+    own = dict(kv.rsplit("=", 1) for kv in getattr(args, "mode_steps", []))
+    steps_of = {name_of(o, s): int(own.get(m, args.steps)) for m in (chosen if args.cmd == "curves" else [])
+                for o, s in [({**fixed, **MODES[m]}, seed) for seed in seeds]}
+    results = {}
+    for n_steps in sorted({steps_of.get(name_of(o, s), args.steps) for o, s in jobs}):
+        group = [(o, s) for o, s in jobs if steps_of.get(name_of(o, s), args.steps) == n_steps]
+        results.update(launch(group, n_steps, args.jobs))
     rows = [(name_of(o, s), summary(results[name_of(o, s)], args.window)) for o, s in jobs
             if name_of(o, s) in results]
     cmd = " ".join(sys.argv[1:] if argv is None else argv)
@@ -244,8 +253,10 @@ def main(argv=None) -> int:
         png = ROOT / "bench" / "learning.png"
         drawn = plot(curves, png)
         lines = [section, "", header(cmd), "",
-                 f"Default config, {args.steps} steps per mode; windows of {args.window} steps. "
-                 "approx_kl and clip fraction are per-step means over the update's minibatches.", ""]
+                 f"Default config, {args.steps} steps per mode unless the command says otherwise; windows of "
+                 f"{args.window} steps. approx_kl and clip fraction are per-step means over the update's "
+                 "minibatches. The pairwise modes' score is the rules judge's own score (their verdict "
+                 "rewards average 0 by construction).", ""]
         lines += table([(label_of[n], s) for n, s in rows])
         if drawn:
             lines += ["", "![learning curves](learning.png)"]
