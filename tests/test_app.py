@@ -422,3 +422,32 @@ def test_the_ui_never_imports_mlx():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_warm_app_imports_the_engine_on_its_thread_while_setup_is_shown():
+    """`tui-trainer` (run_app) warms the engine thread up: MLX and the trainer are imported while
+    the setup screen is shown, so a run's first progress follows start within a second."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import asyncio, sys, time
+        from tui_trainer.app import TrainerApp
+        from tui_trainer.config import Config
+
+        async def go():
+            app = TrainerApp(Config(steps=3), warm=True)
+            async with app.run_test(size=(80, 24)) as pilot:
+                deadline = time.monotonic() + 60
+                while "tui_trainer.engine.trainer" not in sys.modules and time.monotonic() < deadline:
+                    await pilot.pause(0.1)
+                assert type(app.screen).__name__ == "SetupScreen" and not app.run_active
+                await pilot.press("ctrl+q")
+            app.engine_stopped.wait(30)
+            print("warm" if "mlx.core" in sys.modules and app.engine_stopped.is_set() else "cold")
+        asyncio.run(go())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "warm"

@@ -149,8 +149,11 @@ class TrainerApp(App[int]):
     ]
 
     def __init__(self, config: Config | None = None, *, config_path: str | None = None,
-                 resume: bool = False, start: bool = False) -> None:
+                 resume: bool = False, start: bool = False, warm: bool = False) -> None:
         super().__init__()
+        # warm: start the engine thread at once and let it import MLX and the trainer while the
+        # setup screen is shown, so that a run's first progress comes within a second of start
+        self.warm_engine = warm
         self.config = config if config is not None else Config()
         self.config_path = config_path
         self.resume = resume
@@ -179,13 +182,16 @@ class TrainerApp(App[int]):
         self.worker_done = threading.Event()
         self.worker_done.set()
         # runs for the engine thread: (config, resume, prompter), or None to end it
-        self._runs: queue.Queue[tuple[Config, bool, TuiPrompter] | None] = queue.Queue()
+        self._runs: queue.Queue[tuple[Config, bool, TuiPrompter] | str | None] = queue.Queue()  # "warm": import only
         self._engine_started = False
         self.engine_stopped = threading.Event()  # the engine thread has cleaned up and ended
         self.engine_stopped.set()
 
     # ------------------------------------------------------------------ start
     def on_mount(self) -> None:
+        if self.warm_engine and not self.start_on_mount:
+            self._start_engine()
+            self._runs.put("warm")
         if self.start_on_mount:
             self.start_run(self.config, resume=self.resume)
         else:
@@ -208,11 +214,14 @@ class TrainerApp(App[int]):
         self.worker_done.clear()
         self._run_started = True
         self.run_ended = False
+        self._start_engine()
+        self._runs.put((config, resume, self.prompter))
+
+    def _start_engine(self) -> None:
         if not self._engine_started:
             self._engine_started = True
             self.engine_stopped.clear()
             self._engine()
-        self._runs.put((config, resume, self.prompter))
 
     def open_dashboard(self, config: Config) -> Any:
         """Show a fresh dashboard for ``config``; engine events go to it from now on."""
@@ -247,6 +256,9 @@ class TrainerApp(App[int]):
                 job = self._runs.get()
                 if job is None:
                     break
+                if job == "warm":
+                    import tui_trainer.engine.trainer  # noqa: F401  MLX, mlx-lm: imported ahead of the run
+                    continue
                 ended = RunEnded(*self._run_one(*job))
                 try:
                     self.post_message(ended)
@@ -613,7 +625,7 @@ def run_app(config: Config | None = None, *, config_path: str | None = None, res
     UI writing to a dead terminal can block for ever. This function returns
     only after the training worker has finished.
     """
-    app = TrainerApp(config, config_path=config_path, resume=resume, start=start)
+    app = TrainerApp(config, config_path=config_path, resume=resume, start=start, warm=True)
     app_closed = threading.Event()
     previous: dict[int, Any] = {}
 
