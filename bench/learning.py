@@ -17,8 +17,9 @@ Commands::
     python bench/learning.py sweep --steps 30 --point "actor_lr=3e-5 adapter.scale=2" --point "num_samples=4"
     python bench/learning.py curves --steps 50            # every mode at its defaults, table + PNG
 
-Raw per-step records go to ``bench/out/learning/<name>.json`` (a run already there is not
-repeated, so a sweep can be resumed); ``curves`` writes its table and picture
+Raw per-step records go to ``bench/out/learning/<name>.json`` with the resolved config (a run
+already there is not repeated, so a sweep can be resumed; delete the folder after changing a
+default); the records behind bench/RESULTS.md are kept in ``bench/records/``; ``curves`` writes its table and picture
 (``bench/learning.png``, matplotlib from the ``bench`` extra) into bench/RESULTS.md, ``sweep``
 its table (``--no-write``: print only).
 """
@@ -79,7 +80,10 @@ def run_one(overrides: dict, steps: int, seed: int) -> dict:
 
     t0 = time.perf_counter()
     state = Trainer(cfg, observer=observe).run()
-    return {"overrides": overrides, "seed": seed, "steps": records, "status": state.status,
+    from tui_trainer.config import config_to_dict
+
+    resolved = {k: v for k, v in config_to_dict(cfg).items() if k != "run_dir"}
+    return {"overrides": overrides, "seed": seed, "config": resolved, "steps": records, "status": state.status,
             "wall_seconds": time.perf_counter() - t0}
 
 
