@@ -475,10 +475,15 @@ class TrainerApp(App[int]):
             self.exit(self.exit_code)
             return
         if self._quitting:
-            self.stop_now()
+            self.quit_now()
             return
         self._quitting = True
         self.stop_run("quit: stopping after this step — q again to stop now")
+
+    def quit_now(self) -> None:
+        """q again / ctrl+c: abandon the step in flight, then exit once the run has returned."""
+        self._quitting = True
+        self.stop_now()
 
     def hangup(self) -> None:
         """The terminal went away (SIGHUP) or SIGTERM: abandon the step in flight, exit."""

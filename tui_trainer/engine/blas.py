@@ -401,24 +401,6 @@ def _say(line: str, quiet: bool = False) -> None:
         print(f"tui-trainer: {line}", file=sys.stderr, flush=True)
 
 
-def _global_sgemm_library() -> str | None:
-    """The file that the process's global ``cblas_sgemm`` (what MLX binds to) comes from."""
-
-    class DlInfo(ctypes.Structure):
-        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
-
-    try:
-        proc = ctypes.CDLL(None)
-        addr = ctypes.cast(proc.cblas_sgemm, ctypes.c_void_p)
-        info = DlInfo()
-        if proc.dladdr(addr, ctypes.byref(info)) and info.dli_fname:
-            return info.dli_fname.decode()
-    except (AttributeError, OSError):
-        pass
-    return None
-
-
 def blas_in_use() -> str:
     """One line naming the BLAS that MLX calls in this process, with the kernels it picked."""
     if sys.platform == "darwin":

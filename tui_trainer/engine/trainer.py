@@ -139,8 +139,9 @@ class Trainer:
         self.stop()
 
     @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
+    def _studio(self) -> bool:
+        """Pairwise mode with an MLX-LoRA-Studio objective (sequence advantages, no critic)."""
+        return self.cfg.mode == "pairwise" and self.cfg.pairwise_objective != "ppo"
 
     @property
     def paused(self) -> bool:
@@ -494,7 +495,7 @@ class Trainer:
     def _update(self, roll: Rollout, raw_scores: list[float | None], shuffle: random.Random) -> dict[str, float]:
         cfg = self.cfg
         T = cfg.temperature
-        studio = cfg.mode == "pairwise" and cfg.pairwise_objective != "ppo"
+        studio = self._studio
         critic = cfg.mode in ("ppo", "pairwise") and not studio
         scores, keep = self._shape_scores(roll, raw_scores)
         if studio:  # a tie or a skipped pair carries no preference: both rows leave the update
@@ -607,17 +608,15 @@ class Trainer:
                     "prefix": prefix_of(mb),
                 }
                 (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
-                if cfg.target_kl is not None:
+                if epoch == 0 and j == 0:  # before any update of this step: ratio 1 at step 0
+                    stats.update(first_ratio=float(aux["ratio"].item()),
+                                 first_approx_kl=float(aux["approx_kl"].item()),
+                                 first_clip_fraction=float(aux["clip_fraction"].item()))
+                if cfg.target_kl is not None and aux["approx_kl"].item() > 1.5 * cfg.target_kl:
                     # SB3's early stop: this minibatch already left the trust region, so its
                     # gradient is not applied and the rest of this step's update is skipped
-                    mx.eval(aux["approx_kl"])
-                    if aux["approx_kl"].item() > 1.5 * cfg.target_kl:
-                        early_stop = True
-                        if epoch == 0 and j == 0:
-                            stats.update(first_ratio=float(aux["ratio"].item()),
-                                         first_approx_kl=float(aux["approx_kl"].item()),
-                                         first_clip_fraction=float(aux["clip_fraction"].item()))
-                        break
+                    early_stop = True
+                    break
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                 n_acc += 1
                 if n_acc == cfg.grad_accum or j == len(mbs) - 1:
@@ -631,10 +630,6 @@ class Trainer:
                 acc.setdefault("loss", []).append(loss.item())
                 for key, val in aux.items():
                     acc.setdefault(key, []).append(float(val.item()))
-                if epoch == 0 and j == 0:
-                    stats["first_ratio"] = float(aux["ratio"].item())
-                    stats["first_approx_kl"] = float(aux["approx_kl"].item())
-                    stats["first_clip_fraction"] = float(aux["clip_fraction"].item())
                 self._progress("update", ran, total, "minibatches",
                                detail=f"epoch {epoch + 1}/{cfg.ppo_epochs}, minibatch {j + 1}/{len(mbs)}")
             if early_stop:
@@ -680,8 +675,7 @@ class Trainer:
             loss = loss + cfg.vf_coef * vf_loss
             aux["value_loss"] = vf_loss
             aux["value_clip_fraction"] = vf_clip
-        studio = cfg.mode == "pairwise" and cfg.pairwise_objective != "ppo"
-        if (cfg.mode == "grpo" or studio) and self.beta > 0:
+        if (cfg.mode == "grpo" or self._studio) and self.beta > 0:
             loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
         if bonus:  # entropy bonus; the reported entropy comes from the rollout
             loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask)

@@ -213,9 +213,7 @@ class DashboardScreen(Screen):
         self.flush()
 
     def action_stop_now(self) -> None:
-        self.app.request_quit()  # a quit already asked for: this stops now
-        if not getattr(self.app, "_abort_requested", False):
-            self.app.stop_now()
+        self.app.quit_now()
         self.refresh_bindings()
         self.flush()
 
