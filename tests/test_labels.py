@@ -67,10 +67,11 @@ def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path, capsys):
     with open(path, "a") as f:
         f.write('{"kind": "pairwise", "prompt": "p", "a": "x", "b"')
     records, bad = read_labels(path)
-    assert bad == 1 and len(records) == 1
+    assert bad == [2] and len(records) == 1
     assert to_dpo(records) == [{"prompt": "p", "chosen": "y", "rejected": "x"}]
     assert main(["labels", "export", str(path)]) == 0
-    assert "1 unreadable line(s) skipped" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 unreadable line(s) skipped" in err and "skipped unreadable line(s) 2" in err
 
 
 def test_export_replaces_the_output_atomically(tmp_path):

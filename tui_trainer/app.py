@@ -41,6 +41,7 @@ from tui_trainer.config import Config
 from tui_trainer.events import (
     CheckpointSaved, JudgeRequest, LogMessage, Progress, RunState, Sample, StepMetrics, Verdict,
 )
+from tui_trainer.text import printable
 
 __all__ = ["TrainerApp", "TuiPrompter", "EngineEvent", "run_app", "skip_answer"]
 
@@ -656,12 +657,16 @@ def run_app(config: Config | None = None, *, config_path: str | None = None, res
         stop_engine()
         app.worker_done.wait()
         if not app_closed.wait(HANGUP_GRACE):
-            os._exit(app.exit_code)  # checkpoint and run files are written and closed by now
+            os._exit(app.exit_code or signalled.get("code", 0))  # checkpoint and run files are written and closed by now
 
-    def on_sigterm(_signum: int, _frame: Any) -> None:
+    signalled: dict[str, int] = {}  # a run stopped by a signal exits 128 + its number (143, 129)
+
+    def on_sigterm(signum: int, _frame: Any) -> None:
+        signalled.setdefault("code", 128 + signum)
         ask_ui_to_close()
 
-    def on_sighup(_signum: int, _frame: Any) -> None:
+    def on_sighup(signum: int, _frame: Any) -> None:
+        signalled.setdefault("code", 128 + signum)
         ask_ui_to_close()
         threading.Thread(target=after_hangup, name="tui-trainer-hangup", daemon=True).start()
 
@@ -684,7 +689,8 @@ def run_app(config: Config | None = None, *, config_path: str | None = None, res
             signal.signal(signum, handler)
     if app.error:
         try:
-            print(f"tui-trainer: error: {app.error}", file=sys.stderr)
+            print(f"tui-trainer: error: {printable(app.error)}", file=sys.stderr)
         except OSError:
             pass
-    return int(code if code is not None else app.exit_code)
+    rc = int(code if code is not None else app.exit_code)
+    return rc or signalled.get("code", 0)

@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except TrainerError as exc:
-        print(f"tui-trainer: error: {exc}", file=sys.stderr)
+        from tui_trainer.text import printable
+
+        print(f"tui-trainer: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tui-trainer: interrupted", file=sys.stderr)

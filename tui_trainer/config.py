@@ -619,6 +619,10 @@ def _read_yaml(path: str | os.PathLike) -> tuple[dict, _Source]:
     if p.is_dir():
         raise ConfigError(f"{name}: is a directory, not a config file")
     try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{name}: {size / 2**20:.1f} MiB is not a config file (a config is a few KiB; "
+                              f"the limit is {MAX_CONFIG_BYTES // 2**20} MiB)")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{name}: no such config file (write one with: tui-trainer init {name})") from None
@@ -627,8 +631,7 @@ def _read_yaml(path: str | os.PathLike) -> tuple[dict, _Source]:
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        node, raw = _parse_yaml(text, name)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -643,6 +646,41 @@ def _read_yaml(path: str | os.PathLike) -> tuple[dict, _Source]:
     lines: dict[str, int] = {}
     _key_lines(node, "", lines, name)
     return raw, _Source(name, lines)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
+
+
+def _parse_yaml(text: str, name: str) -> tuple[yaml.Node | None, Any]:
+    """One parse: the node tree (for key lines) and the Python value built from it.
+
+    Aliases (``*name``) are refused: nine nested ones expand to 9^9 values when the config is
+    written back (a "billion laughs"), and a config has no need for them. A node reached twice
+    in the tree is an alias, so the check stops at the first one, before any expansion.
+    """
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        seen: set[int] = set()
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            if id(n) in seen:
+                line = n.start_mark.line + 1 if n.start_mark is not None else 0
+                raise ConfigError(f"{name} line {line}: YAML anchors and aliases (&name, *name) are "
+                                  "not supported in a config; write the values out")
+            seen.add(id(n))
+            if isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    todo += [k, v]
+            elif isinstance(n, yaml.SequenceNode):
+                todo += n.value
+        return node, loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], name: str) -> None:
@@ -780,9 +818,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                        help="any config key, e.g. --set adapter.rank=16 (repeatable; VALUE is read as YAML)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults < ``--config`` file < ``--set`` < the named flags."""
+def config_from_args(args: argparse.Namespace, base: str | os.PathLike | None = None) -> Config:
+    """Defaults < ``base`` (a resumed run's config.yaml) < ``--config`` file < ``--set`` < the named flags."""
     layers: list[tuple[dict, _Source]] = []
+    if base is not None:
+        layers.append(_read_yaml(base))
     sets = getattr(args, "set", None) or []
     set_raw: dict[str, Any] = {}
     set_labels: dict[str, str] = {}
@@ -792,7 +832,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _parse_yaml(text, f"--set {key}")[1] if text.strip() else ""
         except yaml.YAMLError:
             value = text
         if isinstance(value, (dict, list)) and not text.lstrip().startswith(("{", "[")):
@@ -813,4 +853,35 @@ def config_from_args(args: argparse.Namespace) -> Config:
         flag_raw["judges"] = [{"name": n} for n in judges]
         labels["judges"] = "--judge"
     layers.append((flag_raw, _Source("command line", labels=labels)))
-    return _load(getattr(args, "config", None), layers)
+    config_file = getattr(args, "config", None)
+    if base is not None and config_file is not None:  # the run's own config first, then the file given
+        layers.insert(1, _read_yaml(config_file))
+        config_file = None
+    return _load(config_file, layers)
+
+
+# keys that decide which model and adapter a checkpoint holds: a resume may not change them
+FROZEN_ON_RESUME = ("model", "reference_model", "quantized_base", "adapter.")
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k in SECTIONS:
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """What a resume changes: (changes refused because they alter the model or adapter,
+    changes allowed), each as ``key: old -> new``."""
+    a, b = _dotted(config_to_dict(old)), _dotted(config_to_dict(new))
+    refused, allowed = [], []
+    for key in b:
+        if key == "run_dir" or a.get(key) == b[key]:
+            continue
+        line = f"{key}: {_short(a.get(key))} -> {_short(b[key])}"
+        (refused if key.startswith(FROZEN_ON_RESUME) else allowed).append(line)
+    return refused, allowed

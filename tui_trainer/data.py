@@ -312,8 +312,9 @@ class PromptSet:
 
     @classmethod
     def load(cls, data_cfg: "DataConfig", tokenizer, max_prompt_tokens: int | None = None,
-             seed: int = 0) -> "PromptSet":
-        table = read_rows(data_cfg)
+             seed: int = 0, table: "_Rows | None" = None) -> "PromptSet":
+        """Tokenized prompts of ``data_cfg``; ``table``: its rows, already read by ``read_rows``."""
+        table = table if table is not None else read_rows(data_cfg)
         if not table.rows:
             raise DataError(f"{table.name}: no prompts (the data is empty)")
         prompts: list[Prompt] = []

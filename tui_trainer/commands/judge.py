@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from tui_trainer.engine.errors import ConfigError
     from tui_trainer.plugins.builtin.human import ConsolePrompter
     from tui_trainer.plugins.manager import build_judge_set, get_plugin_manager
     from tui_trainer.plugins.options import parse_assignments
@@ -33,16 +34,15 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         if args.b is None:
             if not js.members[0].info.pointwise:
-                console.print(f"judge {args.name} is pairwise: scoring a single completion needs --b")
-                return 2
+                raise ConfigError(f"judge {args.name} is pairwise: scoring a single completion needs --b")
             res = js.score([args.prompt], [args.a])
             value = res.scores[0]
             text = "skipped" if value is None else f"{value:.4f}"
             console.print(f"score: {text}  ({time.perf_counter() - start:.2f}s)")
         else:
             if not js.can_compare:
-                console.print(f"judge {args.name} cannot compare two completions (it is pointwise)")
-                return 2
+                raise ConfigError(f"judge {args.name} cannot compare two completions (it is pointwise): "
+                                  "drop --b to score --a")
             v = js.compare(args.prompt, args.a, args.b)
             conf = "" if v.confidence is None else f"  confidence {v.confidence:.3f}"
             console.print(f"verdict: {v.choice}{conf}  ({time.perf_counter() - start:.2f}s)")

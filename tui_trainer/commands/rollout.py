@@ -26,9 +26,11 @@ DEMO_PROMPTS = [
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.text import Text
 
     from tui_trainer.engine.models import load_policy
     from tui_trainer.engine.rollout import sample
+    from tui_trainer.text import printable
 
     console = Console()
     model, tok = load_policy(args.model)
@@ -40,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
                eos_ids=tok.eos_token_ids, pad_id=tok.pad_token_id or 0, seed=args.seed)
     dt = time.perf_counter() - t0
     for row, resp in enumerate(r.responses):
-        console.rule(f"[bold]{prompts[r.prompt_index[row]]}[/] (sample {row % args.num_samples + 1})")
-        console.print(tok.decode(resp, skip_special_tokens=True), markup=False)
+        title = Text(printable(prompts[r.prompt_index[row]]), style="bold")
+        title.append(f" (sample {row % args.num_samples + 1})", style="")
+        console.rule(title)
+        console.print(printable(tok.decode(resp, skip_special_tokens=True)), markup=False)
     console.print(f"[dim]{r.num_tokens} tokens in {dt:.2f}s ({r.num_tokens / dt:.1f} tok/s), batch {len(r.lengths)}[/]")
     return 0

@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        if not math.isfinite(v):
+            return "nan" if math.isnan(v) else "inf" if v > 0 else "-inf"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}" if abs(v) < 1e7 else f"{v:.3g}"
     return str(v)
 
 
@@ -42,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
     from tui_trainer.config import config_from_args
 
     config = config_from_args(args)
+    if args.resume:  # continue the run as it was configured; what the command line gives changes it
+        from pathlib import Path
+
+        saved = Path(config.run_dir) / "config.yaml"
+        if saved.is_file():
+            config = config_from_args(args, base=saved)
     if not args.headless:
         from tui_trainer.app import run_app
 
@@ -52,10 +58,12 @@ def run(args: argparse.Namespace) -> int:
 def run_headless(config, resume: bool = False) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
     from tui_trainer import events as ev
     from tui_trainer.engine.trainer import Trainer
     from tui_trainer.plugins.builtin.human import ConsolePrompter
+    from tui_trainer.text import printable
     from tui_trainer.widgets.format import PHASE_LABELS, format_duration, progress_text
 
     console = Console(stderr=False)
@@ -88,26 +96,37 @@ def run_headless(config, resume: bool = False) -> int:
                             eta=f"ETA {format_duration(per * max(config.steps - event.step, 0))}")
         elif isinstance(event, ev.LogMessage):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-            progress.console.print(f"[{style}]{event.message}[/]", highlight=False)
+            progress.console.print(Text(printable(event.message), style=style), highlight=False)
         elif isinstance(event, ev.RunState) and event.status == "running":
             progress.update(task, completed=event.step)
 
     prompter = _PausingPrompter(ConsolePrompter(console=progress.console), progress)
     trainer = Trainer(config, observer=observe, prompter=prompter, resume=resume)
-    interrupted = {"sigint": 0}
+    interrupted = {"sigint": 0, "code": 0}
 
     def stop_now(signum, frame):
         """SIGTERM / SIGHUP (a dropped SSH session) / the first Ctrl-C: abandon the step in flight;
-        the run ends on a checkpoint of its last completed step. A second Ctrl-C raises at once."""
+        the run ends on a checkpoint of its last completed step. A second Ctrl-C raises at once.
+        The exit code is 128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+        interrupted["code"] = interrupted["code"] or 128 + signum
         if signum == signal.SIGINT:
             interrupted["sigint"] += 1
             if interrupted["sigint"] > 1:
                 raise KeyboardInterrupt
         trainer.abort()
 
+    previous = {}
     for name in ("SIGHUP", "SIGTERM", "SIGINT"):
         if hasattr(signal, name):
-            signal.signal(getattr(signal, name), stop_now)
+            previous[name] = signal.signal(getattr(signal, name), stop_now)
+    try:
+        return _run_with(trainer, progress, console, config, interrupted, phase_task)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def _run_with(trainer, progress, console, config, interrupted: dict, phase_task) -> int:
     with progress:
         try:
             state = trainer.run()
@@ -121,8 +140,10 @@ def run_headless(config, resume: bool = False) -> int:
     if state.message.startswith("interrupted"):
         console.print(f"stopped at step {state.step} ({state.message}); the checkpoint of step {state.step} "
                       f"is in {config.run_dir}; continue with --resume")
-        return 130 if interrupted["sigint"] else 0
+        return interrupted["code"] or 130
     console.print(f"{state.status} at step {state.step}; run directory {config.run_dir}")
+    if interrupted["code"]:  # a signal between steps: the run stopped cleanly, but not by itself
+        return interrupted["code"]
     return 0 if state.status in ("finished", "stopped") else 1
 
 

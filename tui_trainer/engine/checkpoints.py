@@ -28,6 +28,14 @@ def _flat(tree) -> dict[str, mx.array]:
 
 def save_checkpoint(run_dir: Path, step: int, *, adapter_weights: dict, adapter_config: dict,
                     value_head: dict, optimizers: dict[str, Any], state: dict) -> Path:
+    opt = {}
+    for name, optimizer in optimizers.items():
+        opt.update({f"{name}.{k}": v for k, v in _flat(optimizer.state).items()})
+    for part, tensors in (("adapter", adapter_weights), ("value head", value_head), ("optimizer state", opt)):
+        bad = [k for k, v in _flat(tensors).items() if not mx.isfinite(v).all().item()]
+        if bad:
+            raise TrainerError(f"refusing to write checkpoint {step}: {len(bad)} {part} tensor(s) hold NaN or "
+                               f"inf (first: {bad[0]})")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{step:06d}"
@@ -37,9 +45,6 @@ def save_checkpoint(run_dir: Path, step: int, *, adapter_weights: dict, adapter_
     mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights)
     atomic_write_json(tmp / "adapter_config.json", adapter_config)
     mx.save_safetensors(str(tmp / "value_head.safetensors"), value_head)
-    opt = {}
-    for name, optimizer in optimizers.items():
-        opt.update({f"{name}.{k}": v for k, v in _flat(optimizer.state).items()})
     if opt:
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
     atomic_write_json(tmp / "state.json", state)

@@ -42,19 +42,45 @@ def load_policy(path: str | None = None, *, quantized: bool | None = None):
     """
     if quantized is None:
         quantized = on_gpu()
-    target = Path(path) if path is not None else default_model_path()
-    if target.suffix.lower() == ".gguf" or (target.is_file() and _is_gguf(target)):
+    kind, target = locate_model(path)
+    if kind == "gguf":
         from tui_trainer.engine.gguf import load_gguf
 
         model, tokenizer = load_gguf(target, keep_quantized=quantized, dtype=compute_dtype())
-    elif target.is_dir():
-        model, tokenizer = _load_mlx_lm(str(target), quantized)
-    elif path is not None and not target.exists() and "/" in path and not path.startswith((".", "/", "~")):
-        model, tokenizer = _load_mlx_lm(path, quantized)  # a hub repo id, loaded by mlx-lm
     else:
-        raise ModelError(f"{target}: no such model file or directory")
+        model, tokenizer = _load_mlx_lm(str(target), quantized, shown=path)
     model.eval()
     return model, tokenizer
+
+
+def locate_model(path: str | None) -> tuple[str, Path]:
+    """("gguf" | "mlx", local path) of a model reference, without loading it (cheap: a
+    front end checks it before the model loads). A hub repo id must already be in the local
+    Hugging Face cache: nothing is downloaded at run time. Raises ModelError (one line)."""
+    target = Path(path).expanduser() if path is not None else default_model_path()
+    if target.suffix.lower() == ".gguf" or (target.is_file() and _is_gguf(target)):
+        if not target.is_file():
+            raise ModelError(f"{target}: no such model file")
+        return "gguf", target
+    if target.is_dir():
+        if not (target / "config.json").is_file():
+            raise ModelError(f"{target}: not a model directory (no config.json); give an mlx-lm or Hugging Face "
+                             "model folder, a hub repo id, or a .gguf file")
+        return "mlx", target
+    if path is not None and not target.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        return "mlx", _cached_repo(path)
+    raise ModelError(f"{target}: no such model file or directory")
+
+
+def _cached_repo(repo_id: str) -> Path:
+    """The local snapshot of hub repo ``repo_id`` (no network)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001  LocalEntryNotFoundError, a malformed id, ...
+        raise ModelError(f"{repo_id}: not a local path, and not in the Hugging Face cache (nothing is downloaded "
+                         f"at run time; fetch it once: huggingface-cli download {repo_id})") from None
 
 
 def _is_gguf(path: Path) -> bool:
@@ -62,16 +88,17 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def _load_mlx_lm(path: str, quantized: bool):
+def _load_mlx_lm(path: str, quantized: bool, shown: str | None = None):
     from mlx_lm import load
 
+    shown = shown or path
     try:
         model, tokenizer = load(path)
     except FileNotFoundError as exc:
-        raise ModelError(f"{path}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{shown}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # mlx-lm raises many types for a broken directory
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load as an mlx-lm model ({first})") from None
+        raise ModelError(f"{shown}: cannot load as an mlx-lm model ({first})") from None
     if not quantized and not on_gpu():
         _dequantize_model(model)
     return model, tokenizer

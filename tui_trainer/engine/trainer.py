@@ -24,7 +24,6 @@ goes back to it when a step is abandoned or fails.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import resource
@@ -43,31 +42,11 @@ from tui_trainer import events as ev
 from tui_trainer.config import Config
 from tui_trainer.engine import ppo
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from tui_trainer.engine.errors import StepInterrupted, TrainerError
-from tui_trainer.engine.models import load_policy
+from tui_trainer.engine.errors import ConfigError, StepInterrupted, TrainerError
+from tui_trainer.engine.models import load_policy, locate_model
 from tui_trainer.engine.policy import Policy, evaluate, hidden_states, prefix_hidden, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
-
-
-class RunFiles:
-    """An observer that appends StepMetrics to metrics.jsonl and samples to samples.jsonl."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self._metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self._samples = open(run_dir / "samples.jsonl", "a", buffering=1)
-
-    def __call__(self, event: Any) -> None:
-        if isinstance(event, ev.StepMetrics):
-            self._metrics.write(json.dumps(event.as_record()) + "\n")
-        elif isinstance(event, list) and event and isinstance(event[0], ev.Sample):
-            for s in event:
-                self._samples.write(json.dumps({"step": s.step, "prompt": s.prompt, "completion": s.completion,
-                                                "score": s.score, "scores": s.scores, "finished": s.finished}) + "\n")
-
-    def close(self) -> None:
-        self._metrics.close()
-        self._samples.close()
+from tui_trainer.engine.runfiles import RunFiles, RunLock, check_run_dir, cut_to_step
 
 
 def _peak_memory_mb() -> float:
@@ -115,6 +94,8 @@ class Trainer:
         self._progress_t = 0.0
         self.step = 0
         self.beta = config.beta
+        self._nonfinite_run = 0  # steps in a row whose update was skipped (non-finite loss / gradient)
+        self.skipped_updates = 0
         self.state = ev.RunState("starting", 0, config.steps, str(self.run_dir))
         self.last_metrics: dict[str, float] = {}
 
@@ -161,33 +142,45 @@ class Trainer:
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
+        """Check what can be checked without the model, take the run directory, then load.
+
+        Order matters for bad input: the data, the judges and the run directory are checked
+        before anything is written and before the model loads (10-20 s), so a typo costs a
+        second and leaves nothing behind.
+        """
         from tui_trainer.config import save_config
-        from tui_trainer.data import PromptSet
+        from tui_trainer.data import PromptSet, read_rows
+        from tui_trainer.plugins.judgeset import MAX_ABS_SCORE
         from tui_trainer.plugins.manager import build_judge_set
 
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = latest_checkpoint(self.run_dir) if self.resume_requested else None
-        if self.resume_requested and ckpt is None:
-            raise TrainerError(f"{self.run_dir}: nothing to resume (no checkpoints/)")
-        if not self.resume_requested and latest_checkpoint(self.run_dir) is not None:
-            raise TrainerError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
-                               "or choose another --run-dir")
-        self.files = RunFiles(self.run_dir)
-        self._observer = ev.fan_out(self.files, self._user_observer)
-        self._set_state("starting", "loading model")
         t_load = time.perf_counter()
+        self._observer = self._user_observer
 
         def loaded(done: int, detail: str) -> None:  # start-up, before step 1: the "loading" phase
             self.emit(ev.Progress(0, "loading", done, 4, "parts", detail=detail,
                                   elapsed=time.perf_counter() - t_load))
 
-        loaded(0, "reading the model")
+        loaded(0, "reading the prompts")
+        check_run_dir(self.run_dir)
+        for ref in (cfg.model, cfg.reference_model) if cfg.reference_model else (cfg.model,):
+            locate_model(ref)
+        self._table = read_rows(cfg.data)
+        loaded(1, "starting the judges")
+        self.judges = build_judge_set(cfg.judges, prompter=self.prompter, run_dir=self.run_dir,
+                                      failure=cfg.judge_failure, retries=cfg.judge_retries,
+                                      timeout=cfg.judge_timeout, log=lambda m: self.log(m, "warning"),
+                                      max_abs_score=None if cfg.score_clip is not None else MAX_ABS_SCORE)
+        ckpt = self._take_run_dir()
+        self.files = RunFiles(self.run_dir)
+        self._observer = ev.fan_out(self.files, self._user_observer)
+        self._set_state("starting", "loading model")
         save_config(cfg, self.run_dir / "config.yaml")
 
+        loaded(2, "reading the model")
         mx.random.seed(cfg.seed)
         model, self.tokenizer = load_policy(cfg.model, quantized=cfg.quantized_base)
-        loaded(1, "adding the adapter")
+        loaded(3, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
         self.reference = None
         if cfg.reference_model:
@@ -196,18 +189,12 @@ class Trainer:
         n_params = sum(v.size for _, v in tree_flatten(self.policy.trainable_parameters()))
         self.log(f"model loaded: {cfg.model or 'embedded SmolLM2-135M-Instruct'}; "
                  f"{cfg.adapter.type} adapter, {n_params / 1e6:.2f}M trainable parameters")
-
-        context = getattr(getattr(model, "args", None), "max_position_embeddings", None) or 2048
-        loaded(2, "reading the prompts")
-        self.prompts = PromptSet.load(cfg.data, self.tokenizer,
-                                      max_prompt_tokens=max(16, min(context, 4096) - cfg.max_new_tokens),
-                                      seed=cfg.seed)
-        loaded(3, "starting the judges")
-        self.judges = build_judge_set(cfg.judges, prompter=self.prompter, run_dir=self.run_dir,
-                                      failure=cfg.judge_failure, retries=cfg.judge_retries,
-                                      timeout=cfg.judge_timeout, log=lambda m: self.log(m, "warning"))
         if cfg.mode == "pairwise" and not self.judges.can_compare:
             self.log("pairwise mode with pointwise judges: the higher-scored completion of each pair wins")
+        context = getattr(getattr(model, "args", None), "max_position_embeddings", None) or 2048
+        self.prompts = PromptSet.load(cfg.data, self.tokenizer,
+                                      max_prompt_tokens=max(16, min(context, 4096) - cfg.max_new_tokens),
+                                      seed=cfg.seed, table=self._table)
         loaded(4, "ready")
 
         rows = cfg.batch_size * cfg.num_samples
@@ -222,6 +209,43 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
         self.log(f"run directory: {self.run_dir}" + (f" (resumed at step {self.step})" if ckpt else ""))
+
+    def _take_run_dir(self) -> Path | None:
+        """Create and lock the run directory; check a resume; cut the jsonl files back to the
+        checkpoint the run starts from (every step appears once). Returns that checkpoint."""
+        from tui_trainer.config import config_changes, load_config
+
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainerError(f"run_dir {self.run_dir}: cannot create it ({exc.strerror or exc})") from None
+        self._lock = RunLock(self.run_dir).acquire()
+        ckpt = latest_checkpoint(self.run_dir) if self.resume_requested else None
+        if self.resume_requested and ckpt is None:
+            raise TrainerError(f"{self.run_dir}: nothing to resume (no checkpoints/)")
+        if not self.resume_requested and latest_checkpoint(self.run_dir) is not None:
+            raise TrainerError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
+                               "or choose another --run-dir")
+        saved = self.run_dir / "config.yaml"
+        if ckpt is not None and saved.is_file():
+            try:
+                before = load_config(saved)
+            except ConfigError as exc:
+                self.log(f"the run's config.yaml is unreadable ({exc}); not compared", "warning")
+            else:
+                refused, allowed = config_changes(before, self.cfg)
+                if refused:
+                    raise TrainerError("--resume cannot change " + "; ".join(refused) + " (the checkpoint "
+                                       "holds that model and adapter); start a new run with another --run-dir")
+                if allowed:
+                    self.log("resumed with changes: " + "; ".join(allowed))
+        start = int(ckpt.name) if ckpt is not None else 0
+        removed = cut_to_step(self.run_dir, start)
+        if removed:
+            what = ", ".join(f"{n} row(s) of {f}" for f, n in removed.items())
+            side = f" (later labels kept in labels.after-{start}.jsonl)" if "labels.jsonl" in removed else ""
+            self.log(f"starting from step {start}: removed {what} written after it{side}", "warning")
+        return ckpt
 
     def _restore(self, path: Path) -> None:
         data = load_checkpoint(path)
@@ -298,6 +322,10 @@ class Trainer:
             raise
         except TrainerError as exc:
             self._back_to_completed()
+            if self._completed is not None and self.step == 0:  # training began, no step completed
+                exc = type(exc)(f"{exc}; nothing trained yet, so no checkpoint was written")
+                self._set_state("failed", str(exc))
+                raise exc from None
             self._set_state("failed", str(exc))
             raise
         finally:
@@ -305,6 +333,8 @@ class Trainer:
                 self.judges.close()
             if hasattr(self, "files"):
                 self.files.close()
+            if hasattr(self, "_lock"):
+                self._lock.release()
         return self.state
 
     def _snapshot(self) -> dict:
@@ -327,17 +357,21 @@ class Trainer:
         if snap is None:
             return
         try:
-            self.policy.model.load_weights(list(snap["adapters"].items()), strict=False)
-            self.policy.value_head.load_weights(list(snap["value_head"].items()))
-            for name, opt in (("actor", self.actor_opt), ("critic", self.critic_opt)):
-                initialized, state = snap["optimizers"][name]
-                opt.state = tree_map(lambda x: x, state)
-                opt._initialized = initialized
+            self._load_trainable(snap)
             self.step, self.beta = snap["step"], snap["beta"]
             self.prompts.set_state(snap["data"])
             self._save_if_missing()
         except Exception as exc:  # never hide the original error
             self.log(f"could not save a checkpoint: {exc}", "error")
+
+    def _load_trainable(self, snap: dict) -> None:
+        """Adapter, value head and both optimizers as they were in ``snap``."""
+        self.policy.model.load_weights(list(snap["adapters"].items()), strict=False)
+        self.policy.value_head.load_weights(list(snap["value_head"].items()))
+        for name, opt in (("actor", self.actor_opt), ("critic", self.critic_opt)):
+            initialized, state = snap["optimizers"][name]
+            opt.state = tree_map(lambda x: x, state)
+            opt._initialized = initialized
 
     def _save_if_missing(self) -> None:
         last = latest_checkpoint(self.run_dir)
@@ -412,7 +446,23 @@ class Trainer:
         self._end_phase("judging")
         t2 = time.perf_counter()
 
-        stats = self._update(roll, scores, shuffle)
+        try:
+            stats = self._update(roll, scores, shuffle)
+            self._nonfinite_run = 0
+            stats["skipped_update"] = 0.0
+        except _NonFinite as exc:
+            # a NaN / inf loss or gradient: nothing of this step's update is kept
+            self._load_trainable(self._completed)
+            self._nonfinite_run += 1
+            self.skipped_updates += 1
+            if self._nonfinite_run >= MAX_NONFINITE_IN_A_ROW:
+                raise TrainerError(f"{self._nonfinite_run} steps in a row had a non-finite loss or gradient "
+                                   f"(last: step {step}, {exc.where}); stopping. Lower actor_lr, or bound the "
+                                   "scores with score_clip") from None
+            self.log(f"step {step}: non-finite loss or gradient ({exc.where}); the update was not applied, "
+                     f"adapter and optimizers are as after step {step - 1} ({self._nonfinite_run} in a row)",
+                     "warning")
+            stats = {**exc.stats, "skipped_update": 1.0}
         t3 = time.perf_counter()
 
         self.step = step
@@ -608,6 +658,8 @@ class Trainer:
                     "prefix": prefix_of(mb),
                 }
                 (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
+                if not _all_finite(loss, grads):
+                    raise _NonFinite(f"epoch {epoch + 1}, minibatch {j + 1}", stats)
                 if epoch == 0 and j == 0:  # before any update of this step: ratio 1 at step 0
                     stats.update(first_ratio=float(aux["ratio"].item()),
                                  first_approx_kl=float(aux["approx_kl"].item()),
@@ -694,6 +746,24 @@ class Trainer:
         if critic and tree_flatten(critic):
             self.critic_opt.update(self.policy, critic)
         return norm
+
+
+MAX_NONFINITE_IN_A_ROW = 3  # steps whose update is skipped for a NaN / inf before the run stops
+
+
+class _NonFinite(Exception):
+    """A minibatch's loss or gradient is not finite: the step's update is dropped as a whole."""
+
+    def __init__(self, where: str, stats: dict[str, float]):
+        super().__init__(where)
+        self.where, self.stats = where, dict(stats)
+
+
+def _all_finite(loss: mx.array, grads: dict) -> bool:
+    """True when the loss and every gradient are finite (a sum of squares that overflows float32
+    counts as not finite: such a gradient is no use either)."""
+    sq = sum(((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)), mx.array(0.0))
+    return bool((mx.isfinite(loss) & mx.isfinite(sq)).item())
 
 
 def trim_rows(roll: Rollout, idx: list[int]) -> tuple[mx.array, mx.array, int, int]:

@@ -13,8 +13,10 @@ is logged as one line through ``log``; then, per ``failure``:
 * ``drop``: the affected samples score ``None`` (a pairwise call gives ``skip``);
 * ``stop``: raise :class:`JudgeFailure`.
 
-A NaN or infinite score fails only its own sample: retried (``retry``), else
-that sample alone is dropped. After ``max_consecutive_failures`` failed calls
+A NaN or infinite score, or one beyond ``max_abs_score`` (default 1e6: training
+runs in float32, where 1e300 is infinite and a score of 1e30 overflows the loss),
+fails only its own sample: retried (``retry``), else that sample alone is dropped.
+The trainer lifts the bound when ``score_clip`` is set (it clips scores itself). After ``max_consecutive_failures`` failed calls
 of the same judge in a row the run stops with :class:`JudgeFailure`.
 
 A pairwise-only judge in a pointwise run compares against a baseline: for each
@@ -37,6 +39,8 @@ from tui_trainer.plugins.judge import JudgeContext, JudgeFailure, JudgeTimeout, 
 
 FAILURE_MODES = ("drop", "retry", "stop")
 MAX_CONSECUTIVE_FAILURES = 3
+F32_MAX = 3.4028234663852886e38
+MAX_ABS_SCORE = 1e6  # scores beyond this are a judge failure unless score_clip bounds them
 
 
 @dataclass
@@ -62,7 +66,8 @@ class ScoreResult:
 class JudgeSet:
     def __init__(self, members: list[Member], *, failure: str = "drop", retries: int = 2,
                  timeout: float | None = 120.0, log: Callable[[str], None] | None = None,
-                 max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES) -> None:
+                 max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+                 max_abs_score: float | None = MAX_ABS_SCORE) -> None:
         if failure not in FAILURE_MODES:
             raise ConfigError(f"judge_failure must be one of {', '.join(FAILURE_MODES)}, got {failure!r}")
         if retries < 0:
@@ -81,6 +86,7 @@ class JudgeSet:
         self.progress: Callable[[str, int, int], None] = lambda judge, done, total: None
         self.log = log or (lambda message: None)
         self.max_consecutive_failures = max(1, max_consecutive_failures)
+        self.max_abs_score = max_abs_score
 
     @property
     def names(self) -> list[str]:
@@ -104,7 +110,7 @@ class JudgeSet:
             if m.info.pointwise:
                 values = self._call(
                     m, step, lambda m=m: m.judge.score(list(prompts), list(completions)),
-                    lambda raw: _check_scores(raw, n), fallback=None)
+                    lambda raw: _check_scores(raw, n, self.max_abs_score), fallback=None)
                 per_judge[m.key] = values if values is not None else [None] * n
             else:
                 per_judge[m.key] = self._against_baseline(m, prompts, completions, step)
@@ -173,7 +179,7 @@ class JudgeSet:
                 value, problem = check(self._invoke(m, fn))
             except (JudgeFailure, StepInterrupted):
                 raise
-            except Exception as exc:  # noqa: BLE001  any plugin error is a judge failure
+            except (Exception, SystemExit) as exc:  # noqa: BLE001  any plugin error (even sys.exit) is a judge failure
                 value, problem = None, one_line(exc)
             if problem is None:
                 m.failures = 0
@@ -235,14 +241,17 @@ def verdict_score(v: Verdict) -> float | None:
     return p if v.choice == "a" else 1.0 - p
 
 
-def _check_scores(raw: Any, n: int) -> tuple[list[float | None] | None, str | None]:
+def _check_scores(raw: Any, n: int, limit: float | None = MAX_ABS_SCORE) -> tuple[list[float | None] | None, str | None]:
+    """The scores as floats (None = skipped) and a problem, if any. A score must be finite in
+    float32, the dtype training uses (so 1e300, finite in float64, is not), and within ``limit``."""
     if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
         return None, f"returned {type(raw).__name__} instead of a list of {n} scores"
     values = list(raw)
     if len(values) != n:
         return None, f"returned {len(values)} scores for {n} samples"
     out: list[float | None] = []
-    bad = 0
+    bad = huge = 0
+    first = 0.0
     for v in values:
         if v is None:  # a skip: an answer, not an error
             out.append(None)
@@ -251,13 +260,23 @@ def _check_scores(raw: Any, n: int) -> tuple[list[float | None] | None, str | No
             f = float(v)
         except (TypeError, ValueError):
             return None, f"returned a score that is not a number: {v!r:.40}"
-        if math.isfinite(f):
-            out.append(f)
-        else:
+        if not math.isfinite(f):
             bad += 1
             out.append(None)
-    if bad:
-        return (out if bad < n else None), f"returned {bad} non-finite score(s) (NaN or inf) of {n}"
+        elif abs(f) > (limit if limit is not None else F32_MAX):
+            huge += 1
+            first = f if huge == 1 else first
+            out.append(None)
+        else:
+            out.append(f)
+    if bad or huge:
+        problems = []
+        if bad:
+            problems.append(f"{bad} non-finite score(s) (NaN or inf)")
+        if huge:
+            bound = f"±{limit:g}" if limit is not None else "float32's range"
+            problems.append(f"{huge} score(s) beyond {bound} (e.g. {first:.3g}; set score_clip to clip them)")
+        return (out if bad + huge < n else None), f"returned {' and '.join(problems)} of {n}"
     return out, None
 
 
@@ -266,6 +285,5 @@ def _check_verdict(raw: Any) -> tuple[Verdict | None, str | None]:
         if raw.confidence is not None and not (0.0 <= float(raw.confidence) <= 1.0):
             return None, f"returned a confidence outside [0, 1]: {raw.confidence!r}"
         return raw, None
-    if isinstance(raw, str) and raw in ("a", "b", "tie", "skip"):
-        return Verdict(raw), None
-    return None, f"returned {type(raw).__name__} instead of a Verdict"
+    shown = f" {raw!r:.40}" if isinstance(raw, str) else ""
+    return None, f"returned {type(raw).__name__}{shown} instead of a Verdict (e.g. Verdict('a'))"

@@ -8,6 +8,7 @@ skips plugins by entry point name (status ``disabled``).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as md
 import math
@@ -22,7 +23,7 @@ import pluggy
 from tui_trainer.engine.errors import ConfigError, TrainerError
 from tui_trainer.plugins.hookspecs import ENTRY_POINT_GROUP, KINDS, PROJECT, JudgeSpecs, Option
 from tui_trainer.plugins.judge import JudgeContext, one_line
-from tui_trainer.plugins.judgeset import FAILURE_MODES, MAX_CONSECUTIVE_FAILURES, JudgeSet, Member
+from tui_trainer.plugins.judgeset import FAILURE_MODES, MAX_ABS_SCORE, MAX_CONSECUTIVE_FAILURES, JudgeSet, Member
 from tui_trainer.plugins.options import resolve
 
 DISABLE_ENV = "TUI_TRAINER_DISABLE_PLUGINS"
@@ -79,7 +80,9 @@ class JudgeRegistry:
         if info is not None:
             return info
         known = ", ".join(sorted(self.judges)) or "none"
-        msg = f"unknown judge {name!r} (available: {known})"
+        close = difflib.get_close_matches(name, list(self.judges), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        msg = f"unknown judge {name!r}{hint} (available: {known})"
         broken = [p for p in self.plugins if p.status == "broken"]
         if broken:
             msg += "; broken plugins: " + ", ".join(f"{p.name} ({p.error})" for p in broken)
@@ -243,7 +246,8 @@ def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | o
                     failure: str = "drop", retries: int = 2, timeout: float | None = 120.0,
                     log: Callable[[str], None] | None = None, *, seed: int = 0,
                     registry: JudgeRegistry | None = None,
-                    max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES) -> JudgeSet:
+                    max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+                    max_abs_score: float | None = MAX_ABS_SCORE) -> JudgeSet:
     """The judges of a run from ``cfg.judges`` (JudgeSpec objects or dicts with name,
     weight, options). Raises ConfigError for an unknown judge or a bad option."""
     specs = list(specs)
@@ -266,7 +270,7 @@ def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | o
             members.append(Member(key, reg.get(name), judge, weight, context,
                                   interactive=bool(getattr(judge, "interactive", False))))
         return JudgeSet(members, failure=failure, retries=retries, timeout=timeout, log=log,
-                        max_consecutive_failures=max_consecutive_failures)
+                        max_consecutive_failures=max_consecutive_failures, max_abs_score=max_abs_score)
     except BaseException:
         JudgeSet.close_members(members)
         raise

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 
-# C0/C1 control characters (ESC above all) in model output or prompts must never reach
-# the terminal as such: each is shown as the replacement character.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from tui_trainer.text import printable  # noqa: F401  (the widgets import it from here)
 
 
 def format_value(value: float | None) -> str:
@@ -52,11 +49,6 @@ def finite(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def printable(text: object) -> str:
-    """``text`` with control characters replaced (newlines and tabs kept)."""
-    return _CONTROL.sub("\ufffd", str(text))
 
 
 def one_line(text: str, width: int) -> str:

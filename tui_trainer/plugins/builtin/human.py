@@ -17,6 +17,7 @@ from tui_trainer.engine.errors import ConfigError
 from tui_trainer.plugins.builtin.labels import append_label, labels_path
 from tui_trainer.plugins.hookspecs import Option
 from tui_trainer.plugins.judge import JudgeContext, JudgeError, JudgeFailure, Prompter, Verdict
+from tui_trainer.text import printable
 
 OPTIONS = [
     Option("scale_min", int, 0, "lowest rating (a digit)"),
@@ -97,8 +98,8 @@ class ConsolePrompter:
         from rich.text import Text
 
         self._header(prompt, judge, step)
-        self.console.print(Panel(Text(a), title="1", title_align="left", border_style="cyan"))
-        self.console.print(Panel(Text(b), title="2", title_align="left", border_style="magenta"))
+        self.console.print(Panel(Text(printable(a)), title="1", title_align="left", border_style="cyan"))
+        self.console.print(Panel(Text(printable(b)), title="2", title_align="left", border_style="magenta"))
         answers = {"1": "a", "a": "a", "2": "b", "b": "b", "t": "tie", "tie": "tie", "s": "skip", "skip": "skip"}
         while True:
             reply = self._read("Better: 1 or 2 (a/b), t = tie, s = skip > ")
@@ -113,7 +114,7 @@ class ConsolePrompter:
 
         lo, hi = scale
         self._header(prompt, judge, step)
-        self.console.print(Panel(Text(completion), title="completion", title_align="left", border_style="cyan"))
+        self.console.print(Panel(Text(printable(completion)), title="completion", title_align="left", border_style="cyan"))
         while True:
             reply = self._read(f"Rate {lo}-{hi}, s = skip > ")
             if reply in ("s", "skip"):
@@ -126,7 +127,7 @@ class ConsolePrompter:
         from rich.panel import Panel
         from rich.text import Text
 
-        self.console.print(Panel(Text(prompt), title=f"prompt  (judge {judge}, step {step})",
+        self.console.print(Panel(Text(printable(prompt)), title=Text(printable(f"prompt  (judge {judge}, step {step})")),
                                  title_align="left", border_style="bold"))
 
     def _read(self, question: str) -> str:
@@ -136,7 +137,7 @@ class ConsolePrompter:
         if not line:
             raise JudgeFailure("the human judge got no answer: standard input is closed")
         if not _isatty(stream):  # a terminal echoes the answer and its newline; a pipe does not
-            self.console.print(line.strip())
+            self.console.print(printable(line.strip()), markup=False)
         return line.strip().lower()
 
 

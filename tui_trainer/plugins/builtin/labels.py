@@ -48,26 +48,27 @@ def append_label(path: str | os.PathLike, record: dict[str, Any]) -> None:
             os.fsync(f.fileno())
 
 
-def read_labels(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
-    """All records of a labels file, and how many lines could not be read (a line
-    cut short by a crash, say); DataError when the file is missing."""
+def read_labels(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+    """All records of a labels file, and the numbers of the lines that could not be read
+    (a line cut short by a crash, say); DataError when the file is missing."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no labels file (a run writes one when a human judge answers)")
-    records, bad = [], 0
+    records: list[dict[str, Any]] = []
+    bad: list[int] = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except ValueError:
-                bad += 1
+                bad.append(number)
                 continue
             if isinstance(rec, dict):
                 records.append(rec)
             else:
-                bad += 1
+                bad.append(number)
     return records, bad
 
 
