@@ -71,7 +71,7 @@ def stamp() -> tuple[float, float, float]:
 
 
 def run_headless(cfg: Config) -> tuple[float, float, float]:
-    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run import build_run
 
     stamps: list[tuple[float, float, float]] = []
 
@@ -79,7 +79,7 @@ def run_headless(cfg: Config) -> tuple[float, float, float]:
         if isinstance(event, StepMetrics):
             stamps.append(stamp())
 
-    Trainer(cfg, observer=observer).run()
+    build_run(cfg, observer=observer).run()
     return rates(stamps)
 
 

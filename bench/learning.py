@@ -60,7 +60,7 @@ def run_one(overrides: dict, steps: int, seed: int) -> dict:
     ensure_fast_blas()
     from tui_trainer import events as ev
     from tui_trainer.config import load_config
-    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run import build_run
 
     cfg = load_config(None, {**overrides, "steps": steps, "seed": seed, "save_every": 0,
                              "run_dir": tempfile.mkdtemp(prefix="learning-")})
@@ -79,7 +79,7 @@ def run_one(overrides: dict, steps: int, seed: int) -> dict:
                   f"{r['time_step']:.0f}s", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    state = Trainer(cfg, observer=observe).run()
+    state = build_run(cfg, observer=observe).run()
     from tui_trainer.config import config_to_dict
 
     resolved = {k: v for k, v in config_to_dict(cfg).items() if k != "run_dir"}

@@ -101,6 +101,7 @@ def run_ours(steps: int, threads: int) -> dict:
     from tui_trainer.engine.blas import blas_in_use
     from tui_trainer.engine.policy import adapter_off
     from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run import build_run
 
     c = CONFIG
     run_dir = tempfile.mkdtemp(prefix="ppo-bench-ours-")
@@ -148,7 +149,7 @@ def run_ours(steps: int, threads: int) -> dict:
             metrics.append(dict(event.values, peak_rss_mb=peak_rss_mb()))
 
     t0 = time.perf_counter()
-    trainer = BenchTrainer(cfg, observer=observer)
+    trainer = build_run(cfg, observer=observer, trainer_class=BenchTrainer)
     state = trainer.run()
     if state.status != "finished":
         raise SystemExit(f"our trainer ended {state.status}: {state.message}")

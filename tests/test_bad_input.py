@@ -23,7 +23,7 @@ import pytest
 
 from tui_trainer.cli import main
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from tui_trainer.engine.errors import TrainerError
+from tui_trainer.errors import TrainerError
 from tui_trainer.engine.runfiles import RunLock
 from tui_trainer.plugins import hookimpl
 from tui_trainer.plugins.builtin.labels import append_label

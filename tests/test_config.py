@@ -23,7 +23,7 @@ from tui_trainer.config import (
     load_config,
     save_config,
 )
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 
 
 def write(tmp_path, text: str, name: str = "cfg.yaml"):

@@ -15,7 +15,7 @@ import pytest
 
 from tui_trainer.config import DataConfig
 from tui_trainer.data import Prompt, PromptSet, embedded_prompts_path
-from tui_trainer.engine.errors import DataError
+from tui_trainer.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

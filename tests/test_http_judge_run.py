@@ -11,7 +11,7 @@ import pytest
 
 from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
-from tui_trainer.engine.trainer import Trainer
+from tui_trainer.run import build_run
 from tui_trainer.plugins.judge import JudgeFailure
 
 
@@ -75,7 +75,7 @@ def test_headless_run_scores_through_the_http_plugin(tiny_dir, prompts_file, tmp
     server = Server()
     try:
         events: list = []
-        state = Trainer(config(tiny_dir, prompts_file, tmp_path / "run", server.url),
+        state = build_run(config(tiny_dir, prompts_file, tmp_path / "run", server.url),
                         observer=events.append).run()
     finally:
         server.close()
@@ -97,7 +97,7 @@ def test_a_dead_reward_service_stops_the_run_with_a_clear_message(tiny_dir, prom
     events: list = []
     try:
         with pytest.raises(JudgeFailure) as info:
-            Trainer(config(tiny_dir, prompts_file, tmp_path / "run", server.url, steps=5,
+            build_run(config(tiny_dir, prompts_file, tmp_path / "run", server.url, steps=5,
                            judge_failure="drop"), observer=events.append).run()
     finally:
         server.close()

@@ -15,7 +15,7 @@ import pytest
 
 from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
-from tui_trainer.engine.trainer import Trainer
+from tui_trainer.run import build_run
 
 from helpers import step0_kl_bound
 
@@ -45,7 +45,7 @@ def test_score_rises_on_embedded_model(tmp_path):
         judges=[JudgeSpec("rules", 1.0, {"callable": "test_integration_embedded:correct"})],
     )
     events: list = []
-    state = Trainer(cfg, observer=events.append).run()
+    state = build_run(cfg, observer=events.append).run()
     assert state.status == "finished"
     metrics = [e.values for e in events if isinstance(e, ev.StepMetrics)]
     assert len(metrics) == steps

@@ -9,7 +9,7 @@ import json
 import pytest
 from rich.console import Console
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.builtin.human import ConsolePrompter
 from tui_trainer.plugins.judge import JudgeFailure, Verdict
 from tui_trainer.plugins.manager import build_judge_set, load_plugins

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.manager import build_judge_set, load_plugins
 
 REG = load_plugins(entry_points=[], disabled=[])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tui_trainer.engine.errors import ConfigError, TrainerError
+from tui_trainer.errors import ConfigError, TrainerError
 from tui_trainer.plugins.hookspecs import Option
 from tui_trainer.plugins.judge import JudgeFailure, Verdict
 from tui_trainer.plugins.manager import JudgeRegistry, build_judge_set

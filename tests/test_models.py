@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import make_tiny_model_dir
-from tui_trainer.engine.errors import ModelError, TrainerError
+from tui_trainer.errors import ModelError, TrainerError
 from tui_trainer.engine.models import default_model_path, load_policy
 
 

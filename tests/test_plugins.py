@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.manager import ENTRY_POINT_GROUP, JudgeRegistry, load_plugins
 
 GOOD = '''

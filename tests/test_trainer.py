@@ -14,7 +14,8 @@ from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
 from tui_trainer.engine.models import load_policy
 from tui_trainer.engine.policy import Policy, adapter_off, evaluate, forward, token_logprobs
 from tui_trainer.engine.rollout import sample
-from tui_trainer.engine.trainer import Trainer, trim_rows
+from tui_trainer.engine.trainer import trim_rows
+from tui_trainer.run import build_run
 
 from helpers import step0_kl_bound
 
@@ -46,7 +47,7 @@ def make_config(tiny_dir, prompts_file, run_dir, **over) -> Config:
 
 def run(cfg, **kw):
     events: list = []
-    trainer = Trainer(cfg, observer=events.append, **kw)
+    trainer = build_run(cfg, observer=events.append, **kw)
     state = trainer.run()
     metrics = [e.values for e in events if isinstance(e, ev.StepMetrics)]
     return trainer, state, metrics, events
@@ -132,13 +133,13 @@ def test_resume_equals_uninterrupted(tiny_dir, prompts_file, tmp_path):
 
 
 def test_refuses_to_overwrite_a_run_and_resume_needs_checkpoint(tiny_dir, prompts_file, tmp_path):
-    from tui_trainer.engine.errors import TrainerError
+    from tui_trainer.errors import TrainerError
 
     with pytest.raises(TrainerError, match="nothing to resume"):
-        Trainer(make_config(tiny_dir, prompts_file, tmp_path / "empty"), resume=True).run()
+        build_run(make_config(tiny_dir, prompts_file, tmp_path / "empty"), resume=True).run()
     run(make_config(tiny_dir, prompts_file, tmp_path / "run", steps=1))
     with pytest.raises(TrainerError, match="already holds a run"):
-        Trainer(make_config(tiny_dir, prompts_file, tmp_path / "run", steps=1)).run()
+        build_run(make_config(tiny_dir, prompts_file, tmp_path / "run", steps=1)).run()
 
 
 def test_checkpoint_loads_in_mlx_lm(tiny_dir, prompts_file, tmp_path):

@@ -12,8 +12,8 @@ from mlx.utils import tree_flatten
 from tui_trainer import events as ev
 from tui_trainer.config import JudgeSpec
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint
-from tui_trainer.engine.errors import TrainerError
-from tui_trainer.engine.trainer import Trainer
+from tui_trainer.errors import TrainerError
+from tui_trainer.run import build_run
 
 from test_trainer import make_config, prompts_file, run  # noqa: F401  (prompts_file is a fixture)
 
@@ -66,7 +66,7 @@ def test_interrupt_mid_step_keeps_the_last_completed_step(tiny_dir, prompts_file
             if event.step == 3 and event.phase == phase and at:
                 holder["trainer"].abort()
 
-    trainer = Trainer(cfg, observer=observer)
+    trainer = build_run(cfg, observer=observer)
     holder["trainer"] = trainer
     state = trainer.run()
     assert state.status == "stopped" and "interrupted" in state.message
@@ -105,7 +105,7 @@ def test_a_failed_step_never_reaches_a_checkpoint(tiny_dir, prompts_file, tmp_pa
     cfg = make_config(tiny_dir, prompts_file, tmp_path / "run", steps=4, save_every=save_every,
                       judge_failure="stop", judges=[JudgeSpec("rules", 1.0, {"callable": "test_trainer_stop:fails_in_step_3"})])
     with pytest.raises(TrainerError, match="judge"):
-        Trainer(cfg, observer=lambda e: None).run()
+        build_run(cfg, observer=lambda e: None).run()
     ckpt = latest_checkpoint(tmp_path / "run")
     assert int(ckpt.name) == 2
     assert_same_checkpoint(checkpoint_state(ckpt), checkpoint_state(latest_checkpoint(tmp_path / "base")))

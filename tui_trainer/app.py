@@ -38,6 +38,7 @@ from textual.message import Message
 from textual.worker import Worker, WorkerState
 
 from tui_trainer.config import Config
+from tui_trainer.errors import TrainerError, one_line
 from tui_trainer.events import (
     CheckpointSaved, JudgeRequest, LogMessage, Progress, RunState, Sample, StepMetrics, Verdict,
 )
@@ -273,8 +274,8 @@ class TrainerApp(App[int]):
         """One run on the engine thread: (final RunState or None, error line or None, exit code)."""
         trainer = None
         try:
-            from tui_trainer.engine.trainer import Trainer
-            trainer = Trainer(config, observer=self._observe, prompter=prompter, resume=resume)
+            from tui_trainer.run import build_run
+            trainer = build_run(config, observer=self._observe, prompter=prompter, resume=resume)
             self.trainer = trainer
             if self._abort_requested:
                 trainer.abort()
@@ -283,7 +284,7 @@ class TrainerApp(App[int]):
             state = trainer.run()
             return state, None, 0
         except Exception as exc:  # reported as one line; the traceback (and its frames) go now
-            return None, one_line_error(exc), 2 if _is_trainer_error(exc) else 1
+            return None, one_line(exc), 2 if isinstance(exc, TrainerError) else 1
         finally:
             self.trainer = None
             del trainer
@@ -525,7 +526,7 @@ class TrainerApp(App[int]):
             self.worker_done.set()
             self.drain_events()
             self.status = "failed"
-            self.error = one_line_error(event.worker.error) if event.worker.error else "the engine stopped"
+            self.error = one_line(event.worker.error, "the engine stopped")
             self.exit_code = 1
             self._finish_run()
 
@@ -600,20 +601,6 @@ def _release_engine_thread() -> None:
         mx.clear_streams()
     except Exception:  # cleanup must never mask the run's own outcome
         pass
-
-
-def one_line_error(exc: BaseException | None) -> str:
-    if exc is None:
-        return "the run failed"
-    text = " ".join(str(exc).split())
-    if _is_trainer_error(exc):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _is_trainer_error(exc: BaseException | None) -> bool:
-    from tui_trainer.engine.errors import TrainerError  # plain exceptions, no MLX
-    return isinstance(exc, TrainerError)
 
 
 HANGUP_GRACE = 3.0  # seconds the UI gets to close by itself once the run has stopped

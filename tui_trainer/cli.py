@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ensure_fast_blas()
-    from tui_trainer.engine.errors import TrainerError
+    from tui_trainer.errors import TrainerError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.fileio import atomic_write_text
 
 

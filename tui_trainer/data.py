@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tui_trainer.engine.errors import DataError
+from tui_trainer.errors import DataError, one_line
 
 if TYPE_CHECKING:
     from tui_trainer.config import DataConfig
@@ -64,10 +64,6 @@ class _Rows:
         if self.line_numbers is not None:
             return f"{self.name} line {self.line_numbers[i]}"
         return f"{self.name} row {i + 1}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _read_jsonl(path: Path, name: str) -> _Rows:
@@ -131,7 +127,7 @@ def _read_parquet(path: Path, name: str, field: str) -> _Rows:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends with long texts
-        raise DataError(f"{name}: not a readable parquet file ({_one_line(exc)[:200]})") from None
+        raise DataError(f"{name}: not a readable parquet file ({one_line(exc)[:200]})") from None
     column = _pick_column(pf.schema_arrow.names, field, name)
     values = pf.read(columns=[column]).column(column).to_pylist()
     return _Rows([{column: v} for v in values], name)
@@ -187,7 +183,7 @@ def _read_dataset_dir(path: Path, name: str, field: str, split: str) -> _Rows:
             else:
                 ds = datasets.load_dataset(str(path), split=None)
     except Exception as exc:  # datasets raises many types for a broken directory
-        raise DataError(f"{name}: cannot load as a dataset ({_one_line(exc)[:200]})") from None
+        raise DataError(f"{name}: cannot load as a dataset ({one_line(exc)[:200]})") from None
     return _rows_of_dataset(ds, name, field, split)
 
 
@@ -280,7 +276,7 @@ def _encode(tokenizer, messages: list[dict], data_cfg: "DataConfig", where: str)
         try:
             out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # jinja errors for roles a template refuses, and the like
-            raise DataError(f"{where}: the chat template failed ({_one_line(exc)[:200]})") from None
+            raise DataError(f"{where}: the chat template failed ({one_line(exc)[:200]})") from None
         if hasattr(out, "keys"):
             out = out["input_ids"]
     else:

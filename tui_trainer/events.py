@@ -16,7 +16,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from tui_trainer.plugins.judge import Verdict
+Choice = Literal["a", "b", "tie", "skip"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a pairwise comparison; ``confidence`` in [0, 1] when known.
+    (Judges return it; ``from tui_trainer.plugins import Verdict``.)"""
+
+    choice: Choice
+    confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.choice not in ("a", "b", "tie", "skip"):
+            raise ValueError(f"verdict must be a, b, tie or skip, got {self.choice!r}")
+
 
 __all__ = [
     "StepMetrics", "Progress", "Sample", "JudgeRequest", "RunState", "LogMessage", "CheckpointSaved",

@@ -64,8 +64,8 @@ def _blas() -> list[tuple[str, str]]:
 
 
 def _model() -> tuple[bool, str]:
-    from tui_trainer.engine.errors import TrainerError
-    from tui_trainer.engine.models import default_model_path
+    from tui_trainer.errors import TrainerError
+    from tui_trainer.embedded import default_model_path
 
     try:
         path = default_model_path()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tui_trainer.config import write_commented_config
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 
 DEFAULT_PATH = "tui-trainer.yaml"
 

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tui_trainer.engine.errors import ConfigError
+    from tui_trainer.errors import ConfigError
     from tui_trainer.plugins.builtin.human import ConsolePrompter
     from tui_trainer.plugins.manager import build_judge_set, get_plugin_manager
     from tui_trainer.plugins.options import parse_assignments

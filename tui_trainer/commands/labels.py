@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_output(output: str, source: Path) -> None:
     """Refuse an output that would destroy something: the labels being exported, a directory,
     or anything but a regular file (a device node, a pipe: the atomic rename would replace it)."""
-    from tui_trainer.engine.errors import TrainerError
+    from tui_trainer.errors import TrainerError
 
     out = Path(output)
     if out.exists() or out.is_symlink():

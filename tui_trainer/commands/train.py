@@ -61,7 +61,7 @@ def run_headless(config, resume: bool = False) -> int:
     from rich.text import Text
 
     from tui_trainer import events as ev
-    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run import build_run
     from tui_trainer.plugins.builtin.human import ConsolePrompter
     from tui_trainer.text import printable
     from tui_trainer.widgets.format import PHASE_LABELS, format_duration, progress_text
@@ -101,7 +101,7 @@ def run_headless(config, resume: bool = False) -> int:
             progress.update(task, completed=event.step)
 
     prompter = _PausingPrompter(ConsolePrompter(console=progress.console), progress)
-    trainer = Trainer(config, observer=observe, prompter=prompter, resume=resume)
+    trainer = build_run(config, observer=observe, prompter=prompter, resume=resume)
     interrupted = {"sigint": 0, "code": 0}
 
     def stop_now(signum, frame):

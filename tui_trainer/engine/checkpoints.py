@@ -18,7 +18,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from tui_trainer.engine.errors import TrainerError
+from tui_trainer.errors import TrainerError
 from tui_trainer.fileio import atomic_write_json
 
 

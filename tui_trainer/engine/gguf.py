@@ -17,7 +17,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from tui_trainer.engine.errors import ModelError
+from tui_trainer.errors import ModelError, one_line
 
 _LAYER_MAP = {
     "attn_q": "self_attn.q_proj",
@@ -134,13 +134,8 @@ def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     try:
         weights, meta = mx.load(str(path), return_metadata=True)
     except Exception as exc:  # mx.load raises RuntimeError/ValueError with multi-line text
-        raise ModelError(f"{path}: not a readable GGUF file ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable GGUF file ({one_line(exc)})") from None
     return weights, meta
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_with_gguf_package(path: Path, types: dict[str, int]) -> tuple[dict[str, mx.array], dict[str, Any]]:
@@ -155,7 +150,7 @@ def _read_with_gguf_package(path: Path, types: dict[str, int]) -> tuple[dict[str
     except ModelError:
         raise
     except Exception as exc:  # the reader raises ValueError/NotImplementedError/... on bad or unknown data
-        raise ModelError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable GGUF file ({one_line(exc)})") from None
 
 
 def _gguf_package_tensors(path: Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
@@ -448,5 +443,5 @@ def load_gguf(path: str | Path, *, keep_quantized: bool = False, dtype=mx.float3
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:  # metadata missing or of the wrong type
-        raise ModelError(f"{path}: malformed GGUF metadata ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelError(f"{path}: malformed GGUF metadata ({one_line(exc)})") from None
     return model, tokenizer

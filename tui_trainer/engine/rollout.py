@@ -22,7 +22,7 @@ from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.sample_utils import make_sampler
 
 from tui_trainer.engine.blas import blas_threads, decode_threads
-from tui_trainer.engine.errors import StepInterrupted
+from tui_trainer.errors import StepInterrupted
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_trainer import events as ev
-from tui_trainer.engine.errors import TrainerError
+from tui_trainer.errors import TrainerError
 from tui_trainer.fileio import atomic_write_text
 
 LOCK_FILE = ".lock"

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,10 +39,11 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
 from tui_trainer import events as ev
-from tui_trainer.config import Config
+from tui_trainer.config import Config, config_changes, load_config, save_config
+from tui_trainer.data import PromptSet
 from tui_trainer.engine import ppo
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from tui_trainer.engine.errors import ConfigError, StepInterrupted, TrainerError
+from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import load_policy, locate_model
 from tui_trainer.engine.policy import Policy, evaluate, hidden_states, prefix_hidden, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
@@ -77,11 +78,16 @@ def make_schedule(cfg: Config, lr: float, total_updates: int):
 
 
 class Trainer:
-    def __init__(self, config: Config, observer: ev.Observer | None = None, prompter=None,
-                 resume: bool = False):
+    def __init__(self, config: Config, observer: ev.Observer | None = None, resume: bool = False, *,
+                 judges: Callable[[Callable[[str], None]], Any], prompts: Callable[[], Any]):
+        """``judges(log)`` builds the run's JudgeSet, ``prompts()`` reads its prompt rows; both are
+        called in ``setup`` (``tui_trainer.run.build_run`` makes them from the config)."""
         self.cfg = config
         self._user_observer = observer
-        self.prompter = prompter
+        self._make_judges, self._read_prompts = judges, prompts
+        self.judges: Any = None  # built in setup, closed when the run ends
+        self.files: RunFiles | None = None
+        self._lock: RunLock | None = None
         self.resume_requested = resume
         self.run_dir = Path(config.run_dir)
         self._pause = threading.Event()
@@ -148,11 +154,6 @@ class Trainer:
         before anything is written and before the model loads (10-20 s), so a typo costs a
         second and leaves nothing behind.
         """
-        from tui_trainer.config import save_config
-        from tui_trainer.data import PromptSet, read_rows
-        from tui_trainer.plugins.judgeset import MAX_ABS_SCORE
-        from tui_trainer.plugins.manager import build_judge_set
-
         cfg = self.cfg
         t_load = time.perf_counter()
         self._observer = self._user_observer
@@ -165,12 +166,9 @@ class Trainer:
         check_run_dir(self.run_dir)
         for ref in (cfg.model, cfg.reference_model) if cfg.reference_model else (cfg.model,):
             locate_model(ref)
-        self._table = read_rows(cfg.data)
+        self._table = self._read_prompts()
         loaded(1, "starting the judges")
-        self.judges = build_judge_set(cfg.judges, prompter=self.prompter, run_dir=self.run_dir,
-                                      failure=cfg.judge_failure, retries=cfg.judge_retries,
-                                      timeout=cfg.judge_timeout, log=lambda m: self.log(m, "warning"),
-                                      max_abs_score=None if cfg.score_clip is not None else MAX_ABS_SCORE)
+        self.judges = self._make_judges(lambda m: self.log(m, "warning"))
         ckpt = self._take_run_dir()
         self.files = RunFiles(self.run_dir)
         self._observer = ev.fan_out(self.files, self._user_observer)
@@ -213,8 +211,6 @@ class Trainer:
     def _take_run_dir(self) -> Path | None:
         """Create and lock the run directory; check a resume; cut the jsonl files back to the
         checkpoint the run starts from (every step appears once). Returns that checkpoint."""
-        from tui_trainer.config import config_changes, load_config
-
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -329,11 +325,10 @@ class Trainer:
             self._set_state("failed", str(exc))
             raise
         finally:
-            if hasattr(self, "judges"):
-                self.judges.close()
-            if hasattr(self, "files"):
-                self.files.close()
-            if hasattr(self, "_lock"):
+            for part in (self.judges, self.files):
+                if part is not None:
+                    part.close()
+            if self._lock is not None:
                 self._lock.release()
         return self.state
 

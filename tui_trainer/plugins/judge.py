@@ -14,44 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
-from tui_trainer.engine.errors import TrainerError
-
-Choice = Literal["a", "b", "tie", "skip"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of a pairwise comparison; ``confidence`` in [0, 1] when known."""
-
-    choice: Choice
-    confidence: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.choice not in ("a", "b", "tie", "skip"):
-            raise ValueError(f"verdict must be a, b, tie or skip, got {self.choice!r}")
-
-
-class JudgeError(Exception):
-    """A judge failed (bad output, exception, timeout); the message is one line."""
-
-
-class JudgeTimeout(JudgeError):
-    """A judge call ran past its time limit."""
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message, prefixed by its type unless it is ours."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, (JudgeError, TrainerError)):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class JudgeFailure(TrainerError):
-    """The judges failed in a way that must stop the run (``judge_failure: stop``,
-    or too many failed calls in a row); the message is one line for the user."""
+from tui_trainer.errors import JudgeError, JudgeFailure, JudgeTimeout, one_line  # noqa: F401  (the plugin API)
+from tui_trainer.events import Choice, Verdict  # noqa: F401  (the plugin API)
 
 
 @dataclass

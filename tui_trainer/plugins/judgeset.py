@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tui_trainer.engine.errors import ConfigError, StepInterrupted
+from tui_trainer.errors import ConfigError, StepInterrupted
 from tui_trainer.plugins.judge import JudgeContext, JudgeFailure, JudgeTimeout, Verdict, one_line
 
 FAILURE_MODES = ("drop", "retry", "stop")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
-from tui_trainer.engine.errors import ConfigError, TrainerError
+from tui_trainer.errors import ConfigError, TrainerError
 from tui_trainer.plugins.hookspecs import ENTRY_POINT_GROUP, KINDS, PROJECT, JudgeSpecs, Option
 from tui_trainer.plugins.judge import JudgeContext, one_line
 from tui_trainer.plugins.judgeset import FAILURE_MODES, MAX_ABS_SCORE, MAX_CONSECUTIVE_FAILURES, JudgeSet, Member

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Iterable
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.hookspecs import Option
 
 _TRUE = {"1", "true", "yes", "on", "y"}

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.judge import JudgeContext, JudgeError
 from tui_trainer.plugins.options import resolve
 from tui_trainer_http_judge import OPTIONS, HttpJudge

@@ -34,7 +34,7 @@ class HttpJudge:
     """Pointwise: one POST per completion."""
 
     def __init__(self, options: dict[str, Any], context: Any) -> None:
-        from tui_trainer.engine.errors import ConfigError
+        from tui_trainer.errors import ConfigError
 
         url = options["url"]
         parsed = urlparse(url or "")

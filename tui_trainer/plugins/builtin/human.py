@@ -13,7 +13,7 @@ import random
 import sys
 from typing import Any, TextIO
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.builtin.labels import append_label, labels_path
 from tui_trainer.plugins.hookspecs import Option
 from tui_trainer.plugins.judge import JudgeContext, JudgeError, JudgeFailure, Prompter, Verdict

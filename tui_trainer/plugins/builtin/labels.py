@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from tui_trainer.engine.errors import DataError
+from tui_trainer.errors import DataError
 from tui_trainer.fileio import atomic_write_jsonl
 
 LABELS_FILE = "labels.jsonl"

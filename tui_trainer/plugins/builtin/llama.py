@@ -46,7 +46,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from tui_trainer.engine.errors import ConfigError, ModelError
+from tui_trainer.errors import ConfigError, ModelError
 from tui_trainer.plugins.judge import JudgeContext, JudgeError, Verdict
 
 _SPECIAL = re.compile(r"<\|[^|<>]{0,40}\|>|</?s>|\x00")
@@ -316,7 +316,7 @@ class LlamaJudge:
             if not path.is_file():
                 raise ConfigError(f"judge {self.name}: model file {path} does not exist")
         else:
-            from tui_trainer.engine.models import default_model_path  # lazily: it imports MLX
+            from tui_trainer.embedded import default_model_path
 
             path = default_model_path()
         self.method = o["method"]

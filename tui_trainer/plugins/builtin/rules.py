@@ -23,7 +23,7 @@ import math
 import re
 from typing import Any, Callable
 
-from tui_trainer.engine.errors import ConfigError
+from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.hookspecs import Option
 from tui_trainer.plugins.judge import JudgeContext
 
