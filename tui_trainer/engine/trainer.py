@@ -45,6 +45,7 @@ from tui_trainer.engine import ppo
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import load_policy, locate_model
+from tui_trainer.engine.objectives import Batch, Targets, objective_for
 from tui_trainer.engine.policy import Policy, evaluate, hidden_states, prefix_hidden, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
 from tui_trainer.engine.runfiles import RunFiles, RunLock, check_run_dir, cut_to_step
@@ -100,6 +101,7 @@ class Trainer:
         self._progress_t = 0.0
         self.step = 0
         self.beta = config.beta
+        self.objective = objective_for(config)  # what the mode fits (engine/objectives.py)
         self._nonfinite_run = 0  # steps in a row whose update was skipped (non-finite loss / gradient)
         self.skipped_updates = 0
         self.state = ev.RunState("starting", 0, config.steps, str(self.run_dir))
@@ -124,11 +126,6 @@ class Trainer:
         """Stop now: abandon the step in flight; the last completed step is what is kept."""
         self._abort.set()
         self.stop()
-
-    @property
-    def _studio(self) -> bool:
-        """Pairwise mode with an MLX-LoRA-Studio objective (sequence advantages, no critic)."""
-        return self.cfg.mode == "pairwise" and self.cfg.pairwise_objective != "ppo"
 
     @property
     def paused(self) -> bool:
@@ -538,119 +535,108 @@ class Trainer:
         return mx.array(vals, dtype=mx.float32), keep
 
     def _update(self, roll: Rollout, raw_scores: list[float | None], shuffle: random.Random) -> dict[str, float]:
-        cfg = self.cfg
-        T = cfg.temperature
-        studio = self._studio
-        critic = cfg.mode in ("ppo", "pairwise") and not studio
+        """Reference pass -> the objective's targets -> ``ppo_epochs`` of minibatch updates."""
+        obj = self.objective
         scores, keep = self._shape_scores(roll, raw_scores)
-        if studio:  # a tie or a skipped pair carries no preference: both rows leave the update
-            raw = mx.array([math.nan if x is None else float(x) for x in raw_scores], dtype=mx.float32)
-            first_won, decided = ppo.pair_winners(raw)
-            keep = keep * mx.repeat(decided, 2)
+        keep = obj.rows(raw_scores, keep)
         mask = roll.response_mask * keep[:, None]
-        logp_old = roll.logprobs
-        n = mask.shape[0]
-        chunks = [list(range(i, min(i + cfg.minibatch_size, n))) for i in range(0, n, cfg.minibatch_size)]
+        chunks = minibatches(list(range(mask.shape[0])), self.cfg.minibatch_size)
 
-        # reference log-probs (adapter off) and old values, in minibatch-sized chunks, no gradient
         self._begin_phase("reference")
         self._progress("reference", 0, len(chunks), "minibatches")
-        ref_parts, val_parts = [], []
-        R = mask.shape[1]
+        prefix = self._frozen_prefix(roll, chunks)
+        logp_ref, values_old = self._reference_pass(roll, chunks, prefix, with_values=obj.critic)
+        kl_seq, stats = self._kl_stats(roll.logprobs, logp_ref, mask, keep)
+        targets = obj.targets(Batch(scores, raw_scores, keep, mask, roll.response_mask, roll.logprobs, logp_ref,
+                                    kl_seq, self.beta, values_old * mask if obj.critic else None))
+        stats.update(targets.stats)
+        mx.eval(targets.advantages, logp_ref, *([targets.returns, targets.values_old] if obj.critic else []))
+        self._end_phase("reference")
+
+        self._begin_phase("update")
+        rows = [i for i in range(mask.shape[0]) if keep[i].item() > 0]
+        stats.update(self._fit(roll, rows, mask, logp_ref, targets, prefix, shuffle, stats))
+        self._end_phase("update")
+        stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask).item())
+        if obj.critic:
+            stats["explained_variance"] = float(ppo.explained_variance(targets.values_old, targets.returns,
+                                                                       mask).item())
+        return stats
+
+    def _frozen_prefix(self, roll: Rollout, chunks: list[list[int]]):
+        """The output of the leading blocks that carry no adapter, for the whole batch, once (or None);
+        ``prefix(idx)`` gives rows ``idx`` trimmed like ``trim_rows``."""
         k = self.policy.prefix_layers
-        prefix_h = None
-        if k:  # the frozen leading blocks, once for the whole batch
-            prefix_h = mx.concatenate([prefix_hidden(self.policy.model, roll.tokens[mx.array(idx)],
-                                                     roll.left_pad[mx.array(idx)], k) for idx in chunks])
-            mx.eval(prefix_h)
+        if not k:
+            return lambda idx: None
+        hidden = mx.concatenate([prefix_hidden(self.policy.model, roll.tokens[mx.array(idx)],
+                                               roll.left_pad[mx.array(idx)], k) for idx in chunks])
+        mx.eval(hidden)
 
-        def prefix_of(idx: list[int]):
-            if prefix_h is None:
-                return None
+        def prefix(idx: list[int]):
             cut = int(roll.left_pad[mx.array(idx)].min().item())
-            return k, prefix_h[mx.array(idx), cut:roll.prompt_width + max(1, max(roll.lengths[i] for i in idx)) - 1]
+            return k, hidden[mx.array(idx), cut:roll.prompt_width + max(1, max(roll.lengths[i] for i in idx)) - 1]
 
+        return prefix
+
+    def _reference_pass(self, roll: Rollout, chunks, prefix, with_values: bool):
+        """Reference log-probs (adapter off) and, for a critic, the value head's V(s_t); no gradient."""
+        R = roll.response_mask.shape[1]
+        ref_parts, val_parts = [], []
         for c, idx in enumerate(chunks):
             self._check_abort()
             tok, lp, p_w, r_w = trim_rows(roll, idx)
             pad = [(0, 0), (0, R - r_w)]
-            pre = prefix_of(idx)
-            ref = reference_logprobs(self.policy, tok, lp, p_w, T, self.reference, None if self.reference else pre)
+            pre = prefix(idx)
+            ref = reference_logprobs(self.policy, tok, lp, p_w, self.cfg.temperature, self.reference,
+                                     None if self.reference else pre)
             ref_parts.append(mx.pad(ref, pad))
-            if critic:
+            if with_values:
                 hidden = hidden_states(self.policy.model, tok, lp, p_w, pre)
                 val_parts.append(mx.pad(self.policy.value_head(hidden.astype(mx.float32)), pad))
             mx.eval(ref_parts[-1], *val_parts[-1:])
             self._progress("reference", c + 1, len(chunks), "minibatches")
-        logp_ref = mx.concatenate(ref_parts) * roll.response_mask
+        values = mx.concatenate(val_parts) if with_values else None
+        return mx.concatenate(ref_parts) * roll.response_mask, values
+
+    def _kl_stats(self, logp_old, logp_ref, mask, keep) -> tuple[mx.array, dict[str, float]]:
+        """KL to the reference per row (the configured estimator: penalised, fed to the adaptive
+        controller) and the reported kl / kl_k1 / kl_k3: summed over a row, averaged over rows."""
         kl1 = ppo.kl_k1(logp_old, logp_ref) * mask
         kl3 = ppo.kl_k3(logp_old, logp_ref) * mask
         n_kept = max(keep.sum().item(), 1.0)
-        # "kl" (penalised and fed to the adaptive controller) uses the configured estimator;
-        # kl_k1 and kl_k3 are both always reported, summed over a sequence, averaged over sequences
-        kl_seq = (kl3 if cfg.kl_estimator == "k3" else kl1).sum(axis=1)
-        stats: dict[str, float] = {
-            "kl": float(kl_seq.sum().item() / n_kept),
-            "kl_k1": float(kl1.sum().item() / n_kept),
-            "kl_k3": float(kl3.sum().item() / n_kept),
-        }
+        kl_seq = (kl3 if self.cfg.kl_estimator == "k3" else kl1).sum(axis=1)
+        return kl_seq, {"kl": float(kl_seq.sum().item() / n_kept), "kl_k1": float(kl1.sum().item() / n_kept),
+                        "kl_k3": float(kl3.sum().item() / n_kept)}
 
-        values_old = returns = None
-        if critic:
-            values_old = mx.concatenate(val_parts) * mask
-            rewards, non_score = ppo.compute_rewards(scores, logp_old, logp_ref, mask, self.beta,
-                                                         cfg.kl_estimator)
-            if cfg.whiten_rewards:
-                rewards = ppo.whiten(rewards, mask, shift_mean=False)
-            advantages, returns = ppo.gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
-            # whitening divides by the advantages' spread: when there is none (every score and
-            # value the same), it would blow float noise up into a full-size Adam step
-            if float(ppo.masked_var(advantages, mask).item()) > 1e-12:
-                advantages = ppo.whiten(advantages, mask)
-            else:
-                advantages = mx.zeros_like(advantages)
-            stats["reward_mean"] = float(rewards.sum().item() / n_kept)
-            stats["non_score_reward"] = float(non_score.sum().item() / n_kept)
-        elif cfg.mode in ("rloo", "grpo"):
-            seq = scores - (self.beta * kl_seq if cfg.mode == "rloo" else 0.0)
-            adv_seq = ppo.group_advantages(seq, cfg.num_samples, cfg.mode, keep)
-            advantages = adv_seq[:, None] * mask
-            stats["reward_mean"] = float((seq * keep).sum().item() / n_kept)
-            stats["non_score_reward"] = float(-self.beta * (kl_seq * keep).sum().item() / n_kept)
-        else:  # pairwise with the studio objective: sequence advantages from the rollout's log-probs
-            seq_lp = (logp_old * roll.response_mask).sum(axis=1)
-            lengths = roll.response_mask.sum(axis=1)
-            adv_seq = ppo.studio_advantages(seq_lp, lengths, first_won, decided, cfg.pairwise_objective)
-            advantages = adv_seq[:, None] * mask
-            stats["reward_mean"] = float((scores * keep).sum().item() / n_kept)
-            stats["non_score_reward"] = float(-self.beta * (kl3.sum(axis=1) * keep).sum().item() / n_kept)
-        mx.eval(advantages, logp_ref, *([returns, values_old] if critic else []))
-        self._end_phase("reference")
+    def _fit(self, roll: Rollout, rows: list[int], mask, logp_ref, t: Targets, prefix, shuffle: random.Random,
+             stats: dict[str, float]) -> dict[str, float]:
+        """``ppo_epochs`` passes of shuffled minibatches over ``rows``; the means of their statistics.
 
-        self._begin_phase("update")
+        ``target_kl`` stops early (SB3): a minibatch with approx_kl > 1.5 x target_kl is not applied
+        and the rest of the step's update is skipped.
+        """
+        cfg = self.cfg
         acc: dict[str, list[float]] = {}
-        rows = [i for i in range(n) if keep[i].item() > 0]
-        per_epoch = math.ceil(len(rows) / cfg.minibatch_size)
-        total = per_epoch * cfg.ppo_epochs
-        ran = 0
-        early_stop = False
+        total = math.ceil(len(rows) / cfg.minibatch_size) * cfg.ppo_epochs
+        ran, early_stop = 0, False
         self._progress("update", 0, total, "minibatches", detail=f"epoch 1/{cfg.ppo_epochs}")
         for epoch in range(cfg.ppo_epochs):
             order = list(rows)
             if not (epoch == 0 and cfg.ppo_epochs == 1):
                 shuffle.shuffle(order)
-            mbs = [order[i:i + cfg.minibatch_size] for i in range(0, len(order), cfg.minibatch_size)]
+            mbs = minibatches(order, cfg.minibatch_size)
             grads_sum, n_acc = None, 0
             for j, mb in enumerate(mbs):
                 self._check_abort()
                 ids = mx.array(mb)
                 tok, lp, p_w, r_w = trim_rows(roll, mb)
                 batch = {
-                    "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w],
-                    "logp_old": logp_old[ids, :r_w], "adv": advantages[ids, :r_w], "logp_ref": logp_ref[ids, :r_w],
-                    "values_old": values_old[ids, :r_w] if critic else None,
-                    "returns": returns[ids, :r_w] if critic else None,
-                    "prefix": prefix_of(mb),
+                    "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w], "logp_old": roll.logprobs[ids, :r_w],
+                    "adv": t.advantages[ids, :r_w], "logp_ref": logp_ref[ids, :r_w],
+                    "values_old": t.values_old[ids, :r_w] if t.values_old is not None else None,
+                    "returns": t.returns[ids, :r_w] if t.returns is not None else None,
+                    "prefix": prefix(mb),
                 }
                 (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
                 if not _all_finite(loss, grads):
@@ -660,19 +646,15 @@ class Trainer:
                                  first_approx_kl=float(aux["approx_kl"].item()),
                                  first_clip_fraction=float(aux["clip_fraction"].item()))
                 if cfg.target_kl is not None and aux["approx_kl"].item() > 1.5 * cfg.target_kl:
-                    # SB3's early stop: this minibatch already left the trust region, so its
-                    # gradient is not applied and the rest of this step's update is skipped
-                    early_stop = True
+                    early_stop = True  # this minibatch already left the trust region: not applied
                     break
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                 n_acc += 1
                 if n_acc == cfg.grad_accum or j == len(mbs) - 1:
-                    if n_acc > 1:
-                        grads_sum = tree_map(lambda g: g / n_acc, grads_sum)
-                    aux["grad_norm"] = self._apply(grads_sum)
+                    aux["grad_norm"] = self._apply(tree_map(lambda g: g / n_acc, grads_sum) if n_acc > 1
+                                                   else grads_sum)
                     grads_sum, n_acc = None, 0
-                mx.eval(loss, aux, self.policy.trainable_parameters(),
-                        self.actor_opt.state, self.critic_opt.state)
+                mx.eval(loss, aux, self.policy.trainable_parameters(), self.actor_opt.state, self.critic_opt.state)
                 ran += 1
                 acc.setdefault("loss", []).append(loss.item())
                 for key, val in aux.items():
@@ -685,25 +667,20 @@ class Trainer:
                     mx.eval(self.policy.trainable_parameters(), self.actor_opt.state, self.critic_opt.state)
                 break
         self._progress("update", total, total, "minibatches", detail="done")
-        self._end_phase("update")
-        stats["minibatches"] = float(ran)
-        stats["early_stopped"] = float(early_stop)
-        stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask).item())
+        out = {"minibatches": float(ran), "early_stopped": float(early_stop)}
         for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "value_clip_fraction",
                     "ratio", "grad_norm", "loss", "explained_variance"):
             vals = acc.get(key, [])
-            stats[key] = float(sum(vals) / len(vals)) if vals else 0.0
-        if critic:
-            stats["explained_variance"] = float(ppo.explained_variance(values_old, returns, mask).item())
-        return stats
+            out[key] = float(sum(vals) / len(vals)) if vals else 0.0
+        return out
 
     def _loss(self, policy: Policy, b: dict, prompt_width: int):
         """The loss of one minibatch; everything here is inside the differentiated function.
 
-        ppo / pairwise-ppo: clipped surrogate + vf_coef x clipped value loss (the KL is in the reward);
-        rloo: clipped surrogate (the KL is in the sequence reward);
-        grpo / studio: clipped surrogate + beta x k3 KL to the reference (a KL term with a gradient);
-        all: - entropy_coef x entropy when the bonus is on.
+        clipped surrogate on the objective's advantages
+        + vf_coef x clipped value loss       (objectives with a critic: ppo, pairwise-ppo)
+        + beta x k3 KL to the reference      (objectives with the KL in the loss: grpo, studio)
+        - entropy_coef x entropy             (when the bonus is on)
         """
         cfg = self.cfg
         mask = b["mask"]
@@ -722,7 +699,7 @@ class Trainer:
             loss = loss + cfg.vf_coef * vf_loss
             aux["value_loss"] = vf_loss
             aux["value_clip_fraction"] = vf_clip
-        if (cfg.mode == "grpo" or self._studio) and self.beta > 0:
+        if self.objective.kl_in_loss and self.beta > 0:
             loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
         if bonus:  # entropy bonus; the reported entropy comes from the rollout
             loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask)
@@ -759,6 +736,11 @@ def _all_finite(loss: mx.array, grads: dict) -> bool:
     counts as not finite: such a gradient is no use either)."""
     sq = sum(((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)), mx.array(0.0))
     return bool((mx.isfinite(loss) & mx.isfinite(sq)).item())
+
+
+def minibatches(rows: list[int], size: int) -> list[list[int]]:
+    """``rows`` in consecutive groups of ``size`` (the last may be shorter)."""
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
 def trim_rows(roll: Rollout, idx: list[int]) -> tuple[mx.array, mx.array, int, int]:
