@@ -46,7 +46,11 @@ _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 1
 
 
 def tensor_types(path: str | Path) -> dict[str, int]:
-    """``{tensor name: ggml type id}`` from a GGUF header; ``ModelError`` naming the file if it is not one."""
+    """``{tensor name: ggml type id}`` from a GGUF header; ``ModelError`` naming the file if it is not one.
+
+    Read by hand, not with ``gguf.GGUFReader``: the reader builds every metadata field as Python
+    objects (the embedded model's 49k-token vocabulary among them) and took 5.1 s on the embedded
+    model against 0.12 s here, at every model load, only to learn which reader to use."""
     import struct
 
     path = Path(path)
@@ -130,7 +134,7 @@ def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     if not types:
         raise ModelError(f"{path}: GGUF file holds no tensors")
     if not set(types.values()) <= set(_MX_NATIVE_TYPES):
-        return _read_with_gguf_package(path, types)
+        return _read_with_gguf_package(path)
     try:
         weights, meta = mx.load(str(path), return_metadata=True)
     except Exception as exc:  # mx.load raises RuntimeError/ValueError with multi-line text
@@ -138,13 +142,7 @@ def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     return weights, meta
 
 
-def _read_with_gguf_package(path: Path, types: dict[str, int]) -> tuple[dict[str, mx.array], dict[str, Any]]:
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        other = sorted({str(t) for t in types.values() if t not in _MX_NATIVE_TYPES})
-        raise ModelError(f"{path}: holds ggml tensor types {', '.join(other)} that need the gguf package "
-                         "(pip install gguf), or use a Q4_0/Q4_1/Q8_0/F16/F32 file") from None
+def _read_with_gguf_package(path: Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     try:
         return _gguf_package_tensors(path)
     except ModelError:
