@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from tui_trainer.app import TrainerApp, TuiPrompter
+from tui_trainer.app import TrainerApp
+from tui_trainer.runner import PromptBridge as TuiPrompter
 from tui_trainer.config import Config
 from tui_trainer.events import (
     CheckpointSaved, JudgeRequest, LogMessage, RunState, Sample, StepMetrics, Verdict,

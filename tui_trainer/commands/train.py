@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import signal
+import sys
 from typing import Any
 
 
@@ -55,14 +56,17 @@ def run(args: argparse.Namespace) -> int:
     return run_headless(config, resume=args.resume)
 
 
+ENGINE_CLEANUP_WAIT = 30.0  # seconds to let the engine thread release MLX after the run
+
+
 def run_headless(config, resume: bool = False) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
     from tui_trainer import events as ev
-    from tui_trainer.run import build_run
     from tui_trainer.plugins.builtin.human import ConsolePrompter
+    from tui_trainer.runner import Runner, RunResult, stop_signals
     from tui_trainer.text import printable
     from tui_trainer.widgets.format import PHASE_LABELS, format_duration, progress_text
 
@@ -101,42 +105,45 @@ def run_headless(config, resume: bool = False) -> int:
             progress.update(task, completed=event.step)
 
     prompter = _PausingPrompter(ConsolePrompter(console=progress.console), progress)
-    trainer = build_run(config, observer=observe, prompter=prompter, resume=resume)
+    ended: list = []
+    runner = Runner(observer=observe, on_ended=ended.append)  # the same engine thread as the app's
     interrupted = {"sigint": 0, "code": 0}
 
-    def stop_now(signum, frame):
+    def stop_now(signum: int) -> None:
         """SIGTERM / SIGHUP (a dropped SSH session) / the first Ctrl-C: abandon the step in flight;
-        the run ends on a checkpoint of its last completed step. A second Ctrl-C raises at once.
+        the run ends on a checkpoint of its last completed step. A second Ctrl-C stops waiting.
         The exit code is 128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
         interrupted["code"] = interrupted["code"] or 128 + signum
         if signum == signal.SIGINT:
             interrupted["sigint"] += 1
             if interrupted["sigint"] > 1:
                 raise KeyboardInterrupt
-        trainer.abort()
+        runner.abort()
 
-    previous = {}
-    for name in ("SIGHUP", "SIGTERM", "SIGINT"):
-        if hasattr(signal, name):
-            previous[name] = signal.signal(getattr(signal, name), stop_now)
+    restore_signals = stop_signals(stop_now, names=("SIGHUP", "SIGTERM", "SIGINT"))
     try:
-        return _run_with(trainer, progress, console, config, interrupted, phase_task)
+        with progress:
+            runner.start(config, resume=resume, prompter=prompter)
+            try:
+                while not runner.worker_done.wait(0.2):
+                    pass
+            except KeyboardInterrupt:  # the second Ctrl-C: the step in flight is being abandoned already
+                runner.abort()
+                runner.worker_done.wait()
+                console.print(f"interrupted; the checkpoint of the last completed step is in {config.run_dir}; "
+                              "continue with --resume")
+                return 130
+            finally:
+                if phase_task is not None:
+                    progress.remove_task(phase_task)
     finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
-
-
-def _run_with(trainer, progress, console, config, interrupted: dict, phase_task) -> int:
-    with progress:
-        try:
-            state = trainer.run()
-        except KeyboardInterrupt:
-            console.print(f"interrupted at step {trainer.step}; checkpoint saved in {config.run_dir}; "
-                          "continue with --resume")
-            return 130
-        finally:
-            if phase_task is not None:
-                progress.remove_task(phase_task)
+        runner.close(wait=ENGINE_CLEANUP_WAIT)
+        restore_signals()
+    result = ended[0] if ended else RunResult(None, "the engine stopped", 1)
+    if result.error is not None:
+        print(f"tui-trainer: error: {printable(result.error)}", file=sys.stderr)
+        return result.exit_code
+    state = result.state
     if state.message.startswith("interrupted"):
         console.print(f"stopped at step {state.step} ({state.message}); the checkpoint of step {state.step} "
                       f"is in {config.run_dir}; continue with --resume")
