@@ -64,3 +64,19 @@ def step0_kl_bound(metrics: dict) -> float:
     about entropy x length, and the factor 32 covers the error the layers accumulate.
     """
     return 32 * EPS32 * metrics["response_length"] * max(metrics["entropy"], 1.0)
+
+
+def screen_text(app) -> str:
+    """The app's current screen as plain text, one line per row.
+
+    Test-only: it renders through Textual's compositor, a private part of Textual (the public
+    ``export_screenshot`` renders the same thing, as SVG)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system=None, record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text(styles=False)

@@ -24,6 +24,8 @@ from tui_trainer.screens.dashboard import DashboardScreen
 from tui_trainer.screens.judging import JudgingScreen, parse_rating
 from tui_trainer.widgets.format import format_value
 
+from helpers import screen_text
+
 
 def step_values(step: int) -> dict[str, float]:
     return {"step": step, "score_mean": 0.1 * step - 0.05, "kl": 0.003 * step, "clip_fraction": 0.02 * step,
@@ -83,13 +85,13 @@ def test_panels_show_each_step_from_the_engine_thread():
             dash: DashboardScreen = app.dashboard
             await wait_for(pilot, lambda: dash.steps_seen == 3 and "checkpoint" in " ".join(
                 dash.query_one("#log").plain_lines))
-            dash.flush()  # what the dashboard's timer does
+            app.redraw()  # what the dashboard's timer does
             await pilot.pause()
             for key in ("score_mean", "kl", "clip_fraction"):
                 panel = dash.panel(key)
                 assert panel.values == [step_values(s)[key] for s in (1, 2, 3)]
                 assert panel.value_text().startswith(format_value(step_values(3)[key]))
-            text = app.screen_text()
+            text = screen_text(app)
             assert format_value(step_values(3)["score_mean"]) in text
             assert format_value(step_values(3)["kl"]) in text
             assert format_value(step_values(3)["entropy"]) in text
@@ -108,15 +110,15 @@ def test_samples_view_keys_open_a_sample_in_full():
             await pilot.pause()
             long_text = "word " * 60 + "THE END"
             app.handle_event([Sample(1, "first prompt", long_text, 0.25), Sample(1, "second prompt", "short", 0.75)])
-            dash.flush()
+            app.redraw()
             view = dash.query_one("#samples")
             view.focus()
             await pilot.pause()
-            assert "short" in app.screen_text() and "THE END" not in app.screen_text()  # cut to one line
+            assert "short" in screen_text(app) and "THE END" not in screen_text(app)  # cut to one line
             await pilot.press("up", "enter")
             await pilot.pause()
             assert type(app.screen).__name__ == "SampleScreen"
-            text = app.screen_text()
+            text = screen_text(app)
             assert "first prompt" in text and "THE END" in text and "0.2500" in text
             await pilot.press("escape")
             await pilot.pause()
@@ -129,21 +131,21 @@ def test_control_characters_in_model_output_never_reach_the_terminal():
         cfg = Config(steps=5)
         app = TrainerApp(cfg)
         async with app.run_test(size=(80, 24)) as pilot:
-            dash = app.open_dashboard(cfg)
+            app.open_dashboard(cfg)
             await pilot.pause()
             evil = "ok\x1b[2J\x1b]0;owned\x07 宽字符宽字符宽字符宽字符宽字符宽字符宽字符宽字符宽字符宽字符 end"
             app.handle_event([Sample(1, "p\x1b[31m", evil, 0.5)])
             app.handle_event(LogMessage("warning", "judge said \x1b[5m"))
-            dash.flush()
+            app.redraw()
             await pilot.pause()
-            text = app.screen_text()
+            text = screen_text(app)
             assert "\x1b" not in text and "\x07" not in text
             assert "ok\ufffd[2J" in text
             assert all(len(line) <= 80 for line in text.splitlines())  # wide characters cut by cells
             box = in_thread(app.prompter.compare, "q\x1b[H", evil, "b\x9b1m", judge="human", step=1)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
                            and app.screen.request is not None)
-            text = app.screen_text()
+            text = screen_text(app)
             assert "\x1b" not in text and "\x9b" not in text and "q\ufffd[H" in text
             await pilot.press("s")
             box["thread"].join(5)
@@ -163,7 +165,7 @@ def test_histories_logs_and_samples_stay_bounded():
                 app.handle_event([Sample(s, "p", "c", 1.0)])
             for i in range(1100):
                 app.handle_event(LogMessage("info", f"line {i}"))
-            dash.flush()
+            app.redraw()
             await pilot.pause()
             panel = dash.panel("kl")
             assert len(panel.history) == panel.history.maxlen == 1000
@@ -184,7 +186,7 @@ def test_layout_fits_80x24():
             dash = app.open_dashboard(cfg)
             await pilot.pause()
             app.handle_event(StepMetrics(1, step_values(1)))
-            dash.flush()
+            app.redraw()
             await pilot.pause()
             for selector in ("#status", "#panel-score_mean", "#panel-kl", "#panel-clip_fraction",
                              "#stat-entropy", "#stat-value_loss", "#stat-approx_kl", "#stat-response_length",
@@ -196,7 +198,7 @@ def test_layout_fits_80x24():
             # three panels side by side, each with room for a plot
             panels = [dash.panel(k).region for k in ("score_mean", "kl", "clip_fraction")]
             assert len({r.y for r in panels}) == 1 and all(r.width >= 20 and r.height >= 6 for r in panels)
-            text = app.screen_text()
+            text = screen_text(app)
             for word in ("reward", "KL (k1)", "clip fraction", "entropy", "value loss", "approx KL",
                          "resp len", "tok/s", "Pause", "Checkpoint", "Quit", "Help"):
                 assert word in text, word
@@ -212,14 +214,14 @@ def test_step_time_split_reads_without_colour():
             dash = app.open_dashboard(cfg)
             await pilot.pause()
             app.handle_event(StepMetrics(1, {"time_rollout": 3.0, "time_judge": 1.0, "time_update": 4.0}))
-            dash.flush()
+            app.redraw()
             await pilot.pause()
             split = dash.query_one("#step-split")
             assert split.fractions() == pytest.approx({"time_rollout": 0.375, "time_judge": 0.125,
                                                        "time_update": 0.5})
             bar = split.bar(16)
             assert bar == "█" * 6 + "▒" * 2 + "░" * 8
-            assert "3.0/1.0/4.0s" in app.screen_text()
+            assert "3.0/1.0/4.0s" in screen_text(app)
     run(go())
 
 
@@ -231,7 +233,7 @@ def test_judging_screen_answers_the_engine_with_the_pressed_key(key, choice):
                             judge="human", step=4)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
                            and app.screen.request is not None)
-            text = app.screen_text()
+            text = screen_text(app)
             assert "Which is kinder?" in text and "first answer" in text and "second answer" in text
             assert "1 waiting" in text and "step 4" in text
             await pilot.press(key)
@@ -251,7 +253,7 @@ def test_pointwise_rating_keys_respect_the_scale():
                             scale=(1, 5))
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
                            and app.screen.request is not None)
-            assert "1-5" in app.screen_text()
+            assert "1-5" in screen_text(app)
             await pilot.press("7", "a", "0")  # off the scale / not a rating: ignored
             await pilot.pause(0.1)
             assert box["thread"].is_alive() and app.waiting_count() == 1
@@ -297,11 +299,11 @@ def test_two_waiting_questions_are_answered_in_order_and_counted():
             await wait_for(pilot, lambda: app.waiting_count() == 2
                            and isinstance(app.screen, JudgingScreen))
             await pilot.pause(0.05)
-            assert "2 waiting" in app.screen_text() and "first?" in app.screen_text()
+            assert "2 waiting" in screen_text(app) and "first?" in screen_text(app)
             await pilot.press("a")
             first["thread"].join(5)
             await pilot.pause(0.05)
-            assert "second?" in app.screen_text() and "1 waiting" in app.screen_text()
+            assert "second?" in screen_text(app) and "1 waiting" in screen_text(app)
             await pilot.press("2")
             second["thread"].join(5)
             assert (first["result"], second["result"]) == (Verdict("a"), Verdict("b"))
@@ -318,7 +320,7 @@ def test_escape_leaves_the_question_waiting_and_j_returns_to_it():
             await pilot.press("escape")
             await pilot.pause(0.05)
             assert app.screen is app.dashboard and box["thread"].is_alive()
-            assert "judge: 1 waiting (j)" in app.screen_text()
+            assert "judge: 1 waiting (j)" in screen_text(app)
             await pilot.press("j")
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen))
             await pilot.press("t")
@@ -367,7 +369,7 @@ def test_help_opens_and_closes_with_keys():
         async with dashboard_app(size=(80, 24)) as (app, pilot):
             await pilot.press("question_mark")
             await pilot.pause()
-            text = app.screen_text()
+            text = screen_text(app)
             assert "pause / resume" in text and "help" in text
             assert type(app.screen).__name__ == "HelpScreen"
             await pilot.press("escape")
@@ -384,11 +386,11 @@ def test_failed_state_is_shown_and_sets_the_exit_code():
             dash = app.open_dashboard(cfg)
             await pilot.pause()
             app.handle_event(RunState("failed", 2, 5, message="judge 'llama' failed 3 times"))
-            dash.flush()
+            app.redraw()
             await pilot.pause()
             assert app.status == "failed" and app.exit_code == 1
             assert "judge 'llama' failed 3 times" in dash.query_one("#log").plain_lines[-1]
-            assert "failed" in app.screen_text()
+            assert "failed" in screen_text(app)
     run(go())
 
 
@@ -415,7 +417,7 @@ def test_the_ui_never_imports_mlx():
                 dash = app.open_dashboard(Config(steps=3))
                 await pilot.pause()
                 app.handle_event(StepMetrics(1, {"kl": 0.1}))
-                dash.flush()
+                app.redraw()
                 await pilot.pause()
         asyncio.run(go())
         print(sorted(m for m in sys.modules if m == "mlx" or m.startswith(("mlx.", "mlx_lm"))))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_model_dir
+from helpers import make_tiny_model_dir, screen_text
 from tui_trainer.app import TrainerApp
 from tui_trainer.config import Config, JudgeSpec
 from tui_trainer.screens.judging import JudgingScreen
@@ -67,7 +67,7 @@ def test_short_run_panels_match_metrics_jsonl(tiny_model, tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.run_ended, what="run finished")
             dash = app.dashboard
-            dash.flush()
+            app.redraw()
             await pilot.pause()
             assert app.status == "finished", app.error
             rows = records(tmp_path / "run" / "metrics.jsonl")
@@ -81,7 +81,7 @@ def test_short_run_panels_match_metrics_jsonl(tiny_model, tmp_path):
             samples = records(tmp_path / "run" / "samples.jsonl")
             table = dash.query_one("#samples")
             assert [s.completion for s in table.samples] == [s["completion"] for s in samples]
-            text = app.screen_text()
+            text = screen_text(app)
             assert "finished" in text and "step 3/3" in text
             assert checkpoint_steps(tmp_path / "run") == [3]
             await pilot.press("q")
@@ -101,9 +101,9 @@ def test_pause_resume_checkpoint_and_quit(tiny_model, tmp_path):
             await pilot.press("p")
             await wait_for(pilot, lambda: app.status == "paused", what="paused")
             paused_at = dash.steps_seen
-            dash.flush()
+            app.redraw()
             await pilot.pause()
-            assert "paused" in app.screen_text()
+            assert "paused" in screen_text(app)
             await pilot.pause(0.6)
             assert dash.steps_seen == paused_at  # no step while paused
             await pilot.press("c")  # checkpoint while paused: written between steps
@@ -132,7 +132,7 @@ def test_bad_model_path_is_one_line_and_exit_code_2(tmp_path):
             await pilot.pause(0.1)
             assert app.status == "failed" and app.exit_code == 2
             assert "\n" not in app.error and "missing-model" in app.error
-            assert "Traceback" not in app.screen_text()
+            assert "Traceback" not in screen_text(app)
             await pilot.press("q")
         assert app.return_value == 2
     asyncio.run(go())
@@ -200,7 +200,7 @@ def test_setup_screen_starts_then_resumes_a_run_by_keyboard(tiny_model, tmp_path
             await wait_for(pilot, lambda: app.run_ended, what="resumed run")
             assert app.status == "finished", app.error
             dash = app.dashboard
-            dash.flush()
+            app.redraw()
             assert [s for s, _ in dash.panel("kl").history] == [3, 4]  # continued, not restarted
             await pilot.press("q")
         steps = [r["step"] for r in records(tmp_path / "run" / "metrics.jsonl")]
@@ -268,9 +268,9 @@ def test_step_progress_shows_the_phase_of_the_step_in_flight(tiny_model, tmp_pat
             # the first judge call takes seconds: the bar says so before any step has finished
             dash = await wait_for_phase(pilot, app, 1, "judging")
             assert dash.steps_seen == 0
-            dash.flush()
+            app.redraw()
             await pilot.pause()
-            text = app.screen_text()
+            text = screen_text(app)
             assert "step 1" in text and "judging 0/4 samples" in text, text
             await wait_for(pilot, lambda: app.run_ended, what="run finished")
             await pilot.press("q")
@@ -291,9 +291,9 @@ def test_q_twice_abandons_the_step_in_flight(tiny_model, tmp_path):
             await pilot.press("q")
             await pilot.pause()
             assert app.stopping_after_step and app.is_running
-            dash.flush()
+            app.redraw()
             await pilot.pause()
-            text = app.screen_text()
+            text = screen_text(app)
             assert "q again: stop now" in text and "stopping after this step" in text, text
             t0 = time.monotonic()
             await pilot.press("q")

@@ -11,6 +11,8 @@ from tui_trainer.app import TrainerApp
 from tui_trainer.config import Config, JudgeSpec, load_config
 from tui_trainer.screens.setup import JudgeRow, SetupScreen
 
+from helpers import screen_text
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -53,7 +55,7 @@ def test_form_edits_become_the_config_and_round_trip_through_yaml(tmp_path):
             assert path.exists()
             saved = load_config(str(path))
             assert (saved.steps, saved.mode, saved.judges[0].options) == (12, "rloo", {"target_length": 40})
-            assert "saved" in app.screen_text()
+            assert "saved" in screen_text(app)
 
             # change the file outside, then load it into the form
             raw = yaml.safe_load(path.read_text())
@@ -79,7 +81,7 @@ def test_bad_values_give_one_line_and_start_nothing(tmp_path):
             await pilot.pause()
             assert app.screen is screen and not app.run_active
             bar = screen.query_one("#setup-message")
-            assert "steps: 'many' is not a whole number" in app.screen_text()
+            assert "steps: 'many' is not a whole number" in screen_text(app)
             assert bar.has_class("error")
             # a value of the right type but out of range: the config module's validation
             await set_input(pilot, screen, "#f-steps", "5")
@@ -156,13 +158,13 @@ def test_plugins_screen_lists_judges_and_a_broken_plugin(monkeypatch):
             await pilot.press("f2")
             await pilot.pause()
             assert type(app.screen).__name__ == "PluginsScreen"
-            text = app.screen_text()
+            text = screen_text(app)
             assert "2 installed, 1 broken" in text
             assert "builtin" in text and "rules, human, llama" in text
             assert "badplugin" in text and "broken" in text
             await pilot.press("down")
             await pilot.pause()
-            assert "tui_trainer_no_such_module_here" in app.screen_text()  # the error, one line
+            assert "tui_trainer_no_such_module_here" in screen_text(app)  # the error, one line
             await pilot.press("escape")
             await pilot.pause()
             assert type(app.screen).__name__ == "SetupScreen"

@@ -116,6 +116,7 @@ class TrainerApp(App[int]):
         return self.runner.engine_stopped
 
     def on_mount(self) -> None:
+        self.set_interval(FLUSH_SECONDS, self.redraw)
         if self.warm_engine and not self.start_on_mount:
             self.runner.warm()
         if self.start_on_mount:
@@ -174,6 +175,14 @@ class TrainerApp(App[int]):
             self._deliver_request(event)
             return
         self._inbox.append(list(event) if isinstance(event, list) else event)
+
+    def redraw(self) -> None:
+        """The redraw timer (about once a second) and after a key: hand the engine's events to the
+        dashboard, then let it draw."""
+        dash = self.dashboard
+        if dash is not None and dash.ready:
+            self.drain_events()
+            dash.flush()
 
     def drain_events(self) -> None:
         """Apply the events the engine has handed over since the last call (UI thread)."""
@@ -265,9 +274,10 @@ class TrainerApp(App[int]):
     def waiting_count(self) -> int:
         return sum(1 for r in self.pending if not r.future.done())
 
-    def answer(self, request: JudgeRequest, answer: Any) -> bool:
-        """Resolve ``request`` with ``answer`` (a Verdict, a rating or None = skip)."""
-        done = resolve(request, answer)
+    def answer(self, request: JudgeRequest, answer: Any, resolved: bool | None = None) -> bool:
+        """Resolve ``request`` with ``answer`` (a Verdict, a rating or None = skip), unless the
+        judging screen already has (``resolved``); record it and drop it from the queue."""
+        done = resolve(request, answer) if resolved is None else resolved
         if done:
             self.ledger.record(request, answer)
         for i, waiting in enumerate(self.pending):
@@ -387,6 +397,25 @@ class TrainerApp(App[int]):
         if self._quitting:
             self.exit(self.exit_code)
 
+    # ------------------------------------------------------------------ what the screens say
+    def on_setup_screen_start(self, message: Any) -> None:
+        self.config_path = message.config_path
+        self.start_run(message.config, resume=message.resume)
+
+    def on_dashboard_screen_ready(self, _message: Any) -> None:
+        self.replay_early_events()
+        self.redraw()
+
+    def on_dashboard_screen_command(self, message: Any) -> None:
+        {"pause": self.toggle_pause, "checkpoint": self.checkpoint_now, "quit": self.request_quit,
+         "stop_now": self.quit_now, "new_run": self.new_run}[message.name]()
+        if self.dashboard is not None and self.dashboard.ready and message.name != "new_run":
+            self.dashboard.refresh_bindings()
+            self.redraw()
+
+    def on_judging_screen_answered(self, message: Any) -> None:
+        self.answer(message.request, message.answer, resolved=message.resolved)
+
     # ------------------------------------------------------------------ screens
     def action_help(self) -> None:
         from tui_trainer.screens.help import HelpScreen
@@ -408,19 +437,6 @@ class TrainerApp(App[int]):
         self.runner.started = False
         self.switch_screen(SetupScreen(self.config, config_path=self.config_path, resume=False))
 
-    def screen_text(self) -> str:
-        """The current screen as plain text, one line per row (for tests and bug reports)."""
-        import io
-
-        from rich.console import Console
-
-        width, height = self.size
-        console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
-                          color_system=None, record=True, legacy_windows=False, safe_box=False)
-        console.print(self.screen._compositor.render_update(
-            full=True, screen_stack=self._background_screens))
-        return console.export_text(styles=False)
-
     def _log(self, level: str, message: str) -> None:
         self.handle_event(LogMessage(level, message))
 
@@ -434,6 +450,7 @@ class TrainerApp(App[int]):
         self.runner.close(wait=ENGINE_CLEANUP_WAIT)
 
 
+FLUSH_SECONDS = 1.0  # the dashboard's redraw period
 HANGUP_GRACE = 3.0  # seconds the UI gets to close by itself once the run has stopped
 ENGINE_CLEANUP_WAIT = 30.0  # seconds to let the engine thread release MLX after the last run
 

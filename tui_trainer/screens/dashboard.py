@@ -5,9 +5,10 @@ Then entropy, value loss, approx KL, response length, generation tok/s and the
 step-time split; the run's progress bar with its ETA; the step in flight (phase,
 counts, the step's ETA; between steps the last step's time and samples/s); the
 latest samples and the log.
-The app feeds it engine events; it never reads engine state. ``flush`` (on a
-timer) takes in the events the engine handed over and shows them, so the screen is
-redrawn about once a second however fast the steps come (and at once after a key).
+The app feeds it engine events and calls ``flush`` from its redraw timer (about once a
+second however fast the steps come, and at once after a key); the screen never reads
+engine state. Keys go up as a :class:`DashboardScreen.Command` message, readiness as
+:class:`DashboardScreen.Ready`: the screen never calls into the app or writes to it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import deque
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
@@ -32,10 +34,21 @@ from tui_trainer.widgets.stats import Stat, StepTimeSplit
 MAIN_PANELS = (("score_mean", "reward"), ("kl", "KL"), ("clip_fraction", "clip fraction"))
 SECONDARY = (("entropy", "entropy"), ("value_loss", "value loss"), ("approx_kl", "approx KL"),
              ("response_length", "resp len"), ("generation_tokens_per_second", "gen tok/s"))
-FLUSH_SECONDS = 1.0
 
 
 class DashboardScreen(Screen):
+    """The run's live view. Posts Ready once mounted and a Command per control key."""
+
+    class Ready(Message):
+        """Mounted: the app shows what arrived before, then redraws it on its timer."""
+
+    class Command(Message):
+        """A control key: ``name`` is pause, checkpoint, quit, stop_now or new_run."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
     CSS_PATH = "dashboard.tcss"
     BINDINGS = [
         Binding("p", "pause", "Pause/resume"),
@@ -80,10 +93,8 @@ class DashboardScreen(Screen):
         self.query_one("#samples").border_title = "latest samples"
         self.query_one("#log").border_title = "log"
         self.query_one(RunProgress).mark_start(0, self.config.steps)
-        self.set_interval(FLUSH_SECONDS, self.flush)
         self.ready = True
-        self.app.replay_early_events()
-        self.flush()
+        self.post_message(self.Ready())
 
     def on_unmount(self) -> None:
         self.ready = False
@@ -152,10 +163,9 @@ class DashboardScreen(Screen):
 
     # ------------------------------------------------------------------ drawing
     def flush(self) -> None:
-        """Take in the engine's events and show everything recorded since the last flush."""
+        """Show everything recorded since the last flush (the app has handed the events in)."""
         if not self.ready:
             return
-        self.app.drain_events()
         for key, _ in MAIN_PANELS:
             self.panel(key).sync()
         for stat in self.query(Stat):
@@ -192,12 +202,10 @@ class DashboardScreen(Screen):
 
     # ------------------------------------------------------------------ keys
     def action_pause(self) -> None:
-        self.app.toggle_pause()
-        self.flush()
+        self.post_message(self.Command("pause"))
 
     def action_checkpoint(self) -> None:
-        self.app.checkpoint_now()
-        self.flush()
+        self.post_message(self.Command("checkpoint"))
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         stopping = getattr(self.app, "stopping_after_step", False)
@@ -208,17 +216,13 @@ class DashboardScreen(Screen):
         return True
 
     def action_quit_run(self) -> None:
-        self.app.request_quit()
-        self.refresh_bindings()
-        self.flush()
+        self.post_message(self.Command("quit"))
 
     def action_stop_now(self) -> None:
-        self.app.quit_now()
-        self.refresh_bindings()
-        self.flush()
+        self.post_message(self.Command("stop_now"))
 
     def action_new_run(self) -> None:
-        self.app.new_run()
+        self.post_message(self.Command("new_run"))
 
     def action_judge(self) -> None:
         from tui_trainer.screens.judging import JudgingScreen

@@ -17,10 +17,12 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_trainer.events import JudgeRequest, Verdict
+from tui_trainer.runner import resolve
 from tui_trainer.widgets.format import format_value, one_line, printable
 
 WIDE = 100  # columns from which the completions are shown side by side
@@ -69,6 +71,16 @@ def parse_rating(key: str, scale: tuple[int, int]) -> int | None:
 
 
 class JudgingScreen(Screen):
+    """One question at a time; the answer resolves the request's future (the engine waits on it)
+    and goes up as :class:`JudgingScreen.Answered`."""
+
+    class Answered(Message):
+        """A question was answered (``resolved``: by this answer, not already by a stop)."""
+
+        def __init__(self, request: JudgeRequest, answer: Any, resolved: bool) -> None:
+            super().__init__()
+            self.request, self.answer, self.resolved = request, answer, resolved
+
     CSS_PATH = "judging.tcss"
     BINDINGS = [
         Binding("1,a", "choose('a')", "A better", key_display="1/a"),
@@ -187,7 +199,8 @@ class JudgingScreen(Screen):
         request = self.request
         if request is None:
             return
-        self.app.answer(request, answer)
+        # the engine thread waits on this future: answer it now; the app keeps the books
+        self.post_message(self.Answered(request, answer, resolve(request, answer)))
         self.show_current()
         if self.request is None and self._return_timer is None:
             self._return_timer = self.set_timer(RETURN_DELAY, self._maybe_return)

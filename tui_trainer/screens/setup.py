@@ -15,6 +15,7 @@ import yaml
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
@@ -138,6 +139,15 @@ class JudgeRow(Horizontal):
 
 
 class SetupScreen(Screen):
+    """The run's settings as a form; start posts :class:`SetupScreen.Start` to the app."""
+
+    class Start(Message):
+        """Start a run with ``config`` (``config_path``: the form's config file, for the next run)."""
+
+        def __init__(self, config: Config, resume: bool, config_path: str | None) -> None:
+            super().__init__()
+            self.config, self.resume, self.config_path = config, resume, config_path
+
     CSS_PATH = "setup.tcss"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start", priority=True),
@@ -253,8 +263,8 @@ class SetupScreen(Screen):
         if cfg is None:
             return
         resume = self.query_one("#resume", Checkbox).value
-        self.app.config_path = self.query_one("#config-path", Input).value.strip() or None
-        self.app.start_run(cfg, resume=resume)
+        path = self.query_one("#config-path", Input).value.strip() or None
+        self.post_message(self.Start(cfg, resume, path))
 
     def action_save(self) -> None:
         from tui_trainer.config import save_config
@@ -267,7 +277,7 @@ class SetupScreen(Screen):
         except Exception as exc:
             self.say(f"could not save {path}: {' '.join(str(exc).split())}", error=True)
             return
-        self.app.config_path = path
+        self.config_path = path
         self.say(f"saved {path}")
 
     def action_load(self) -> None:
@@ -278,7 +288,6 @@ class SetupScreen(Screen):
         except Exception as exc:
             self.say(" ".join(str(exc).split()) or f"could not load {path}", error=True)
             return
-        self.app.config_path = path
         screen = SetupScreen(cfg, config_path=path, resume=self.query_one("#resume", Checkbox).value)
         self.app.switch_screen(screen)
         screen.call_after_refresh(screen.say, f"loaded {path}")
@@ -292,7 +301,7 @@ class SetupScreen(Screen):
         elif button.id == "load":
             self.action_load()
         elif button.id == "plugins":
-            self.app.action_plugins()
+            self.run_action("app.plugins")
         elif button.id == "add-judge":
             names = self.judge_names()
             row = JudgeRow(JudgeSpec(name=names[0]), names)
