@@ -26,91 +26,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from tui_trainer.errors import ConfigError
 from tui_trainer.fileio import atomic_write_text
-
-
-@dataclass
-class JudgeSpec:
-    name: str = "rules"
-    weight: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AdapterConfig:
-    type: str = "lora"  # lora | dora | full
-    rank: int = 8
-    scale: float = 20.0  # mlx-lm's "scale" (alpha / rank); alias: alpha
-    dropout: float = 0.0
-    layers: int = 16  # last N transformer blocks get adapters; -1 = all
-    keys: list[str] | None = None  # module names inside a block; None = mlx-lm defaults
-
-
-@dataclass
-class DataConfig:
-    path: str | None = None  # JSONL/JSON/parquet/CSV file or a datasets name; None = embedded prompts
-    prompt_field: str = "prompt"
-    split: str = "train"
-    chat_template: bool = True
-    system_prompt: str | None = None
-    shuffle: bool = True
-    drop_long: bool = False  # drop prompts longer than the context instead of stopping with an error
-
-
-@dataclass
-class Config:
-    # model
-    model: str | None = None  # None = embedded SmolLM2-135M-Instruct GGUF
-    reference_model: str | None = None  # None = the policy with its adapter switched off
-    quantized_base: bool | None = None  # None = keep quantized on GPU, f32 on CPU
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    # algorithm
-    mode: str = "ppo"  # ppo | pairwise | rloo | grpo
-    pairwise_objective: str = "ppo"  # ppo | studio | studio_sigmoid (MLX-LoRA-Studio objective)
-    batch_size: int = 4  # prompts per step
-    num_samples: int = 4  # completions per prompt (2 in pairwise mode unless given)
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    beta: float = 0.05  # KL coefficient
-    kl_target: float | None = None  # adaptive KL controller off when None
-    kl_horizon: int = 10000
-    target_kl: float | None = None  # early stop: skip the rest of a step's update once approx_kl > 1.5 x this
-    kl_estimator: str = "k1"  # k1 | k3 (which estimator the reported/penalised KL uses)
-    epsilon: float = 0.2  # policy clip range
-    value_clip: float = 0.2
-    vf_coef: float = 0.1
-    entropy_coef: float = 0.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    ppo_epochs: int = 2
-    minibatch_size: int = 4  # sequences per minibatch
-    grad_accum: int = 1
-    actor_lr: float = 2e-5
-    critic_lr: float = 1e-4
-    scheduler: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    whiten_rewards: bool = False
-    score_scale: float = 1.0
-    score_clip: float | None = None
-    missing_eos_penalty: float | None = None
-    # run
-    seed: int = 0
-    steps: int = 20
-    save_every: int = 10
-    run_dir: str = "runs/default"
-    judges: list[JudgeSpec] = field(default_factory=lambda: [JudgeSpec()])
-    judge_failure: str = "drop"  # drop | retry | stop
-    judge_retries: int = 2
-    judge_timeout: float = 120.0
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -122,120 +43,178 @@ SCHEDULERS = ("constant", "linear", "cosine")
 KL_ESTIMATORS = ("k1", "k3")
 JUDGE_FAILURES = ("drop", "retry", "stop")
 
+
+# ----------------------------------------------------------------------------- one declaration per key
+#
+# Every key is declared once, below, with key(default, help, aliases=, section_aliases=, check=, flag=):
+# `init`'s comments, argparse's help and flags, the alias table, did-you-mean and the range checks
+# are all generated from these declarations.
+
+Check = Callable[[Any], "str | None"]  # value -> the problem (one line), or None
+
+
+def key(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
+        aliases: tuple[str, ...] = (), section_aliases: tuple[str, ...] = (), check: Check | None = None,
+        flag: str | None = None) -> Any:
+    """A config key: its default, one line of help, the names other tools give it (``aliases`` at
+    the top level, ``section_aliases`` inside its section), its range check and its CLI flag."""
+    meta = {"help": help, "aliases": aliases, "section_aliases": section_aliases, "check": check, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low:g}, got {v:g}"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if v > low else f"must be > {low:g}, got {v:g}"
+
+
+def within(low: float, high: float, ends: str) -> Check:
+    """``ends``: "[]", "[)", "(]" or "()": which ends belong to the range."""
+    def check(v):
+        ok = (v >= low if ends[0] == "[" else v > low) and (v <= high if ends[1] == "]" else v < high)
+        return None if ok else f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {v:g}"
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Check:
+    return lambda v: None if v in choices else \
+        f"must be one of {', '.join(choices)}, got {v!r}{_did_you_mean(str(v), choices)}"
+
+
+def not_empty(message: str = "must not be empty") -> Check:
+    return lambda v: None if str(v).strip() != "" else message
+
+
+def optional(check: Check) -> Check:
+    """``check``, with null allowed."""
+    return lambda v: None if v is None else check(v)
+
+
+def _all_or_positive(v: int) -> str | None:
+    return None if v == -1 or v >= 1 else f"must be -1 (all) or >= 1, got {v}"
+
+
+def _module_names(v: list[str] | None) -> str | None:
+    ok = v is None or (len(v) > 0 and all(k.strip() for k in v))
+    return None if ok else "must be null or a non-empty list of module names"
+
+
+@dataclass
+class JudgeSpec:
+    name: str = "rules"
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AdapterConfig:
+    type: str = key('lora', 'lora | dora | full (full trains every weight)', aliases=('fine_tune_type',), section_aliases=('fine_tune_type',), check=one_of(ADAPTER_TYPES))
+    rank: int = key(8, 'adapter rank (alias lora_rank, r)', aliases=('lora_rank', 'rank', 'lora_r'), section_aliases=('r', 'lora_rank'), check=at_least(1))
+    scale: float = key(20.0, 'mlx-lm scale multiplying the adapter output; giving alpha instead sets scale = alpha / rank', check=above(0))
+    dropout: float = key(0.0, 'adapter dropout, 0 <= dropout < 1', aliases=('lora_dropout',), section_aliases=('lora_dropout',), check=within(0, 1, "[)"))
+    layers: int = key(16, 'number of last transformer blocks that get adapters; -1 = all', aliases=('lora_layers', 'num_layers'), section_aliases=('num_layers',), check=_all_or_positive)
+    keys: list[str] | None = key(None, 'module names inside a block to adapt, e.g. [self_attn.q_proj, self_attn.v_proj]; null = mlx-lm defaults', section_aliases=('target_modules',), check=_module_names)
+
+
+@dataclass
+class DataConfig:
+    path: str | None = key(None, 'JSONL / JSON / parquet / CSV / TXT file, a saved datasets directory or a cached datasets name; null = embedded prompts', aliases=('dataset_name',), section_aliases=('dataset_name',), check=optional(not_empty("must not be empty (null = embedded prompts)")), flag='--data')
+    prompt_field: str = key('prompt', 'field holding the prompt text (a chat `messages` list is used when the row has one)', section_aliases=('prompt_key',), check=not_empty())
+    split: str = key('train', 'split to use for a datasets dataset', check=not_empty())
+    chat_template: bool = key(True, "wrap prompts in the tokenizer's chat template (false = plain text)", section_aliases=('use_chat_template',))
+    system_prompt: str | None = key(None, "system message added to prompts that have none; null = the template's default", section_aliases=('system',))
+    shuffle: bool = key(True, 'shuffle the prompts each epoch (deterministic from seed)')
+    drop_long: bool = key(False, 'drop prompts longer than the context instead of stopping with an error')
+
+
+@dataclass
+class Config:
+    model: str | None = key(None, 'policy: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct', aliases=('model_name_or_path',), check=optional(not_empty("must not be empty (null = embedded model)")), flag='--model')
+    reference_model: str | None = key(None, 'KL reference: null = the policy with its adapter switched off (no second model in memory)', aliases=('ref_model',))
+    quantized_base: bool | None = key(None, 'keep a quantized base quantized (QLoRA style); null = yes on GPU, dequantize to f32 on CPU')
+    adapter: AdapterConfig = key(help='what is trained (aliases: lora_rank/rank, lora_alpha/alpha, lora_dropout, num_layers, lora_parameters:)', factory=AdapterConfig)
+    data: DataConfig = key(help='prompts to train on', factory=DataConfig)
+    mode: str = key('ppo', 'ppo | pairwise | rloo | grpo (rloo and grpo use a group baseline, no value head)', check=one_of(MODES), flag='--mode')
+    pairwise_objective: str = key('ppo', "pairwise mode: ppo (verdicts become rewards) | studio (MLX-LoRA-Studio objective, as documented) | studio_sigmoid (its variant that keeps the verdict's sign)", check=one_of(PAIRWISE_OBJECTIVES))
+    batch_size: int = key(4, 'prompts per step (alias per_device_train_batch_size)', aliases=('per_device_train_batch_size',), check=at_least(1), flag='--batch-size')
+    num_samples: int = key(4, 'completions per prompt; pairwise needs 2 and gets it by default (alias num_generations)', aliases=('num_generations',), check=at_least(1), flag='--num-samples')
+    max_new_tokens: int = key(48, 'longest completion in tokens (aliases max_completion_length, response_length, rl_max_new_tokens)', aliases=('rl_max_new_tokens', 'max_completion_length', 'response_length'), check=at_least(1), flag='--max-new-tokens')
+    temperature: float = key(1.0, 'sampling temperature; 0 = greedy', check=at_least(0), flag='--temperature')
+    top_p: float = key(1.0, 'nucleus sampling, 0 < top_p <= 1 (1 = off)', check=within(0, 1, "(]"))
+    top_k: int = key(0, 'sample among the k likeliest tokens; 0 = off', check=at_least(0))
+    beta: float = key(0.05, 'KL penalty coefficient (aliases kl_coef, init_kl_coef, rl_kl_coef)', aliases=('kl_coef', 'rl_kl_coef', 'init_kl_coef'), check=at_least(0), flag='--beta')
+    kl_target: float | None = key(None, 'adaptive KL controller target; null = fixed beta (alias target)', aliases=('target',), check=optional(above(0)))
+    kl_horizon: int = key(10000, 'adaptive KL controller horizon in samples (alias horizon)', aliases=('horizon',), check=at_least(1))
+    target_kl: float | None = key(None, "early stop: the rest of a step's minibatches are skipped once one has approx_kl > 1.5 x target_kl (SB3 / TRL <= 0.11); null = never", check=optional(above(0)))
+    kl_estimator: str = key('k1', 'k1 | k3: the KL estimator reported and penalised', check=one_of(KL_ESTIMATORS))
+    epsilon: float = key(0.2, 'policy ratio clip range (aliases clip_range, cliprange, rl_clip_range)', aliases=('clip_range', 'rl_clip_range', 'cliprange'), check=above(0))
+    value_clip: float = key(0.2, 'value clip range (aliases cliprange_value, clip_range_value)', aliases=('cliprange_value', 'clip_range_value'), check=above(0))
+    vf_coef: float = key(0.1, 'value loss coefficient', check=at_least(0))
+    entropy_coef: float = key(0.0, 'entropy bonus coefficient; 0 = off', check=at_least(0))
+    gamma: float = key(1.0, 'discount, 0 < gamma <= 1 (alias rl_gamma)', aliases=('rl_gamma',), check=within(0, 1, "(]"))
+    lam: float = key(0.95, 'GAE lambda, 0 <= lam <= 1 (aliases gae_lambda, rl_gae_lambda)', aliases=('rl_gae_lambda', 'gae_lambda'), check=within(0, 1, "[]"))
+    ppo_epochs: int = key(2, 'passes over each batch of rollouts (aliases num_ppo_epochs, rl_num_ppo_epochs)', aliases=('rl_num_ppo_epochs', 'num_ppo_epochs'), check=at_least(1), flag='--ppo-epochs')
+    minibatch_size: int = key(4, 'sequences per minibatch, at most batch_size * num_samples (alias mini_batch_size)', aliases=('mini_batch_size',), check=at_least(1))
+    grad_accum: int = key(1, 'minibatches whose gradients are summed before an optimizer step (alias gradient_accumulation_steps)', aliases=('gradient_accumulation_steps',), check=at_least(1))
+    actor_lr: float = key(2e-05, 'policy (adapter) learning rate (alias learning_rate)', aliases=('learning_rate',), check=above(0), flag='--actor-lr')
+    critic_lr: float = key(0.0001, 'value head learning rate', check=at_least(0), flag='--critic-lr')
+    scheduler: str = key('constant', 'learning-rate schedule: constant | linear | cosine', aliases=('lr_scheduler_type',), check=one_of(SCHEDULERS))
+    warmup_steps: int = key(0, 'steps of linear learning-rate warm-up', check=at_least(0))
+    max_grad_norm: float = key(1.0, 'gradient clipping norm', check=above(0))
+    whiten_rewards: bool = key(False, 'whiten rewards over the batch before GAE')
+    score_scale: float = key(1.0, 'multiply judge scores by this before they become rewards', check=above(0))
+    score_clip: float | None = key(None, 'clip scaled scores to [-score_clip, score_clip]; null = no clipping', check=optional(above(0)))
+    missing_eos_penalty: float | None = key(None, 'subtracted from the score of a completion that never emits EOS; null = off', check=optional(at_least(0)))
+    seed: int = key(0, 'random seed (sampling, data order, initialisation)', check=at_least(0), flag='--seed')
+    steps: int = key(20, 'PPO steps to run (aliases max_steps, iters)', aliases=('max_steps', 'iters'), check=at_least(1), flag='--steps')
+    save_every: int = key(10, 'checkpoint every N steps (and always on stop); 0 = only on stop', aliases=('save_steps',), check=at_least(0), flag='--save-every')
+    run_dir: str = key('runs/default', 'where config.yaml, metrics.jsonl, samples.jsonl and checkpoints/ go (alias output_dir)', aliases=('output_dir',), check=not_empty(), flag='--run-dir')
+    judges: list[JudgeSpec] = key(help='reward judges, weighted sum of their scores: a list of {name, weight, options}', factory=lambda: [JudgeSpec()])
+    judge_failure: str = key('drop', 'when a judge fails: drop (the sample) | retry | stop (the run)', check=one_of(JUDGE_FAILURES))
+    judge_retries: int = key(2, 'retries before a failing judge counts as failed', check=at_least(0))
+    judge_timeout: float = key(120.0, 'seconds a judge may take for one call', check=above(0))
+
+
 SECTIONS = {"adapter": AdapterConfig, "data": DataConfig}
 
+
+def _declared() -> dict[str, dataclasses.Field]:
+    """Every key as ``{dotted name: its declaration}`` (sections' keys as "section.key")."""
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(Config):
+        out[f.name] = f
+        if f.name in SECTIONS:
+            out.update({f"{f.name}.{g.name}": g for g in dataclasses.fields(SECTIONS[f.name])})
+    return out
+
+
+DECLARED = _declared()
+# ``alpha`` is not a key of its own: PEFT's lora_alpha, turned into adapter.scale = alpha / rank
+_ALPHA_NAMES = ("lora_alpha", "alpha")
 # Names from other tools -> our key ("section.key" for keys inside a section).
-ALIASES: dict[str, str] = {
-    # TRL PPOConfig / PPOv2 / GRPOConfig, MLX-LoRA-Studio (rl_*), HF TrainingArguments
-    "kl_coef": "beta", "rl_kl_coef": "beta", "init_kl_coef": "beta",
-    "clip_range": "epsilon", "rl_clip_range": "epsilon", "cliprange": "epsilon",
-    "cliprange_value": "value_clip", "clip_range_value": "value_clip",
-    "rl_gamma": "gamma",
-    "rl_gae_lambda": "lam", "gae_lambda": "lam",
-    "rl_num_ppo_epochs": "ppo_epochs", "num_ppo_epochs": "ppo_epochs",
-    "rl_max_new_tokens": "max_new_tokens", "max_completion_length": "max_new_tokens",
-    "response_length": "max_new_tokens",
-    "learning_rate": "actor_lr",
-    "target": "kl_target",  # TRL's adaptive controller; target_kl is the early stop (SB3, TRL <= 0.11)
-    "horizon": "kl_horizon",
-    "num_generations": "num_samples",
-    "per_device_train_batch_size": "batch_size",
-    "mini_batch_size": "minibatch_size",
-    "gradient_accumulation_steps": "grad_accum",
-    "lr_scheduler_type": "scheduler",
-    "max_steps": "steps", "iters": "steps",
-    "save_steps": "save_every",
-    "output_dir": "run_dir",
-    "model_name_or_path": "model",
-    "ref_model": "reference_model",
-    "dataset_name": "data.path",
-    # adapter keys at the top level (TRL / PEFT / mlx-lm spellings)
-    "lora_rank": "adapter.rank", "rank": "adapter.rank", "lora_r": "adapter.rank",
-    "lora_alpha": "adapter.alpha", "alpha": "adapter.alpha",
-    "lora_dropout": "adapter.dropout",
-    "lora_layers": "adapter.layers", "num_layers": "adapter.layers",
-    "fine_tune_type": "adapter.type",
-}
+ALIASES: dict[str, str] = {a: k for k, f in DECLARED.items() for a in f.metadata.get("aliases", ())}
+ALIASES.update({a: "adapter.alpha" for a in _ALPHA_NAMES})
 # mlx-lm's adapter section name
 SECTION_ALIASES = {"lora_parameters": "adapter"}
 # Spellings inside a section.
 SECTION_KEY_ALIASES: dict[str, dict[str, str]] = {
-    "adapter": {"r": "rank", "lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
-                "num_layers": "layers", "target_modules": "keys", "fine_tune_type": "type"},
-    "data": {"dataset_name": "path", "prompt_key": "prompt_field", "system": "system_prompt",
-             "use_chat_template": "chat_template"},
-}
+    sec: {a: f.name for f in dataclasses.fields(cls) for a in f.metadata.get("section_aliases", ())}
+    for sec, cls in SECTIONS.items()}
+SECTION_KEY_ALIASES["adapter"]["lora_alpha"] = "alpha"
 # ``judge_system: TEXT`` becomes ``options.system`` of the llama judge(s).
 JUDGE_SYSTEM_KEY = "judge_system"
 LLAMA_JUDGE = "llama"
+# One line of help per key: `tui-trainer init` writes it above the key, argparse shows it.
+FIELD_HELP: dict[str, str] = {k: f.metadata["help"] for k, f in DECLARED.items()}
 
 # Why the learning defaults are what they are (`tui-trainer init` writes it into the config).
 DEFAULTS_REASON = ("Defaults from a measured sweep (bench/learning.py, bench/RESULTS.md): actor_lr 2e-5 with 4 "
                    "samples per prompt keeps approx_kl near 0.01 and clip fraction under 0.1 per step; 5e-5 "
                    "left the trust region (approx_kl 0.06-0.2, KL > 5 nats by step 8).")
-
-# One line of help per key: `tui-trainer init` writes it above the key, argparse shows it.
-FIELD_HELP: dict[str, str] = {
-    "model": "policy: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct",
-    "reference_model": "KL reference: null = the policy with its adapter switched off (no second model in memory)",
-    "quantized_base": "keep a quantized base quantized (QLoRA style); null = yes on GPU, dequantize to f32 on CPU",
-    "adapter": "what is trained (aliases: lora_rank/rank, lora_alpha/alpha, lora_dropout, num_layers, lora_parameters:)",
-    "adapter.type": "lora | dora | full (full trains every weight)",
-    "adapter.rank": "adapter rank (alias lora_rank, r)",
-    "adapter.scale": "mlx-lm scale multiplying the adapter output; giving alpha instead sets scale = alpha / rank",
-    "adapter.dropout": "adapter dropout, 0 <= dropout < 1",
-    "adapter.layers": "number of last transformer blocks that get adapters; -1 = all",
-    "adapter.keys": "module names inside a block to adapt, e.g. [self_attn.q_proj, self_attn.v_proj]; null = mlx-lm defaults",
-    "data": "prompts to train on",
-    "data.path": "JSONL / JSON / parquet / CSV / TXT file, a saved datasets directory or a cached datasets name; null = embedded prompts",
-    "data.prompt_field": "field holding the prompt text (a chat `messages` list is used when the row has one)",
-    "data.split": "split to use for a datasets dataset",
-    "data.chat_template": "wrap prompts in the tokenizer's chat template (false = plain text)",
-    "data.system_prompt": "system message added to prompts that have none; null = the template's default",
-    "data.shuffle": "shuffle the prompts each epoch (deterministic from seed)",
-    "data.drop_long": "drop prompts longer than the context instead of stopping with an error",
-    "mode": "ppo | pairwise | rloo | grpo (rloo and grpo use a group baseline, no value head)",
-    "pairwise_objective": "pairwise mode: ppo (verdicts become rewards) | studio (MLX-LoRA-Studio objective, "
-                          "as documented) | studio_sigmoid (its variant that keeps the verdict's sign)",
-    "batch_size": "prompts per step (alias per_device_train_batch_size)",
-    "num_samples": "completions per prompt; pairwise needs 2 and gets it by default (alias num_generations)",
-    "max_new_tokens": "longest completion in tokens (aliases max_completion_length, response_length, rl_max_new_tokens)",
-    "temperature": "sampling temperature; 0 = greedy",
-    "top_p": "nucleus sampling, 0 < top_p <= 1 (1 = off)",
-    "top_k": "sample among the k likeliest tokens; 0 = off",
-    "beta": "KL penalty coefficient (aliases kl_coef, init_kl_coef, rl_kl_coef)",
-    "kl_target": "adaptive KL controller target; null = fixed beta (alias target)",
-    "target_kl": "early stop: the rest of a step's minibatches are skipped once one has approx_kl > 1.5 x "
-                 "target_kl (SB3 / TRL <= 0.11); null = never",
-    "kl_horizon": "adaptive KL controller horizon in samples (alias horizon)",
-    "kl_estimator": "k1 | k3: the KL estimator reported and penalised",
-    "epsilon": "policy ratio clip range (aliases clip_range, cliprange, rl_clip_range)",
-    "value_clip": "value clip range (aliases cliprange_value, clip_range_value)",
-    "vf_coef": "value loss coefficient",
-    "entropy_coef": "entropy bonus coefficient; 0 = off",
-    "gamma": "discount, 0 < gamma <= 1 (alias rl_gamma)",
-    "lam": "GAE lambda, 0 <= lam <= 1 (aliases gae_lambda, rl_gae_lambda)",
-    "ppo_epochs": "passes over each batch of rollouts (aliases num_ppo_epochs, rl_num_ppo_epochs)",
-    "minibatch_size": "sequences per minibatch, at most batch_size * num_samples (alias mini_batch_size)",
-    "grad_accum": "minibatches whose gradients are summed before an optimizer step (alias gradient_accumulation_steps)",
-    "actor_lr": "policy (adapter) learning rate (alias learning_rate)",
-    "critic_lr": "value head learning rate",
-    "scheduler": "learning-rate schedule: constant | linear | cosine",
-    "warmup_steps": "steps of linear learning-rate warm-up",
-    "max_grad_norm": "gradient clipping norm",
-    "whiten_rewards": "whiten rewards over the batch before GAE",
-    "score_scale": "multiply judge scores by this before they become rewards",
-    "score_clip": "clip scaled scores to [-score_clip, score_clip]; null = no clipping",
-    "missing_eos_penalty": "subtracted from the score of a completion that never emits EOS; null = off",
-    "seed": "random seed (sampling, data order, initialisation)",
-    "steps": "PPO steps to run (aliases max_steps, iters)",
-    "save_every": "checkpoint every N steps (and always on stop); 0 = only on stop",
-    "run_dir": "where config.yaml, metrics.jsonl, samples.jsonl and checkpoints/ go (alias output_dir)",
-    "judges": "reward judges, weighted sum of their scores: a list of {name, weight, options}",
-    "judge_failure": "when a judge fails: drop (the sample) | retry | stop (the run)",
-    "judge_retries": "retries before a failing judge counts as failed",
-    "judge_timeout": "seconds a judge may take for one call",
-}
 
 _SECTION_ORDER_HEADERS = {"model": "model", "mode": "algorithm", "seed": "run"}
 
@@ -538,77 +517,21 @@ def _validate(cfg: Config, merged: dict[str, _Value]) -> None:
         where, shown = (v.where, v.key) if v is not None else ("default", key)
         raise _fail(where, shown, message)
 
-    def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
-        check(key, value in choices, f"must be one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}")
-
-    def at_least(key: str, value: float, low: float) -> None:
-        check(key, value >= low, f"must be >= {low:g}, got {value:g}")
-
-    def above(key: str, value: float, low: float) -> None:
-        check(key, value > low, f"must be > {low:g}, got {value:g}")
-
-    a, d = cfg.adapter, cfg.data
-    one_of("adapter.type", a.type, ADAPTER_TYPES)
-    at_least("adapter.rank", a.rank, 1)
-    above("adapter.scale", a.scale, 0)
-    check("adapter.dropout", 0 <= a.dropout < 1, f"must be in [0, 1), got {a.dropout:g}")
-    check("adapter.layers", a.layers == -1 or a.layers >= 1, f"must be -1 (all) or >= 1, got {a.layers}")
-    check("adapter.keys", a.keys is None or (len(a.keys) > 0 and all(k.strip() for k in a.keys)),
-          "must be null or a non-empty list of module names")
-    check("data.path", d.path is None or d.path.strip() != "", "must not be empty (null = embedded prompts)")
-    check("data.prompt_field", d.prompt_field.strip() != "", "must not be empty")
-    check("data.split", d.split.strip() != "", "must not be empty")
-
-    check("model", cfg.model is None or cfg.model.strip() != "", "must not be empty (null = embedded model)")
-    one_of("mode", cfg.mode, MODES)
-    one_of("pairwise_objective", cfg.pairwise_objective, PAIRWISE_OBJECTIVES)
-    at_least("batch_size", cfg.batch_size, 1)
-    at_least("num_samples", cfg.num_samples, 1)
+    for dotted, decl in DECLARED.items():  # each key's own range, as declared
+        rule = decl.metadata.get("check")
+        if rule is not None:
+            sec, _, name = dotted.rpartition(".")
+            problem = rule(getattr(getattr(cfg, sec) if sec else cfg, name))
+            check(dotted, problem is None, problem or "")
+    # checks across keys
     if cfg.mode == "pairwise":
         check("num_samples", cfg.num_samples == 2, f"pairwise mode needs num_samples = 2, got {cfg.num_samples}")
     if cfg.mode in ("rloo", "grpo"):
         check("num_samples", cfg.num_samples >= 2,
               f"{cfg.mode} mode needs num_samples >= 2 (its baseline is the other samples of a prompt), got {cfg.num_samples}")
-    at_least("max_new_tokens", cfg.max_new_tokens, 1)
-    at_least("temperature", cfg.temperature, 0)
-    check("top_p", 0 < cfg.top_p <= 1, f"must be in (0, 1], got {cfg.top_p:g}")
-    at_least("top_k", cfg.top_k, 0)
-    at_least("beta", cfg.beta, 0)
-    if cfg.kl_target is not None:
-        above("kl_target", cfg.kl_target, 0)
-    if cfg.target_kl is not None:
-        above("target_kl", cfg.target_kl, 0)
-    at_least("kl_horizon", cfg.kl_horizon, 1)
-    one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)
-    above("epsilon", cfg.epsilon, 0)
-    above("value_clip", cfg.value_clip, 0)
-    at_least("vf_coef", cfg.vf_coef, 0)
-    at_least("entropy_coef", cfg.entropy_coef, 0)
-    check("gamma", 0 < cfg.gamma <= 1, f"must be in (0, 1], got {cfg.gamma:g}")
-    check("lam", 0 <= cfg.lam <= 1, f"must be in [0, 1], got {cfg.lam:g}")
-    at_least("ppo_epochs", cfg.ppo_epochs, 1)
-    at_least("minibatch_size", cfg.minibatch_size, 1)
     rollouts = cfg.batch_size * cfg.num_samples
     check("minibatch_size", cfg.minibatch_size <= rollouts,
           f"{cfg.minibatch_size} is larger than batch_size * num_samples = {rollouts}")
-    at_least("grad_accum", cfg.grad_accum, 1)
-    above("actor_lr", cfg.actor_lr, 0)
-    at_least("critic_lr", cfg.critic_lr, 0)
-    one_of("scheduler", cfg.scheduler, SCHEDULERS)
-    at_least("warmup_steps", cfg.warmup_steps, 0)
-    above("max_grad_norm", cfg.max_grad_norm, 0)
-    above("score_scale", cfg.score_scale, 0)
-    if cfg.score_clip is not None:
-        above("score_clip", cfg.score_clip, 0)
-    if cfg.missing_eos_penalty is not None:
-        at_least("missing_eos_penalty", cfg.missing_eos_penalty, 0)
-    at_least("seed", cfg.seed, 0)
-    at_least("steps", cfg.steps, 1)
-    at_least("save_every", cfg.save_every, 0)
-    check("run_dir", cfg.run_dir.strip() != "", "must not be empty")
-    one_of("judge_failure", cfg.judge_failure, JUDGE_FAILURES)
-    at_least("judge_retries", cfg.judge_retries, 0)
-    above("judge_timeout", cfg.judge_timeout, 0)
 
 
 # ----------------------------------------------------------------------------- YAML files
@@ -781,23 +704,9 @@ def write_commented_config(path: str | os.PathLike, cfg: Config | None = None) -
 # ----------------------------------------------------------------------------- command line
 
 # flag -> (key, type); every flag defaults to None so that "not given" is visible.
-CLI_FLAGS: dict[str, tuple[str, Any]] = {
-    "--steps": ("steps", int),
-    "--run-dir": ("run_dir", str),
-    "--model": ("model", str),
-    "--mode": ("mode", str),
-    "--seed": ("seed", int),
-    "--batch-size": ("batch_size", int),
-    "--num-samples": ("num_samples", int),
-    "--max-new-tokens": ("max_new_tokens", int),
-    "--temperature": ("temperature", float),
-    "--beta": ("beta", float),
-    "--actor-lr": ("actor_lr", float),
-    "--critic-lr": ("critic_lr", float),
-    "--ppo-epochs": ("ppo_epochs", int),
-    "--save-every": ("save_every", int),
-    "--data": ("data.path", str),
-}
+_FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+CLI_FLAGS: dict[str, tuple[str, Any]] = {f.metadata["flag"]: (k, _FLAG_TYPES[f.type]) for k, f in DECLARED.items()
+                                         if f.metadata.get("flag")}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
