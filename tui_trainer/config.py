@@ -427,13 +427,24 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
+def judge_specs(value: Any, where: str = "judge list") -> list[JudgeSpec]:
+    """``value`` (a list of {name, weight, options} mappings, judge names or JudgeSpecs) as checked
+    JudgeSpecs, or a ConfigError (one line). The one check of judge entries: config files and
+    ``build_judge_set`` both come through here."""
+    if isinstance(value, JudgeSpec):
+        value = [value]
+    if isinstance(value, list):
+        value = [dataclasses.asdict(x) if isinstance(x, JudgeSpec) else x for x in value]
+    return _judges(value, _Value(value, where, "judges"))
+
+
 def _judges(value: Any, v: _Value) -> list[JudgeSpec]:
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
         raise _fail(v.where, v.key, f"expected a list of {{name, weight, options}}, got {type(value).__name__} {_short(value)}")
     if not value:
-        raise _fail(v.where, v.key, "needs at least one judge")
+        raise _fail(v.where, v.key, "no judges: list at least one {name, weight, options}")
     known = _fields(JudgeSpec)
     hints = _hints(JudgeSpec)
     specs = []

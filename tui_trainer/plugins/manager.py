@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata as md
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,10 +19,11 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
+from tui_trainer.config import judge_specs
 from tui_trainer.errors import ConfigError, TrainerError
 from tui_trainer.plugins.hookspecs import ENTRY_POINT_GROUP, KINDS, PROJECT, JudgeSpecs, Option
 from tui_trainer.plugins.judge import JudgeContext, one_line
-from tui_trainer.plugins.judgeset import FAILURE_MODES, MAX_ABS_SCORE, MAX_CONSECUTIVE_FAILURES, JudgeSet, Member
+from tui_trainer.plugins.judgeset import MAX_ABS_SCORE, MAX_CONSECUTIVE_FAILURES, JudgeSet, Member
 from tui_trainer.plugins.options import resolve
 
 DISABLE_ENV = "TUI_TRAINER_DISABLE_PLUGINS"
@@ -250,18 +250,14 @@ def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | o
                     max_abs_score: float | None = MAX_ABS_SCORE) -> JudgeSet:
     """The judges of a run from ``cfg.judges`` (JudgeSpec objects or dicts with name,
     weight, options). Raises ConfigError for an unknown judge or a bad option."""
-    specs = list(specs)
-    if not specs:
-        raise ConfigError("no judges configured: list at least one under judges:")
-    if failure not in FAILURE_MODES:
-        raise ConfigError(f"judge_failure must be one of {', '.join(FAILURE_MODES)}, got {failure!r}")
+    specs = judge_specs(list(specs))
     reg = registry if registry is not None else get_plugin_manager()
     log = log or (lambda message: None)
     members: list[Member] = []
     counts: dict[str, int] = {}
     try:
         for i, spec in enumerate(specs):
-            name, weight, options = _spec_fields(spec)
+            name, weight, options = spec.name, spec.weight, spec.options
             counts[name] = counts.get(name, 0) + 1
             key = name if counts[name] == 1 else f"{name}_{counts[name]}"
             context = JudgeContext(name=key, run_dir=Path(run_dir) if run_dir is not None else None,
@@ -274,23 +270,3 @@ def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | o
     except BaseException:
         JudgeSet.close_members(members)
         raise
-
-
-def _spec_fields(spec: Any) -> tuple[str, float, dict[str, Any]]:
-    if isinstance(spec, dict):
-        unknown = set(spec) - {"name", "weight", "options"}
-        if unknown:
-            raise ConfigError(f"judge entry has unknown keys: {', '.join(sorted(unknown))} "
-                              "(a judge has name, weight, options)")
-        name, weight, options = spec.get("name"), spec.get("weight", 1.0), spec.get("options") or {}
-    else:
-        name = getattr(spec, "name", None)
-        weight = getattr(spec, "weight", 1.0)
-        options = getattr(spec, "options", None) or {}
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"judge entry needs a name, got {name!r}")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-        raise ConfigError(f"judge {name}: weight must be a finite number, got {weight!r}")
-    if not isinstance(options, dict):
-        raise ConfigError(f"judge {name}: options must be a mapping, got {type(options).__name__}")
-    return name, float(weight), options
