@@ -93,11 +93,17 @@ class Policy(nn.Module):
             dims = model.args.hidden_size
         self.value_head = ValueHead(dims)
         self.prefix_layers = frozen_prefix_layers(model, self.adapter_layers, adapter.type)
+        self._prefix = _Hold(FrozenPrefix(self.prefix_layers))
         model.eval()  # no dropout in PPO
         lora = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout}
         if adapter.keys:
             lora["keys"] = list(adapter.keys)
         self._lora = _Hold(lora)
+
+    @property
+    def frozen_prefix(self) -> "FrozenPrefix":
+        """The cache of the frozen leading blocks' output for the batch being trained on."""
+        return self._prefix.value
 
     @property
     def lora_parameters(self) -> dict:
@@ -160,6 +166,42 @@ def prefix_hidden(model: nn.Module, tokens: mx.array, left_pad: mx.array, n_laye
     for layer in backbone.layers[:n_layers]:
         h = layer(h, mask, cache=pos)
     return mx.stop_gradient(h)
+
+
+class FrozenPrefix:
+    """The output of the leading blocks that carry no adapter, for one rollout batch.
+
+    Those blocks are identical for the policy and its reference, so their output is computed
+    once per step (``fill``) and reused by the reference pass, the value pass and every PPO
+    minibatch (``rows``); no gradient goes through it. With no such blocks (``n_layers`` 0:
+    full fine-tuning, adapters on every block, a model family that cannot run blocks apart)
+    ``rows`` gives None and the forward runs from the embeddings.
+    """
+
+    def __init__(self, n_layers: int):
+        self.n_layers = n_layers
+        self._batch: tuple | None = None
+
+    def fill(self, model: nn.Module, roll, chunks: list[list[int]]) -> None:
+        """Compute the prefix of every row of ``roll`` (a Rollout), ``chunks`` rows at a time."""
+        self._batch = None
+        if not self.n_layers:
+            return
+        hidden = mx.concatenate([prefix_hidden(model, roll.tokens[mx.array(idx)], roll.left_pad[mx.array(idx)],
+                                               self.n_layers) for idx in chunks])
+        mx.eval(hidden)
+        self._batch = (hidden, roll.left_pad, roll.prompt_width, roll.lengths)
+
+    def rows(self, idx: list[int]) -> tuple[int, mx.array] | None:
+        """``(n_layers, hidden)`` for rows ``idx``, with the columns ``trim_rows`` keeps; None without a prefix."""
+        if self._batch is None:
+            return None
+        hidden, left_pad, prompt_width, lengths = self._batch
+        cut = int(left_pad[mx.array(idx)].min().item())
+        return self.n_layers, hidden[mx.array(idx), cut:prompt_width + max(1, max(lengths[i] for i in idx)) - 1]
+
+    def clear(self) -> None:
+        self._batch = None
 
 
 def hidden_states(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width: int,

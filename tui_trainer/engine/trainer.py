@@ -46,7 +46,7 @@ from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, s
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import load_policy, locate_model
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
-from tui_trainer.engine.policy import Policy, evaluate, hidden_states, prefix_hidden, reference_logprobs
+from tui_trainer.engine.policy import FrozenPrefix, Policy, evaluate, hidden_states, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
 from tui_trainer.engine.runfiles import RunFiles, RunLock, check_run_dir, cut_to_step
 
@@ -544,7 +544,8 @@ class Trainer:
 
         self._begin_phase("reference")
         self._progress("reference", 0, len(chunks), "minibatches")
-        prefix = self._frozen_prefix(roll, chunks)
+        prefix = self.policy.frozen_prefix
+        prefix.fill(self.policy.model, roll, chunks)
         logp_ref, values_old = self._reference_pass(roll, chunks, prefix, with_values=obj.critic)
         kl_seq, stats = self._kl_stats(roll.logprobs, logp_ref, mask, keep)
         targets = obj.targets(Batch(scores, raw_scores, keep, mask, roll.response_mask, roll.logprobs, logp_ref,
@@ -555,7 +556,10 @@ class Trainer:
 
         self._begin_phase("update")
         rows = [i for i in range(mask.shape[0]) if keep[i].item() > 0]
-        stats.update(self._fit(roll, rows, mask, logp_ref, targets, prefix, shuffle, stats))
+        try:
+            stats.update(self._fit(roll, rows, mask, logp_ref, targets, prefix, shuffle, stats))
+        finally:
+            prefix.clear()
         self._end_phase("update")
         stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask).item())
         if obj.critic:
@@ -563,23 +567,7 @@ class Trainer:
                                                                        mask).item())
         return stats
 
-    def _frozen_prefix(self, roll: Rollout, chunks: list[list[int]]):
-        """The output of the leading blocks that carry no adapter, for the whole batch, once (or None);
-        ``prefix(idx)`` gives rows ``idx`` trimmed like ``trim_rows``."""
-        k = self.policy.prefix_layers
-        if not k:
-            return lambda idx: None
-        hidden = mx.concatenate([prefix_hidden(self.policy.model, roll.tokens[mx.array(idx)],
-                                               roll.left_pad[mx.array(idx)], k) for idx in chunks])
-        mx.eval(hidden)
-
-        def prefix(idx: list[int]):
-            cut = int(roll.left_pad[mx.array(idx)].min().item())
-            return k, hidden[mx.array(idx), cut:roll.prompt_width + max(1, max(roll.lengths[i] for i in idx)) - 1]
-
-        return prefix
-
-    def _reference_pass(self, roll: Rollout, chunks, prefix, with_values: bool):
+    def _reference_pass(self, roll: Rollout, chunks, prefix: FrozenPrefix, with_values: bool):
         """Reference log-probs (adapter off) and, for a critic, the value head's V(s_t); no gradient."""
         R = roll.response_mask.shape[1]
         ref_parts, val_parts = [], []
@@ -587,7 +575,7 @@ class Trainer:
             self._check_abort()
             tok, lp, p_w, r_w = trim_rows(roll, idx)
             pad = [(0, 0), (0, R - r_w)]
-            pre = prefix(idx)
+            pre = prefix.rows(idx)
             ref = reference_logprobs(self.policy, tok, lp, p_w, self.cfg.temperature, self.reference,
                                      None if self.reference else pre)
             ref_parts.append(mx.pad(ref, pad))
@@ -636,7 +624,7 @@ class Trainer:
                     "adv": t.advantages[ids, :r_w], "logp_ref": logp_ref[ids, :r_w],
                     "values_old": t.values_old[ids, :r_w] if t.values_old is not None else None,
                     "returns": t.returns[ids, :r_w] if t.returns is not None else None,
-                    "prefix": prefix(mb),
+                    "prefix": prefix.rows(mb),
                 }
                 (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
                 if not _all_finite(loss, grads):
