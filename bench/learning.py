@@ -217,6 +217,8 @@ def main(argv=None) -> int:
             s.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
             s.add_argument("--mode-steps", action="append", default=[], metavar="MODE=N",
                            help="steps for one mode instead of --steps (e.g. 'rloo=30')")
+            s.add_argument("--record", action="append", default=[], metavar="LABEL=PATH",
+                           help="also show a run recorded earlier (a JSON of bench/records/), under LABEL")
     args = p.parse_args(argv)
     if args.cmd == "child":
         res = run_one(json.loads(args.overrides), args.steps, args.seed)
@@ -254,14 +256,17 @@ def main(argv=None) -> int:
         section = "## Learning curves"
         label_of = {name_of({**fixed, **MODES[m]}, s): f"{m} (seed {s})" for m in MODES for s in seeds}
         curves = {label_of[n]: results[n] for n in results}
-        png = ROOT / "bench" / "learning.png"
-        drawn = plot(curves, png)
         lines = [section, "", header(cmd), "",
                  f"Default config, {args.steps} steps per mode unless the command says otherwise; windows of "
                  f"{args.window} steps. approx_kl and clip fraction are per-step means over the update's "
                  "minibatches. The pairwise modes' score is the rules judge's own score (their verdict "
                  "rewards average 0 by construction).", ""]
-        lines += table([(label_of[n], s) for n, s in rows])
+        recorded = [kv.split("=", 1) for kv in args.record]
+        for label, path in recorded:
+            curves[label] = json.loads(Path(path).read_text())
+        lines += table([(label_of[n], s) for n, s in rows]
+                       + [(label, summary(curves[label], args.window)) for label, _ in recorded])
+        drawn = plot(curves, ROOT / "bench" / "learning.png")
         if drawn:
             lines += ["", "![learning curves](learning.png)"]
     text = "\n".join(lines)

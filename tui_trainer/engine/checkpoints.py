@@ -18,7 +18,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from tui_trainer.errors import TrainerError
+from tui_trainer.errors import TrainerError, one_line
 from tui_trainer.fileio import atomic_write_json
 
 
@@ -77,7 +77,7 @@ def load_checkpoint(path: Path) -> dict:
         optim = mx.load(str(opt_file)) if opt_file.exists() else {}
         adapter_config = json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError, RuntimeError) as exc:
-        raise TrainerError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+        raise TrainerError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
     opt_states: dict[str, dict] = {}
     for key, value in optim.items():
         name, rest = key.split(".", 1)

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from tui_trainer.embedded import default_model_path
-from tui_trainer.errors import ModelError
+from tui_trainer.errors import ModelError, one_line
 
 __all__ = ["default_model_path", "load_policy", "locate_model", "hidden_and_head", "on_gpu", "compute_dtype"]
 
@@ -83,10 +83,9 @@ def _load_mlx_lm(path: str, quantized: bool, shown: str | None = None):
     try:
         model, tokenizer = load(path)
     except FileNotFoundError as exc:
-        raise ModelError(f"{shown}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{shown}: {one_line(exc).removeprefix('FileNotFoundError: ')}") from None
     except Exception as exc:  # mlx-lm raises many types for a broken directory
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{shown}: cannot load as an mlx-lm model ({first})") from None
+        raise ModelError(f"{shown}: cannot load as an mlx-lm model ({one_line(exc)})") from None
     if not quantized and not on_gpu():
         _dequantize_model(model)
     return model, tokenizer

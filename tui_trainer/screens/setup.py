@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 from tui_trainer.config import Config, JudgeSpec
+from tui_trainer.errors import one_line
 from tui_trainer.screens.plugins import JudgeInfo, check_judge_options, judge_catalog
 from tui_trainer.widgets.format import printable
 
@@ -249,7 +250,7 @@ class SetupScreen(Screen):
         try:
             return self.form_config()
         except Exception as exc:  # ValueError from the form or ConfigError from validation
-            self.say(" ".join(str(exc).split()) or type(exc).__name__, error=True)
+            self.say(one_line(exc), error=True)
             return None
 
     def say(self, text: str, *, error: bool = False) -> None:
@@ -275,7 +276,7 @@ class SetupScreen(Screen):
         try:
             save_config(cfg, path)
         except Exception as exc:
-            self.say(f"could not save {path}: {' '.join(str(exc).split())}", error=True)
+            self.say(f"could not save {path}: {one_line(exc)}", error=True)
             return
         self.config_path = path
         self.say(f"saved {path}")
@@ -286,7 +287,7 @@ class SetupScreen(Screen):
         try:
             cfg = load_config(path)
         except Exception as exc:
-            self.say(" ".join(str(exc).split()) or f"could not load {path}", error=True)
+            self.say(one_line(exc), error=True)
             return
         screen = SetupScreen(cfg, config_path=path, resume=self.query_one("#resume", Checkbox).value)
         self.app.switch_screen(screen)
