@@ -19,36 +19,33 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
-from tui_trainer.config import Config, JudgeSpec
+from tui_trainer.config import DECLARED, JUDGE_FAILURES, MODES, PAIRWISE_OBJECTIVES, Config, JudgeSpec
 from tui_trainer.errors import one_line
 from tui_trainer.screens.plugins import JudgeInfo, check_judge_options, judge_catalog
 from tui_trainer.widgets.format import printable
 
-MODES = ("ppo", "pairwise", "rloo", "grpo")
-PAIRWISE_OBJECTIVES = ("ppo", "studio")
-JUDGE_FAILURES = ("drop", "retry", "stop")
 DEFAULT_CONFIG_PATH = "tui-trainer.yaml"
 
-# (YAML key, label, type): type is int, float, "float?" (empty = null) or "str?" (empty = null)
-TEXT_FIELDS = (
-    ("model", "model", "str?"),
-    ("data.path", "data", "str?"),
-    ("run_dir", "run dir", "str"),
-)
+# The form's fields: (key, label). Each key's type (and whether empty means null) comes from its
+# declaration in config.py; the labels are the form's own short names.
+TEXT_FIELDS = (("model", "model"), ("data.path", "data"), ("run_dir", "run dir"))
 PLACEHOLDERS = {
     "model": "embedded SmolLM2-135M-Instruct (or a model dir / .gguf)",
     "data.path": "embedded prompts (or a JSONL/CSV/parquet file)",
 }
 HYPER_FIELDS = (
-    ("steps", "steps", int), ("batch_size", "batch size", int),
-    ("num_samples", "samples/prompt", int), ("max_new_tokens", "max new tokens", int),
-    ("temperature", "temperature", float), ("beta", "KL beta", float),
-    ("kl_target", "KL target", "float?"), ("epsilon", "clip epsilon", float),
-    ("ppo_epochs", "PPO epochs", int), ("minibatch_size", "minibatch", int),
-    ("actor_lr", "actor lr", float), ("critic_lr", "critic lr", float),
-    ("adapter.rank", "LoRA rank", int), ("save_every", "save every", int),
-    ("seed", "seed", int),
+    ("steps", "steps"), ("batch_size", "batch size"), ("num_samples", "samples/prompt"),
+    ("max_new_tokens", "max new tokens"), ("temperature", "temperature"), ("beta", "KL beta"),
+    ("kl_target", "KL target"), ("epsilon", "clip epsilon"), ("ppo_epochs", "PPO epochs"),
+    ("minibatch_size", "minibatch"), ("actor_lr", "actor lr"), ("critic_lr", "critic lr"),
+    ("adapter.rank", "LoRA rank"), ("save_every", "save every"), ("seed", "seed"),
 )
+_KINDS = {"int": int, "float": float, "float | None": "float?", "str": "str", "str | None": "str?"}
+
+
+def kind_of(key: str) -> Any:
+    """How the form parses ``key``: int, float, "float?" / "str?" (empty = null) or "str"."""
+    return _KINDS[DECLARED[key].type]
 
 
 def get_key(cfg: Config, key: str) -> Any:
@@ -176,7 +173,7 @@ class SetupScreen(Screen):
                 yield Button("Load", compact=True, id="load")
                 yield Button("Save", compact=True, id="save")
             yield Static("model & data", classes="section")
-            for key, label, _ in TEXT_FIELDS:
+            for key, label in TEXT_FIELDS:
                 with Horizontal(classes="row"):
                     yield Label(label, classes="label")
                     yield Input(show_value(get_key(cfg, key)), placeholder=PLACEHOLDERS.get(key, ""),
@@ -206,7 +203,7 @@ class SetupScreen(Screen):
                 pairs = [HYPER_FIELDS[i:i + 2] for i in range(0, len(HYPER_FIELDS), 2)]
                 for pair in pairs:
                     with Horizontal(classes="row"):
-                        for key, label, _ in pair:
+                        for key, label in pair:
                             yield Label(label, classes="label")
                             yield Input(show_value(get_key(cfg, key)), compact=True, id=field_id(key),
                                         classes="hyper-input")
@@ -233,8 +230,8 @@ class SetupScreen(Screen):
         from tui_trainer.config import config_to_dict, load_config
 
         tree = config_to_dict(self.base)
-        for key, label, kind in (*TEXT_FIELDS, *HYPER_FIELDS):
-            set_key(tree, key, parse_field(label, self.query_one(f"#{field_id(key)}", Input).value, kind))
+        for key, label in (*TEXT_FIELDS, *HYPER_FIELDS):
+            set_key(tree, key, parse_field(label, self.query_one(f"#{field_id(key)}", Input).value, kind_of(key)))
         for key in ("mode", "pairwise_objective", "judge_failure"):
             set_key(tree, key, self.query_one(f"#f-{key}", Select).value)
         judges = [row.read() for row in self.query(JudgeRow)]
