@@ -33,7 +33,7 @@ from textual.message import Message
 
 from tui_trainer.config import Config
 from tui_trainer.events import CheckpointSaved, JudgeRequest, LogMessage, Progress, RunState, Sample, StepMetrics
-from tui_trainer.runner import PromptBridge, Runner, RunResult, resolve, skip_answer, stop_signals
+from tui_trainer.runner import ENGINE_CLEANUP_WAIT, PromptBridge, Runner, RunResult, resolve, skip_answer, stop_signals
 from tui_trainer.text import printable
 
 __all__ = ["TrainerApp", "EngineEvent", "run_app"]
@@ -452,7 +452,6 @@ class TrainerApp(App[int]):
 
 FLUSH_SECONDS = 1.0  # the dashboard's redraw period
 HANGUP_GRACE = 3.0  # seconds the UI gets to close by itself once the run has stopped
-ENGINE_CLEANUP_WAIT = 30.0  # seconds to let the engine thread release MLX after the last run
 
 
 def run_app(config: Config | None = None, *, config_path: str | None = None, resume: bool = False,

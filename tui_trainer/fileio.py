@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else its closest ancestor that does (where it would be created)."""
+    above = Path(path)
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    return above
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
     target = Path(path)

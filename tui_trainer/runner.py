@@ -28,7 +28,9 @@ from tui_trainer.config import Config
 from tui_trainer.errors import TrainerError, one_line
 from tui_trainer.events import JudgeRequest, RunState, Verdict
 
-__all__ = ["Runner", "RunResult", "PromptBridge", "skip_answer", "resolve", "stop_signals"]
+ENGINE_CLEANUP_WAIT = 30.0  # seconds to let the engine thread release MLX after the last run
+
+__all__ = ["ENGINE_CLEANUP_WAIT", "Runner", "RunResult", "PromptBridge", "skip_answer", "resolve", "stop_signals"]
 
 
 def skip_answer(request: JudgeRequest) -> Verdict | None:

@@ -22,6 +22,7 @@ def check_output(output: str, source: Path) -> None:
     """Refuse an output that would destroy something: the labels being exported, a directory,
     or anything but a regular file (a device node, a pipe: the atomic rename would replace it)."""
     from tui_trainer.errors import TrainerError
+    from tui_trainer.fileio import nearest_existing
 
     out = Path(output)
     if out.exists() or out.is_symlink():
@@ -33,9 +34,7 @@ def check_output(output: str, source: Path) -> None:
         if source.exists() and out.resolve() == source.resolve():
             raise TrainerError(f"{output}: is the labels file being exported; writing there would replace "
                                "the human verdicts; choose another file")
-    above = out.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = nearest_existing(out.parent)
     if not above.is_dir():
         raise TrainerError(f"{output}: cannot write there ({above} is not a directory)")
 

@@ -56,9 +56,6 @@ def run(args: argparse.Namespace) -> int:
     return run_headless(config, resume=args.resume)
 
 
-ENGINE_CLEANUP_WAIT = 30.0  # seconds to let the engine thread release MLX after the run
-
-
 def run_headless(config, resume: bool = False) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -66,7 +63,7 @@ def run_headless(config, resume: bool = False) -> int:
 
     from tui_trainer import events as ev
     from tui_trainer.plugins.builtin.human import ConsolePrompter
-    from tui_trainer.runner import Runner, RunResult, stop_signals
+    from tui_trainer.runner import ENGINE_CLEANUP_WAIT, Runner, RunResult, stop_signals
     from tui_trainer.text import printable
     from tui_trainer.widgets.format import PHASE_LABELS, format_duration, progress_text
 

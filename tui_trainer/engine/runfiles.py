@@ -21,7 +21,7 @@ from typing import Any
 
 from tui_trainer import events as ev
 from tui_trainer.errors import TrainerError
-from tui_trainer.fileio import atomic_write_text
+from tui_trainer.fileio import atomic_write_text, nearest_existing
 
 LOCK_FILE = ".lock"
 CUT_FILES = ("metrics.jsonl", "samples.jsonl")
@@ -71,9 +71,7 @@ def check_run_dir(run_dir: Path) -> None:
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise TrainerError(f"run_dir {path}: exists and is not a directory")
-    above = path
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = nearest_existing(path)
     if not above.is_dir():
         raise TrainerError(f"run_dir {path}: cannot create it ({above} is a file, not a directory)")
     if not path.exists() and not os.access(above, os.W_OK | os.X_OK):

@@ -85,6 +85,7 @@ class Trainer:
         called in ``setup`` (``tui_trainer.run.build_run`` makes them from the config)."""
         self.cfg = config
         self._user_observer = observer
+        self._observer = observer  # + the run files once setup has opened them
         self._make_judges, self._read_prompts = judges, prompts
         self.judges: Any = None  # built in setup, closed when the run ends
         self.files: RunFiles | None = None
@@ -153,7 +154,6 @@ class Trainer:
         """
         cfg = self.cfg
         t_load = time.perf_counter()
-        self._observer = self._user_observer
 
         def loaded(done: int, detail: str) -> None:  # start-up, before step 1: the "loading" phase
             self.emit(ev.Progress(0, "loading", done, 4, "parts", detail=detail,
@@ -281,7 +281,6 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> ev.RunState:
-        self._observer = self._user_observer
         try:
             self.setup()
             self.judges.interrupt = self._abort
