@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import yaml
 
 from tui_trainer.errors import ConfigError
 from tui_trainer.fileio import atomic_write_text
+from tui_trainer.values import WrongValue, convert, short
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -267,11 +266,6 @@ def _fail(where: str, key: str, message: str) -> ConfigError:
     return ConfigError(" ".join(text.split()))
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _flatten(raw: dict, source: _Source) -> dict[str, _Value]:
     """Map one source's keys (aliases, sections, dotted keys) onto canonical dotted keys."""
     top = _fields(Config)
@@ -297,7 +291,7 @@ def _flatten(raw: dict, source: _Source) -> dict[str, _Value]:
             put("data.path", body, raw_key, raw_key)  # `data: prompts.jsonl` shorthand
             return
         if not isinstance(body, dict):
-            raise _fail(source.where(raw_key), raw_key, f"expected a mapping of {sec} settings, got {type(body).__name__} {_short(body)}")
+            raise _fail(source.where(raw_key), raw_key, f"expected a mapping of {sec} settings, got {type(body).__name__} {short(body)}")
         known = set(_fields(SECTIONS[sec])) | ({"alpha"} if sec == "adapter" else set())
         aliases = SECTION_KEY_ALIASES.get(sec, {})
         for sub, value in body.items():
@@ -345,86 +339,12 @@ def _merge(layers: list[dict[str, _Value]]) -> dict[str, _Value]:
 
 # ----------------------------------------------------------------------------- types
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any, v: _Value, shown: Any = None) -> Any:
-    """Check ``value`` against the annotation ``tp``; accept numeric text for numbers."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], v, shown=tp)
-
-    def wrong() -> ConfigError:
-        expected = _type_name(shown if shown is not None else tp)
-        return _fail(v.where, v.key, f"expected {expected}, got {type(value).__name__} {_short(value)}")
-
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong()
-    if tp is int:
-        if isinstance(value, bool):
-            raise wrong()
-        if isinstance(value, int):
-            return value
-        number = _number(value)
-        if number is not None and math.isfinite(number) and float(number).is_integer():
-            return int(number)
-        raise wrong()
-    if tp is float:
-        if isinstance(value, bool):
-            raise wrong()
-        number = _number(value)
-        if number is None:
-            raise wrong()
-        if not math.isfinite(number):
-            raise _fail(v.where, v.key, f"expected a finite number, got {_short(value)}")
-        return float(number)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise wrong()
-    if origin is list:
-        if not isinstance(value, list):
-            raise wrong()
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(item, item_tp, v) for item in value]
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise wrong()
-        return dict(value)
-    raise wrong()
-
-
-def _number(value: Any) -> float | int | None:
-    """A number from an int/float, or from text such as "1e-5" (YAML 1.1 leaves that a string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        text = value.strip().replace("_", "")
-        try:
-            return int(text)
-        except ValueError:
-            pass
-        try:
-            return float(text)
-        except ValueError:
-            return None
-    return None
+def _coerce(value: Any, tp: Any, v: _Value) -> Any:
+    """``value`` checked against the annotation ``tp`` by the one coercer (tui_trainer.values)."""
+    try:
+        return convert(value, tp)
+    except WrongValue as e:
+        raise _fail(v.where, v.key, str(e)) from None
 
 
 def judge_specs(value: Any, where: str = "judge list") -> list[JudgeSpec]:
@@ -442,7 +362,7 @@ def _judges(value: Any, v: _Value) -> list[JudgeSpec]:
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
-        raise _fail(v.where, v.key, f"expected a list of {{name, weight, options}}, got {type(value).__name__} {_short(value)}")
+        raise _fail(v.where, v.key, f"expected a list of {{name, weight, options}}, got {type(value).__name__} {short(value)}")
     if not value:
         raise _fail(v.where, v.key, "no judges: list at least one {name, weight, options}")
     known = _fields(JudgeSpec)
@@ -453,7 +373,7 @@ def _judges(value: Any, v: _Value) -> list[JudgeSpec]:
         if isinstance(item, str):  # `judges: [rules, llama]` shorthand
             item = {"name": item}
         if not isinstance(item, dict):
-            raise _fail(v.where, label.key, f"expected a mapping {{name, weight, options}} or a judge name, got {type(item).__name__} {_short(item)}")
+            raise _fail(v.where, label.key, f"expected a mapping {{name, weight, options}} or a judge name, got {type(item).__name__} {short(item)}")
         kwargs = {}
         for key, sub in item.items():
             if key == "options" and sub is None:
@@ -802,6 +722,6 @@ def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
     for key in b:
         if key == "run_dir" or a.get(key) == b[key]:
             continue
-        line = f"{key}: {_short(a.get(key))} -> {_short(b[key])}"
+        line = f"{key}: {short(a.get(key))} -> {short(b[key])}"
         (refused if key.startswith(FROZEN_ON_RESUME) else allowed).append(line)
     return refused, allowed
