@@ -24,8 +24,10 @@ def tiny_args(vocab_size: int, **over) -> dict:
 
 
 def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, **over) -> Path:
-    """A random 2-layer llama + a byte-level BPE tokenizer, loadable by mlx_lm.load(path)."""
-    from mlx_lm.models import llama
+    """A random 2-layer llama (or another mlx-lm family: ``model_type=``, with that family's extra
+    arguments in ``over``) + a byte-level BPE tokenizer, loadable by mlx_lm.load(path)."""
+    import importlib
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     path = Path(path)
@@ -44,8 +46,9 @@ def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, **o
     }))
     (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<eos>", "bos_token": "<bos>"}))
     args = tiny_args(len(vocab), **over)
+    family = importlib.import_module(f"mlx_lm.models.{args['model_type']}")
     mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(args))
+    model = family.Model(family.ModelArgs.from_dict(args))
     mx.eval(model.parameters())
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     (path / "config.json").write_text(json.dumps({**args, "eos_token_id": 1, "bos_token_id": 2}))

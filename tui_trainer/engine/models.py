@@ -10,7 +10,7 @@ import mlx.nn as nn
 from tui_trainer.embedded import default_model_path
 from tui_trainer.errors import ModelError, one_line
 
-__all__ = ["default_model_path", "load_policy", "locate_model", "hidden_and_head", "on_gpu", "compute_dtype"]
+__all__ = ["default_model_path", "load_policy", "locate_model", "on_gpu", "compute_dtype"]
 
 
 def on_gpu() -> bool:
@@ -98,15 +98,3 @@ def _dequantize_model(model: nn.Module) -> None:
     if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
         dequantize_model(model)
     model.set_dtype(compute_dtype())
-
-
-def hidden_and_head(model: nn.Module):
-    """(backbone, head) of an mlx-lm causal LM: backbone(tokens, cache) -> hidden, head(hidden) -> logits."""
-    backbone = getattr(model, "model", None)
-    if backbone is None:
-        raise ModelError(f"unsupported model class {type(model).__name__}: no .model backbone")
-    if hasattr(model, "lm_head"):
-        head = model.lm_head
-    else:
-        head = backbone.embed_tokens.as_linear
-    return backbone, head

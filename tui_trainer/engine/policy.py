@@ -1,8 +1,9 @@
 """The trainable policy: base model + adapter + value head, and its batched forward.
 
 ``forward`` runs a full left-padded batch with the same RoPE offsets and padding
-mask as the KV-cached rollout (``Positions`` stands in for the cache), so the
-log-probs it recomputes equal the rollout's. The reference is the same model
+mask as the KV-cached rollout (engine/family.py: ``Positions`` stands in for the
+cache, logits come through the model's own output path), so the log-probs it
+recomputes equal the rollout's. The reference is the same model
 with its adapter switched off (``adapter_off``): no second copy in memory.
 """
 
@@ -13,34 +14,16 @@ from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.models.base import create_causal_mask
 from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
-from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear
+from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from tui_trainer.config import AdapterConfig
 from tui_trainer.engine import ppo
-from tui_trainer.engine.models import hidden_and_head
+from tui_trainer.engine.family import Positions, backbone_of, check, output_logits, positions
 
-ADAPTER_TYPES = (LoRALinear, DoRALinear, LoRAEmbedding, DoRAEmbedding)
-
-
-class Positions:
-    """A stand-in for a KV cache in a full-sequence forward of left-padded rows.
-
-    Gives row i the RoPE offset ``-left_pad[i]`` (its first real token at position 0)
-    and a causal mask that hides the padding, exactly like mlx-lm's BatchKVCache prefill.
-    """
-
-    def __init__(self, left_pad: mx.array):
-        self.left_pad = left_pad
-        self.offset = -left_pad
-
-    def update_and_fetch(self, keys, values):
-        return keys, values
-
-    def make_mask(self, n: int, return_array: bool = False, window_size=None):
-        return create_causal_mask(n, 0, window_size=window_size, left_padding=self.left_pad)
+# every adapter layer mlx-lm makes (LoRASwitchLinear: the experts of a mixture-of-experts block)
+ADAPTER_TYPES = (LoRALinear, DoRALinear, LoRASwitchLinear, LoRAEmbedding, DoRAEmbedding)
 
 
 class _Hold:
@@ -70,6 +53,7 @@ class Policy(nn.Module):
         super().__init__()
         self.model = model
         self.adapter_type = adapter.type
+        check(model)  # a family our batched forward cannot reproduce is refused here, before training
         model.freeze()
         n_layers = len(model.layers)
         num = n_layers if adapter.layers < 0 else min(adapter.layers, n_layers)
@@ -87,7 +71,7 @@ class Policy(nn.Module):
             self._frozen = _Hold(model.parameters())
         else:
             raise ValueError(f"unknown adapter type {adapter.type!r}")
-        backbone, _ = hidden_and_head(model)
+        backbone = backbone_of(model)
         dims = backbone.embed_tokens.weight.shape[-1]
         if hasattr(model, "args") and getattr(model.args, "hidden_size", None):
             dims = model.args.hidden_size
@@ -149,8 +133,8 @@ def frozen_prefix_layers(model: nn.Module, adapter_layers: int, adapter_type: st
     """
     from mlx_lm.models.llama import LlamaModel
 
-    backbone, _ = hidden_and_head(model)
-    if adapter_type == "full" or not isinstance(backbone, LlamaModel):
+    backbone = backbone_of(model)
+    if adapter_type == "full" or type(backbone) is not LlamaModel:
         return 0
     if getattr(backbone, "swa_idx", None) is not None:
         return 0
@@ -159,7 +143,7 @@ def frozen_prefix_layers(model: nn.Module, adapter_layers: int, adapter_type: st
 
 def prefix_hidden(model: nn.Module, tokens: mx.array, left_pad: mx.array, n_layers: int) -> mx.array:
     """Output of the first ``n_layers`` blocks for ``tokens[:, :-1]`` (no gradient)."""
-    backbone, _ = hidden_and_head(model)
+    backbone = backbone_of(model)
     pos = Positions(left_pad)
     h = backbone.embed_tokens(tokens[:, :-1])
     mask = pos.make_mask(h.shape[1])
@@ -212,10 +196,9 @@ def hidden_states(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt
     response token t. ``prefix = (k, h)`` starts from the output ``h`` of the first k
     blocks (see prefix_hidden).
     """
-    backbone, _ = hidden_and_head(model)
+    backbone = backbone_of(model)
     if prefix is None or prefix[0] == 0:
-        cache = [Positions(left_pad) for _ in backbone.layers]
-        return backbone(tokens[:, :-1], cache=cache)[:, prompt_width - 1:]
+        return backbone(tokens[:, :-1], cache=positions(model, left_pad))[:, prompt_width - 1:]
     k, h = prefix
     pos = Positions(left_pad)
     mask = pos.make_mask(h.shape[1])
@@ -228,8 +211,7 @@ def forward(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width
             prefix: tuple[int, mx.array] | None = None):
     """(hidden, logits) at the response positions: logits[:, t] scores tokens[:, prompt_width + t]."""
     hidden = hidden_states(model, tokens, left_pad, prompt_width, prefix)
-    _, head = hidden_and_head(model)
-    return hidden, head(hidden).astype(mx.float32)
+    return hidden, output_logits(model, hidden).astype(mx.float32)
 
 
 def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> tuple[mx.array, mx.array]:

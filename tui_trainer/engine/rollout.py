@@ -1,8 +1,10 @@
 """Batched, KV-cached sampling of completions (the PPO rollout).
 
-All ``B * n`` sequences run in one loop over mlx-lm's ``BatchKVCache``: prompts
-are left-padded, and the cache gives every row its own RoPE offset and masks
-its padding, so a row decodes exactly as its prompt would alone. Sampling uses
+All ``B * n`` sequences run in one loop over the model's own caches as mlx-lm
+batch caches (``BatchKVCache``, ``BatchRotatingKVCache`` for sliding-window
+layers; engine/family.py): prompts are left-padded, and the cache gives every
+row its own RoPE offset and masks its padding, so a row decodes exactly as its
+prompt would alone. Sampling uses
 mlx-lm's ``make_sampler`` (temperature, top_p, top_k).
 
 The log-prob kept for each sampled token is ``log_softmax(logits / T)`` at that
@@ -18,10 +20,10 @@ from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.sample_utils import make_sampler
 
 from tui_trainer.engine.blas import blas_threads, decode_threads
+from tui_trainer.engine.family import batch_caches
 from tui_trainer.errors import StepInterrupted
 
 
@@ -61,11 +63,6 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[mx.array, mx.array]:
     return mx.array(rows, dtype=mx.int32), mx.array(pads, dtype=mx.int32)
 
 
-def make_batch_cache(model: nn.Module, pads: mx.array) -> list[BatchKVCache]:
-    n_layers = len(model.layers) if hasattr(model, "layers") else len(model.model.layers)
-    return [BatchKVCache(pads.tolist()) for _ in range(n_layers)]
-
-
 def _sample(
     model: nn.Module,
     prompts: list[list[int]],
@@ -98,7 +95,7 @@ def _sample(
     prompt_index = [i for i in range(len(prompts)) for _ in range(num_samples)]
     tokens, pads = left_pad(rows, pad_id)
     n = tokens.shape[0]
-    cache = make_batch_cache(model, pads)
+    cache = batch_caches(model, pads)
     # The sampler gets log_softmax(logits / T) and must draw from exactly that distribution
     # (top_p / top_k applied to it): so it runs at temperature 1. Giving it T again would
     # sample from logits / T**2 while the kept log-probs say logits / T.
