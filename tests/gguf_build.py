@@ -153,14 +153,14 @@ def random_model_tensors(arch: str, rng, types, *, hidden: int, ffn: int, heads:
 
 def train_bpe(corpus: list[str], vocab_size: int, special: list[str]) -> tuple[list[str], list[str]]:
     """A byte-level BPE vocabulary trained with ``tokenizers`` on ``corpus``: (tokens by id, merges "a b"),
-    the special tokens first. Digits and punctuation runs are kept whole while training, so that the
-    vocabulary has multi-digit and multi-symbol tokens for the split rules to tell apart."""
+    the special tokens first. Trained on whole lines (no split rule), so that merges cross what the split rules
+    separate (digit runs, a letter after punctuation, runs of newlines) and tokenizing with a wrong rule shows."""
     import json
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)

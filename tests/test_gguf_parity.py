@@ -440,7 +440,8 @@ def test_written_llama_with_rope_frequency_factors(spm, tmp_path):
 # --------------------------------------------------------------------------- qwen2, qwen3, gemma3
 
 BPE_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-BPE_TEXTS = ["DON'T stop: 1234567 + 89 = 1234656!!", "x=[1,2,3]; y={'a': 10.5}\n\n  z  ", "naïve café 日本 🤖"]
+BPE_TEXTS = ["DON'T stop: 1234567 + 89 = 1234656!! read file.json in $HOME (foo)\n\n\nnext", "x=[1,2,3]; y={'a': 10.5}\n\n  z  ", "naïve café 日本 🤖",
+             "it's 2024!!! {\"a\": [1, 2]} != 3.14159 => ..."]
 
 
 @pytest.fixture(scope="module")
@@ -450,7 +451,7 @@ def bpe():
 
     rng = np.random.default_rng(0)
     words = ("the quick brown fox jumps over the lazy dog it's we'll DON'T 2024 1234 365 3.14159 != == => "
-             "!!! ... {\"a\": [1, 2]} naïve café 日本語").split()
+             "!!! ... {\"a\": [1, 2]} naïve café 日本語 file.json $HOME (foo) 'T").split()
     corpus = [" ".join(rng.choice(words, size=10)) + "\n" for _ in range(300)]
     return train_bpe(corpus, 400, BPE_SPECIAL)
 
@@ -531,3 +532,27 @@ def test_written_gemma3(spm, tmp_path):
     # input, f16 output; emulating that in MLX brings the gap down to 2e-4), measured 1.4e-3. mlx-lm's own
     # Gemma 3 body, which rounds sqrt(hidden) to bf16 (9.8125 for 9.798 here), is 6.3e-3 away.
     assert worst <= 3e-3, f"max-abs logit difference {worst:.4g} > 3e-3"
+
+
+def test_every_known_pre_tokenizer_matches_llama_cpp(bpe, tmp_path):
+    """Every ``tokenizer.ggml.pre`` we accept (and none at all, llama.cpp's "default") splits text as llama.cpp
+    does, BOS added or not by the same default; and the split rules differ on these texts, so a name mapped
+    to the wrong rule would show."""
+    from tui_trainer.engine.gguf import _PRE_GROUPS
+
+    dims = dict(hidden=32, ffn=64, heads=2, kv_heads=1, vocab=len(bpe[0]), layers=1)
+    by_group = []
+    for names, _ in _PRE_GROUPS:
+        seen = set()
+        for pre in (*names, None) if "default" in names else names:
+            path = _write_model(tmp_path / f"pre-{pre}.gguf", "qwen2", dims,
+                                lambda w: _bpe_tokenizer_metadata(w, bpe, pre=pre, add_bos=None), types=[T.F32], seed=0)
+            _, tok = load_gguf(path)
+            check_tokenizer(path, tok, BPE_TEXTS)
+            seen.add(tuple(tuple(tok.encode(t)) for t in BPE_TEXTS))
+            path.unlink()
+        assert len(seen) == 1, names  # one rule per group
+        by_group.append(seen.pop())
+    same = [(a[0][0], b[0][0]) for i, a in enumerate(_PRE_GROUPS) for j, b in enumerate(_PRE_GROUPS)
+            if i < j and by_group[i] == by_group[j]]
+    assert not same, f"these split rules tokenize the test texts alike: {same}"
