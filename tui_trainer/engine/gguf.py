@@ -13,6 +13,7 @@ says to load the Hugging Face repo of the same model instead.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -445,14 +446,15 @@ def build_model(meta: dict, weights: dict[str, mx.array], *, keep_quantized: boo
     return model
 
 
-def _gemma3_classes():
+@functools.lru_cache(maxsize=1)
+def _gemma3_class():
     from mlx_lm.models import gemma3_text
 
     class Gemma3Backbone(gemma3_text.Gemma3Model):
         """mlx-lm's Gemma 3 body with the sqrt(hidden) embedding scale in f32, as llama.cpp applies it.
 
         mlx-lm rounds the scale to bf16 (as transformers does for a bf16 checkpoint): 34.0 instead of
-        33.94 on Gemma 3 1B, which moved a tiny random Gemma's logits 6x further from llama.cpp's."""
+        33.94 on Gemma 3 1B, which put a tiny random Gemma's logits 4x further from llama.cpp's."""
 
         def __call__(self, inputs, cache=None, input_embeddings=None):
             if input_embeddings is None:
@@ -470,7 +472,8 @@ def _gemma3_classes():
 
 
 def _Gemma3(args):
-    return _gemma3_classes()(args)
+    """mlx-lm's Gemma 3 (text) model as llama.cpp computes it (see Gemma3Backbone)."""
+    return _gemma3_class()(args)
 
 
 class FactorRoPE(nn.Module):
