@@ -32,7 +32,7 @@ def load_error(path) -> str:
 
 def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: str | None = None,
                tokens: bool = True, tensor_rows: int | None = None, extra: dict | None = None,
-               strings: dict | None = None) -> Path:
+               strings: dict | None = None, extra_tensors: tuple[str, ...] = ()) -> Path:
     """A tiny GGUF written with llama.cpp's own writer; knobs break it in one chosen way."""
     gguf = pytest.importorskip("gguf")
     w = gguf.GGUFWriter(str(path), arch)
@@ -67,6 +67,8 @@ def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: s
     t("blk.0.ffn_gate.weight", 64, hidden)
     t("blk.0.ffn_up.weight", 64, hidden)
     t("blk.0.ffn_down.weight", hidden, 64)
+    for name in extra_tensors:
+        t(name, 4, hidden)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -142,6 +144,13 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path):
     msg = load_error(path)
     assert "tokenizer.ggml.pre 'tekken' is not supported; load the Hugging Face repo of the same model instead " \
            "(--model mistralai/Mistral-Nemo-Instruct-2407)" in msg
+
+
+def test_gguf_with_a_vision_tower_is_refused(tmp_path):
+    """Ollama's gemma3 files hold the vision tower (v.*, mm.*) beside the text model: refused in one line."""
+    msg = load_error(_tiny_gguf(tmp_path / "vision.gguf", extra_tensors=("v.blk.0.attn_q.weight",),
+                                strings={"general.source.url": "https://huggingface.co/google/gemma-3-4b-it"}))
+    assert "vision tower (tensor v.blk.0.attn_q.weight)" in msg and msg.endswith("(--model google/gemma-3-4b-it)")
 
 
 def test_missing_metadata_key(tmp_path):

@@ -602,6 +602,10 @@ def load_gguf(path: str | Path, *, keep_quantized: bool = False, dtype=mx.float3
     types, header = read_header(path)
     try:
         check_architecture(header)
+        vision = next((name for name in types if name.startswith(("v.", "mm."))), None)
+        if vision is not None:  # Ollama's gemma3 files carry the vision tower in the same file
+            raise ModelError(f"GGUF holds a vision tower (tensor {vision}), which is not supported; "
+                             f"{_use_instead(header)}")
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
     weights, meta = read_gguf(path, types)
