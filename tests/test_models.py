@@ -31,7 +31,8 @@ def load_error(path) -> str:
 
 
 def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: str | None = None,
-               tokens: bool = True, tensor_rows: int | None = None, extra: dict | None = None) -> Path:
+               tokens: bool = True, tensor_rows: int | None = None, extra: dict | None = None,
+               strings: dict | None = None, extra_tensors: tuple[str, ...] = ()) -> Path:
     """A tiny GGUF written with llama.cpp's own writer; knobs break it in one chosen way."""
     gguf = pytest.importorskip("gguf")
     w = gguf.GGUFWriter(str(path), arch)
@@ -43,6 +44,8 @@ def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: s
         if key != drop_key:
             w.add_uint32(f"{arch}.{key}", value)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    for key, value in (strings or {}).items():
+        w.add_string(key, value)
     vocab = [f"t{i}" for i in range(40)]
     if tokens:
         w.add_tokenizer_model("gpt2")
@@ -64,6 +67,8 @@ def _tiny_gguf(path: Path, *, arch: str = "llama", hidden: int = 32, drop_key: s
     t("blk.0.ffn_gate.weight", 64, hidden)
     t("blk.0.ffn_up.weight", 64, hidden)
     t("blk.0.ffn_down.weight", hidden, 64)
+    for name in extra_tensors:
+        t(name, 4, hidden)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -113,9 +118,39 @@ def test_truncated_tensor_data(tmp_path):
     assert "not a readable GGUF file" in msg and "past the end" in msg
 
 
-def test_non_llama_architecture(tmp_path):
-    msg = load_error(_tiny_gguf(tmp_path / "qwen.gguf", arch="qwen2"))
-    assert "architecture 'qwen2' is not supported" in msg
+def test_unsupported_architecture_names_what_to_use_instead(tmp_path):
+    """A phi3 GGUF is refused in one line that lists the supported architectures and names the Hugging
+    Face repo the file says it came from; without such a key, its general.name."""
+    msg = load_error(_tiny_gguf(tmp_path / "phi.gguf", arch="phi3", strings={
+        "general.name": "Phi 3 Mini", "general.source.url": "https://huggingface.co/microsoft/Phi-3-mini-4k-instruct"}))
+    assert "architecture 'phi3' is not supported (only llama, qwen2, qwen3, gemma3)" in msg
+    assert msg.endswith("load the Hugging Face repo of the same model instead (--model microsoft/Phi-3-mini-4k-instruct)")
+    msg = load_error(_tiny_gguf(tmp_path / "phi-anon.gguf", arch="phi3", strings={"general.name": "Phi 3 Mini"}))
+    assert msg.endswith("instead (--model ORG/NAME, the repo of 'Phi 3 Mini')"), msg
+
+
+def test_unsupported_architecture_is_refused_before_the_tensors_are_read(tmp_path):
+    """The refusal comes from the header: a file cut short in its tensor data still gets it."""
+    whole = _tiny_gguf(tmp_path / "whole.gguf", arch="phi3").read_bytes()
+    cut = tmp_path / "phi-cut.gguf"
+    cut.write_bytes(whole[:len(whole) - 4000])
+    assert "architecture 'phi3' is not supported" in load_error(cut)
+
+
+def test_unknown_pre_tokenizer_is_refused(tmp_path):
+    """Mistral-Nemo's 'tekken' split rule is not one we reproduce: refused, not tokenized GPT-2 style."""
+    path = _tiny_gguf(tmp_path / "nemo.gguf", strings={
+        "tokenizer.ggml.pre": "tekken", "general.source.huggingface.repository": "mistralai/Mistral-Nemo-Instruct-2407"})
+    msg = load_error(path)
+    assert "tokenizer.ggml.pre 'tekken' is not supported; load the Hugging Face repo of the same model instead " \
+           "(--model mistralai/Mistral-Nemo-Instruct-2407)" in msg
+
+
+def test_gguf_with_a_vision_tower_is_refused(tmp_path):
+    """Ollama's gemma3 files hold the vision tower (v.*, mm.*) beside the text model: refused in one line."""
+    msg = load_error(_tiny_gguf(tmp_path / "vision.gguf", extra_tensors=("v.blk.0.attn_q.weight",),
+                                strings={"general.source.url": "https://huggingface.co/google/gemma-3-4b-it"}))
+    assert "vision tower (tensor v.blk.0.attn_q.weight)" in msg and msg.endswith("(--model google/gemma-3-4b-it)")
 
 
 def test_missing_metadata_key(tmp_path):

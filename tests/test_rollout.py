@@ -156,3 +156,32 @@ def test_bad_arguments():
         sample(model, [[1, 2], []])
     with pytest.raises(ValueError):
         sample(model, [[1, 2]], max_new_tokens=0)
+
+
+def test_sliding_window_model_logprobs_equal_a_full_forward():
+    """Gemma 3 as a GGUF loads it (engine/gguf.py): its sliding-window layers (window 3 here, shorter than
+    every sequence) see the same tokens through the rollout's batched cache with left padding, and through
+    the update's full-sequence forward, as in a plain forward of each sequence alone."""
+    from mlx_lm.models import gemma3_text
+
+    from tui_trainer.engine.gguf import _Gemma3
+    from tui_trainer.engine.policy import forward, token_logprobs
+
+    mx.random.seed(3)
+    model = _Gemma3(gemma3_text.ModelArgs(
+        model_type="gemma3_text", hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2,
+        head_dim=16, num_key_value_heads=1, vocab_size=VOCAB, sliding_window=3, sliding_window_pattern=2,
+        query_pre_attn_scalar=16))
+    mx.eval(model.parameters())
+    r = sample(model, PROMPTS, num_samples=2, max_new_tokens=9, temperature=1.0, seed=2)
+    logprobs = np.array(r.logprobs)
+    _, logits = forward(model, r.tokens, r.left_pad, r.prompt_width)
+    recomputed, _ = token_logprobs(logits, r.tokens[:, r.prompt_width:], 1.0)
+    for row, i in enumerate(r.prompt_index):
+        ref = log_softmax_at(model, PROMPTS[i] + r.responses[row], len(PROMPTS[i]), 1.0)
+        assert np.allclose(logprobs[row], ref, atol=1e-4), (row, logprobs[row], ref)
+        assert np.allclose(np.array(recomputed[row]), ref, atol=1e-4), row
+    # the window matters here: the same weights attending to everything give other log-probs
+    model.model.window_size = 1000
+    far = log_softmax_at(model, PROMPTS[1] + r.responses[2], len(PROMPTS[1]), 1.0)
+    assert np.abs(far - logprobs[2]).max() > 1e-2
