@@ -241,7 +241,9 @@ class SetupScreen(Screen):
             check_judge_options(judge["name"], judge["options"])
         tree["judges"] = judges
         # Adapter scale: keep the base's, and drop a stale alpha spelling if there was one.
-        return load_config(None, overrides=tree)
+        cfg = load_config(None, overrides=tree)
+        cfg.load_warnings = [*self.base.load_warnings, *cfg.load_warnings]  # the file's, logged when the run starts
+        return cfg
 
     def _checked(self) -> Config | None:
         try:
@@ -288,7 +290,9 @@ class SetupScreen(Screen):
             return
         screen = SetupScreen(cfg, config_path=path, resume=self.query_one("#resume", Checkbox).value)
         self.app.switch_screen(screen)
-        screen.call_after_refresh(screen.say, f"loaded {path}")
+        ignored = f"; {len(cfg.load_warnings)} key(s) ignored by PPO (listed when the run starts)" \
+            if cfg.load_warnings else ""
+        screen.call_after_refresh(screen.say, f"loaded {path}{ignored}")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         button = event.button
