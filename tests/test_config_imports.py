@@ -204,3 +204,44 @@ def test_warmup_ratio_counts_optimizer_updates():
     assert schedule(5).item() < 1e-3 * 0.6
     assert math.isclose(schedule(10).item(), 1e-3, rel_tol=1e-6)
     assert make_schedule(Config(), 1e-3, total_updates=95) == 1e-3  # no warm-up: a constant
+
+
+# ----------------------------------------------------------------------------- in a run (tiny model)
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"say {w} please"}) + "\n" for w in ["alpha", "beta", "gamma"]))
+    return path
+
+
+def test_headless_run_shows_the_warnings_and_counts_epochs_in_steps(tiny_dir, prompts_file, tmp_path, capsys):
+    path = write(tmp_path, {"model": str(tiny_dir), "data": str(prompts_file), "adapter_path": str(tmp_path / "run"),
+                            "num_train_epochs": 1, "batch_size": 2, "num_generations": 2, "response_length": 6,
+                            "lora_parameters": {"rank": 4}, "num_layers": 1, "save_every": 0,
+                            "val_batches": 25, "judges": [{"name": "rules", "options":
+                                                           {"callable": "test_trainer:char_length"}}]})
+    assert main(["train", "--headless", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    line = path.read_text().splitlines().index("val_batches: 25") + 1
+    assert f"{path} line {line}: val_batches: ignored by PPO" in " ".join(out.split())
+    assert "num_train_epochs 1 over 3 prompts, 2 a step: 2 steps" in out  # ceil(1 * 3 / 2)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["steps"], saved["epochs"]) == (2, None)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_max_prompt_length_bounds_the_prompt(tiny_dir, prompts_file, tmp_path):
+    from tui_trainer.config import Config, DataConfig
+    from tui_trainer.errors import DataError
+    from tui_trainer.run import build_run
+
+    cfg = Config(model=str(tiny_dir), data=DataConfig(path=str(prompts_file)), run_dir=str(tmp_path / "run"),
+                 max_prompt_tokens=5)
+    with pytest.raises(DataError, match="longer than the 5 that fit"):
+        build_run(cfg).run()
+    cfg.max_prompt_tokens, cfg.max_seq_length, cfg.max_new_tokens = None, 16, 10
+    with pytest.raises(DataError, match="longer than the 6 that fit"):  # max_seq_length - max_new_tokens
+        build_run(cfg).run()
