@@ -159,6 +159,11 @@ def test_reward_model_paths_are_refused(tmp_path):
         assert f"{key}: reward models are not supported yet" in message
 
 
+def test_mlx_lm_hf_dataset_points_to_data(tmp_path):
+    message = error_of(tmp_path, {"hf_dataset": {"path": "billsum", "train_split": "train[:1000]"}})
+    assert "line 1: hf_dataset: not read; give the dataset as data: {path:" in message
+
+
 def test_max_seq_length_must_leave_room_for_a_prompt(tmp_path):
     assert "max_seq_length: 48 leaves no room for a prompt" in error_of(tmp_path, {"max_seq_length": 48})
 

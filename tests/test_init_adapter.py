@@ -14,6 +14,7 @@ import json
 from contextlib import redirect_stderr
 
 import mlx.core as mx
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
@@ -26,7 +27,7 @@ from tui_trainer.engine.trainer import Trainer
 from tui_trainer.errors import ConfigError, ModelError
 from tui_trainer.run import build_run
 
-from helpers import step0_kl_bound
+from helpers import CHAT_TEMPLATE, SPECIALS, step0_kl_bound
 
 TOKENS = mx.array([[5, 40, 41, 42, 43, 10, 77, 78, 79, 12]])
 
@@ -59,6 +60,53 @@ def sft_adapter(tiny_dir, tmp_path_factory):
     return path
 
 
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Q/K rows into llama.cpp's order, as convert_hf_to_gguf.py (LlamaModel.permute) writes them."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_dir, tmp_path_factory):
+    """The tiny Hugging Face-layout llama of ``tiny_dir`` as a GGUF, written the way llama.cpp converts it."""
+    gguf = pytest.importorskip("gguf")
+    args = json.loads((tiny_dir / "config.json").read_text())
+    weights = {k: np.array(v) for k, v in mx.load(str(tiny_dir / "model.safetensors")).items()}
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in {"block_count": args["num_hidden_layers"], "context_length": 512,
+                       "embedding_length": args["hidden_size"], "feed_forward_length": args["intermediate_size"],
+                       "attention.head_count": args["num_attention_heads"],
+                       "attention.head_count_kv": args["num_key_value_heads"]}.items():
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", args["rms_norm_eps"])
+    ids = json.loads((tiny_dir / "tokenizer.json").read_text())["model"]["vocab"]  # the same byte-level BPE
+    vocab = sorted(ids, key=ids.get)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(vocab)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in vocab])
+    w.add_token_merges([])
+    w.add_eos_token_id(1)
+    w.add_bos_token_id(2)
+    w.add_pad_token_id(0)
+    w.add_chat_template(CHAT_TEMPLATE)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    w.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    for i in range(args["num_hidden_layers"]):
+        for hf, ours in names.items():
+            t = weights[f"model.layers.{i}.{hf}.weight"]
+            if ours in ("attn_q", "attn_k"):
+                t = llama_cpp_permute(t, args["num_attention_heads" if ours == "attn_q" else "num_key_value_heads"])
+            w.add_tensor(f"blk.{i}.{ours}.weight", np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def config(tiny_dir, prompts_file, run_dir, adapter_path, **adapter) -> Config:
     return Config(model=str(tiny_dir), run_dir=str(run_dir), data=DataConfig(path=str(prompts_file)),
                   init_adapter=str(adapter_path), steps=1, batch_size=2, num_samples=2, max_new_tokens=6,
@@ -79,8 +127,11 @@ class StepZeroProbe(Trainer):
         return super().train_step()
 
 
-def test_policy_starts_from_the_sft_adapter_and_the_reference_is_the_base(tiny_dir, prompts_file, sft_adapter,
-                                                                            tmp_path):
+@pytest.mark.parametrize("policy_file", ["mlx-lm directory", "gguf"])
+def test_policy_starts_from_the_sft_adapter_and_the_reference_is_the_base(tiny_dir, tiny_gguf, prompts_file,
+                                                                            sft_adapter, tmp_path, policy_file):
+    """The adapter was trained by mlx-lm on the Hugging Face layout; the policy is that model as an
+    mlx-lm directory, or as a GGUF (llama.cpp's Q/K row order, traditional RoPE)."""
     from mlx_lm import load
 
     adapted, _ = load(str(tiny_dir), adapter_path=str(sft_adapter))
@@ -90,7 +141,8 @@ def test_policy_starts_from_the_sft_adapter_and_the_reference_is_the_base(tiny_d
     assert mx.abs(want_policy - want_reference).max().item() > 1e-2
 
     events: list = []
-    trainer = build_run(config(tiny_dir, prompts_file, tmp_path / "run", sft_adapter), observer=events.append,
+    policy_model = tiny_dir if policy_file == "mlx-lm directory" else tiny_gguf
+    trainer = build_run(config(policy_model, prompts_file, tmp_path / "run", sft_adapter), observer=events.append,
                         trainer_class=StepZeroProbe)
     state = trainer.run()
     assert state.status == "finished"
@@ -102,6 +154,22 @@ def test_policy_starts_from_the_sft_adapter_and_the_reference_is_the_base(tiny_d
     assert metrics["kl"] > 100 * step0_kl_bound(metrics)
     logs = [e.message for e in events if isinstance(e, ev.LogMessage)]
     assert any("adapter initialised from" in m for m in logs)
+    assert any("rows permuted to the GGUF's" in m for m in logs) == (policy_file == "gguf")
+
+
+def test_the_gguf_layout_matters(tiny_dir, tiny_gguf, sft_adapter):
+    """Without llama.cpp's Q/K permutation the Hugging Face-layout adapter computes another model
+    (so the GGUF case above can fail); an adapter trained on the GGUF itself is loaded as it is."""
+    from mlx_lm import load
+
+    from tui_trainer.engine.adapters import load_init_adapter, trained_on_gguf
+
+    want = load(str(tiny_dir), adapter_path=str(sft_adapter))[0](TOKENS)
+    policy = Policy(load_policy(str(tiny_gguf))[0], AdapterConfig(rank=4, scale=10.0, layers=1))
+    load_init_adapter(policy, str(sft_adapter), gguf_policy=False)
+    assert mx.abs(policy.model(TOKENS) - want).max().item() > 1e-3
+    assert trained_on_gguf({"model": "/m/tiny.gguf"}) and trained_on_gguf({"model": None, "tui_trainer": {}})
+    assert not trained_on_gguf({"model": "mlx-community/Llama-3.2-1B-Instruct-bf16"}) and not trained_on_gguf({})
 
 
 def test_a_file_path_works_like_mlx_lm_resume_adapter_file(tiny_dir, sft_adapter):

@@ -244,6 +244,8 @@ IGNORED_KEYS: dict[str, str] = {
 REFUSED_KEYS: dict[str, str] = {
     "rl_reward_model_path": "reward models are not supported yet; score with judges: (rules, llama, human or a plugin)",
     "reward_model_path": "reward models are not supported yet; score with judges: (rules, llama, human or a plugin)",
+    "hf_dataset": "not read; give the dataset as data: {path: NAME or folder, split: train, prompt_field: prompt} "
+                  "(a datasets dataset already in the local cache)",
 }
 # TRL's num_mini_batches: not a key of its own, it sets minibatch_size = batch_size * num_samples / N
 NUM_MINI_BATCHES = "num_mini_batches"

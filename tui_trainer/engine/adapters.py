@@ -13,6 +13,13 @@ step 1, or the run stops with one line:
   from another model than the one the SFT run trained).
 
 The reference stays the base model (the adapter switched off), as DESIGN.md has it.
+
+A GGUF policy keeps llama.cpp's row order for Q and K (each head's rotary pairs interleaved;
+it runs with traditional RoPE). An adapter trained by mlx-lm on the Hugging Face model has
+Q/K output rows in Hugging Face order, so loading it onto a GGUF policy applies llama.cpp's
+own permutation (``LlamaModel.permute`` in convert_hf_to_gguf.py) to the output side of the
+q_proj / k_proj tensors. Adapters tui-trainer trained on a GGUF (their adapter_config.json
+names a .gguf, or the embedded default) are in that order already and load as they are.
 """
 
 from __future__ import annotations
@@ -68,9 +75,43 @@ def _hint(saved: dict) -> str:
     return f"; it was trained with {', '.join(parts)}: set the same in adapter:" if parts else ""
 
 
-def load_init_adapter(policy, path: str) -> int:
+def trained_on_gguf(saved: dict) -> bool:
+    """Whether an adapter's adapter_config.json says it was trained on a GGUF model (llama.cpp's Q/K
+    row order): its model is a .gguf file, or tui-trainer's embedded default (model null)."""
+    model = saved.get("model")
+    if model is None:
+        return "tui_trainer" in saved
+    return str(model).lower().endswith(".gguf")
+
+
+def _llama_cpp_rows(x: mx.array, n_heads: int, axis: int) -> mx.array:
+    """llama.cpp's Q/K permutation of the output rows along ``axis``: within each head, row
+    (half h, pair i) moves to (pair i, half h), as convert_hf_to_gguf.py permutes weights."""
+    x = mx.moveaxis(x, axis, 0)
+    n = x.shape[0]
+    y = x.reshape(n_heads, 2, n // n_heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+    return mx.moveaxis(y, 0, axis)
+
+
+def to_gguf_layout(weights: dict[str, mx.array], n_heads: int, n_kv_heads: int) -> dict[str, mx.array]:
+    """Adapter tensors in Hugging Face row order -> llama.cpp's, for a GGUF model: the output side of
+    q_proj (``n_heads``) and k_proj (``n_kv_heads``): LoRA's ``lora_b`` columns, DoRA's ``m``, a full
+    fine-tune's ``weight`` / ``bias`` rows."""
+    out = {}
+    for name, value in weights.items():
+        module, _, leaf = name.rpartition(".")
+        heads = {"q_proj": n_heads, "k_proj": n_kv_heads}.get(module.rsplit(".", 1)[-1])
+        if heads is not None and leaf in ("lora_b", "m", "weight", "bias"):
+            value = _llama_cpp_rows(value, heads, axis=value.ndim - 1 if leaf == "lora_b" else 0)
+        out[name] = value
+    return out
+
+
+def load_init_adapter(policy, path: str, *, gguf_policy: bool = False, log=None) -> int:
     """Load the adapter at ``path`` into ``policy`` (a tui_trainer Policy); returns the number of
-    tensors loaded. Raises ModelError / ConfigError (one line) when it cannot be read or does not fit."""
+    tensors loaded. ``gguf_policy``: the policy was read from a GGUF file (see the module's note on
+    Q/K row order); ``log(message)`` hears when the rows are permuted. Raises ModelError /
+    ConfigError (one line) when the adapter cannot be read or does not fit."""
     weights_file, config_file = adapter_files(path)
     saved = _saved_config(path, config_file)
     kind = saved.get("fine_tune_type", "lora")
@@ -106,6 +147,12 @@ def load_init_adapter(policy, path: str) -> int:
     bad = [k for k, v in weights.items() if not mx.isfinite(v).all().item()]
     if bad:
         raise ModelError(f"init_adapter {path}: {bad[0]} holds NaN or inf")
+    if gguf_policy and not trained_on_gguf(saved):
+        args = policy.model.args
+        weights = to_gguf_layout(weights, args.num_attention_heads, args.num_key_value_heads or args.num_attention_heads)
+        if log is not None:
+            log(f"init_adapter {path}: trained on a Hugging Face layout; q_proj / k_proj rows permuted to the GGUF's "
+                "(llama.cpp) order")
     policy.model.load_weights([(k, v.astype(params[k].dtype)) for k, v in weights.items()], strict=False)
     mx.eval(policy.model.parameters())
     return len(weights)

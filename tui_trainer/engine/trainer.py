@@ -192,7 +192,8 @@ class Trainer:
         loaded(3, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
         if cfg.init_adapter and ckpt is None:  # SFT -> PPO; a resume takes the checkpoint's adapter instead
-            n = load_init_adapter(self.policy, cfg.init_adapter)
+            n = load_init_adapter(self.policy, cfg.init_adapter, gguf_policy=locate_model(cfg.model)[0] == "gguf",
+                                  log=self.log)
             self.log(f"adapter initialised from {cfg.init_adapter} ({n} tensors); the reference is the base model")
         self.reference = None
         if cfg.reference_model:
