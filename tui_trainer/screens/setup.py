@@ -28,9 +28,10 @@ DEFAULT_CONFIG_PATH = "tui-trainer.yaml"
 
 # The form's fields: (key, label). Each key's type (and whether empty means null) comes from its
 # declaration in config.py; the labels are the form's own short names.
-TEXT_FIELDS = (("model", "model"), ("data.path", "data"), ("run_dir", "run dir"))
+TEXT_FIELDS = (("model", "model"), ("init_adapter", "init adapter"), ("data.path", "data"), ("run_dir", "run dir"))
 PLACEHOLDERS = {
     "model": "embedded SmolLM2-135M-Instruct (or a model dir / .gguf)",
+    "init_adapter": "a fresh adapter (or an mlx-lm adapter folder: SFT -> PPO)",
     "data.path": "embedded prompts (or a JSONL/CSV/parquet file)",
 }
 HYPER_FIELDS = (
