@@ -130,6 +130,28 @@ def test_a_trl_ppo_config(tmp_path):
     assert sorted(ignored_keys(cfg)) == ["bf16", "logging_steps", "report_to"]
 
 
+def test_trl_ppo_tldr_example_flags(tmp_path):
+    """The flags of TRL's PPO TL;DR example (examples/scripts/ppo/ppo_tldr.py), as a YAML file."""
+    flags = {"dataset_name": "trl-internal-testing/tldr-preference-sft-trl-style",
+             "dataset_test_split": "validation", "learning_rate": 3e-6, "output_dir": "models/ppo_tldr",
+             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8, "total_episodes": 30000,
+             "model_name_or_path": "EleutherAI/pythia-1b-deduped", "local_rollout_forward_batch_size": 16,
+             "missing_eos_penalty": 1.0, "stop_token": "eos", "response_length": 53, "eval_strategy": "steps",
+             "eval_steps": 100, "report_to": "tensorboard"}
+    cfg = load_config(write(tmp_path, flags))
+    assert (cfg.data.path, cfg.actor_lr, cfg.run_dir, cfg.batch_size, cfg.grad_accum) == \
+        ("trl-internal-testing/tldr-preference-sft-trl-style", 3e-6, "models/ppo_tldr", 8, 8)
+    assert (cfg.steps, cfg.model, cfg.missing_eos_penalty, cfg.max_new_tokens) == \
+        (3750, "EleutherAI/pythia-1b-deduped", 1.0, 53)  # ceil(30000 episodes / 8 prompts a step)
+    assert sorted(ignored_keys(cfg)) == ["dataset_test_split", "eval_steps", "eval_strategy",
+                                         "local_rollout_forward_batch_size", "report_to", "stop_token"]
+    assert "reward models are not supported yet" in error_of(tmp_path, {**flags, "reward_model_path": "rm"})
+    cfg = load_config(write(tmp_path, {"total_episodes": 100, "iters": 3, "num_train_epochs": 2}))
+    assert (cfg.steps, cfg.epochs) == (3, None) and sorted(ignored_keys(cfg)) == ["num_train_epochs", "total_episodes"]
+    cfg = load_config(write(tmp_path, {"total_episodes": 10, "batch_size": 4, "num_train_epochs": 2}))
+    assert (cfg.steps, cfg.epochs) == (3, None) and ignored_keys(cfg) == ["num_train_epochs"]
+
+
 def test_a_trl_grpo_config(tmp_path):
     cfg = load_config(write(tmp_path, {"mode": "grpo", "num_generations": 8, "beta": 0.04, "epsilon": 0.2,
                                        "max_completion_length": 64, "max_prompt_length": 128,

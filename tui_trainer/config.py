@@ -239,6 +239,9 @@ IGNORED_KEYS: dict[str, str] = {
     "fp16": "training runs in float32 (bf16 has no BLAS path on CPU)",
     "push_to_hub": "nothing is uploaded; checkpoints stay in the run directory",
     "save_total_limit": "every checkpoint is kept",
+    "dataset_test_split": _SFT + "test set", "local_rollout_forward_batch_size": "the rollout is one batched pass",
+    "stop_token": "completions stop at the tokenizer's EOS tokens", "exp_name": _LOGS, "dataset_num_proc": "prompts "
+    "are read in one process",
 }
 # Keys of other tools for what tui-trainer cannot do yet: one line, exit 2.
 REFUSED_KEYS: dict[str, str] = {
@@ -249,9 +252,13 @@ REFUSED_KEYS: dict[str, str] = {
 }
 # TRL's num_mini_batches: not a key of its own, it sets minibatch_size = batch_size * num_samples / N
 NUM_MINI_BATCHES = "num_mini_batches"
+# TRL's total_episodes (prompts to train on): not a key of its own, it sets steps = ceil(N / batch_size)
+TOTAL_EPISODES = "total_episodes"
 
 # ``judge_system: TEXT`` becomes ``options.system`` of the llama judge(s).
 JUDGE_SYSTEM_KEY = "judge_system"
+# names that are not keys but set keys (in _build)
+_DERIVED = (JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES, TOTAL_EPISODES)
 LLAMA_JUDGE = "llama"
 # One line of help per key: `tui-trainer init` writes it above the key, argparse shows it.
 FIELD_HELP: dict[str, str] = {k: f.metadata["help"] for k, f in DECLARED.items()}
@@ -321,7 +328,7 @@ def _flatten(raw: dict, source: _Source, warnings: list[str] | None = None) -> d
     def put(target: str, value: Any, raw_key: str, raw_path: str) -> None:
         where = source.where(raw_path)
         same = raw_key.split(".")[-1] == target.split(".")[-1]
-        shown = raw_key if same or target in (JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES) else f"{raw_key} (= {target})"
+        shown = raw_key if same or target in _DERIVED else f"{raw_key} (= {target})"
         if target in out and out[target].value != value:
             first = out[target].key.split(" (= ")[0]
             raise _fail(where, "", f"{target} is given twice, as {first} and {raw_key}, with different values")
@@ -359,7 +366,7 @@ def _flatten(raw: dict, source: _Source, warnings: list[str] | None = None) -> d
         elif "." in key_s and key_s.split(".", 1)[0] in SECTIONS:
             sec, sub = key_s.split(".", 1)
             section(sec, {sub: value}, sec)
-        elif key_s in (JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES):
+        elif key_s in _DERIVED:
             put(key_s, value, key_s, key_s)
         elif key_s in IGNORED_KEYS:
             if warnings is not None:
@@ -371,7 +378,7 @@ def _flatten(raw: dict, source: _Source, warnings: list[str] | None = None) -> d
         elif key_s in ALIASES:
             put(ALIASES[key_s], value, key_s, key_s)
         else:
-            choices = set(top) | set(ALIASES) | set(IGNORED_KEYS) | {JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES} | {
+            choices = set(top) | set(ALIASES) | set(IGNORED_KEYS) | set(_DERIVED) | {
                 f"{s}.{f}" for s, cls in SECTIONS.items() for f in _fields(cls)}
             raise _fail(source.where(key_s), key_s, f"unknown key{_did_you_mean(key_s, sorted(choices))}")
     return out
@@ -448,7 +455,7 @@ def _build(merged: dict[str, _Value], warnings: list[str] | None = None) -> Conf
     cfg.load_warnings = warnings if warnings is not None else []
     top_hints = _hints(Config)
     for key, v in merged.items():
-        if key in (JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES, "adapter.alpha"):
+        if key in (*_DERIVED, "adapter.alpha"):
             continue
         if key == "judges":
             cfg.judges = _judges(v.value, v)
@@ -484,6 +491,19 @@ def _build(merged: dict[str, _Value], warnings: list[str] | None = None) -> Conf
     if "num_samples" not in merged and cfg.mode == "pairwise":
         cfg.num_samples = 2
     # TRL's spellings that are computed from other keys: the explicit key wins, as in TRL
+    episodes = merged.get(TOTAL_EPISODES)
+    if episodes is not None:
+        n = _coerce(episodes.value, int, episodes)
+        if n < 1:
+            raise _fail(episodes.where, episodes.key, f"must be >= 1, got {n}")
+        if "steps" in merged:
+            cfg.load_warnings.append(f"{episodes.where}: {episodes.key}: ignored ({merged['steps'].key} is given and wins)")
+        else:
+            cfg.steps = -(-n // cfg.batch_size)
+            if cfg.epochs is not None and "epochs" in merged:
+                v = merged["epochs"]
+                cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({episodes.key} is given and wins)")
+                cfg.epochs = None
     for given, loses in (("steps", "epochs"), ("warmup_steps", "warmup_ratio")):
         if given in merged and loses in merged and getattr(cfg, loses) is not None:
             v = merged[loses]
