@@ -114,6 +114,10 @@ def test_other_tools_names(tmp_path, alias, key, value):
     assert cfg.load_warnings == []
 
 
+def test_peft_target_modules_as_one_string(tmp_path):
+    assert load_config(write(tmp_path, {"lora_target_modules": "all-linear"})).adapter.keys == ["all-linear"]
+
+
 def test_a_trl_ppo_config(tmp_path):
     """A PPOConfig as a TRL user writes it (examples/scripts/ppo), with its logging keys."""
     cfg = load_config(write(tmp_path, {

@@ -227,5 +227,7 @@ def test_peft_short_module_names_become_mlx_lm_keys(tiny_dir):
     adapted = {k.rsplit(".", 1)[0] for k in policy.adapter_weights()}
     assert adapted == {"model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"}
     model, _ = load_policy(str(tiny_dir))
+    assert Policy(model, AdapterConfig(rank=4, layers=1, keys=["all-linear"])).lora_parameters.get("keys") is None
+    model, _ = load_policy(str(tiny_dir))
     with pytest.raises(ConfigError, match="'qv_proj' names no linear module"):
         Policy(model, AdapterConfig(rank=4, layers=1, keys=["qv_proj"]))

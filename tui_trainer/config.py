@@ -257,6 +257,8 @@ TOTAL_EPISODES = "total_episodes"
 
 # ``judge_system: TEXT`` becomes ``options.system`` of the llama judge(s).
 JUDGE_SYSTEM_KEY = "judge_system"
+# PEFT's spellings of adapter.keys, which may be one string ("all-linear")
+_PEFT_MODULES = ("lora_target_modules", "target_modules")
 # names that are not keys but set keys (in _build)
 _DERIVED = (JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES, TOTAL_EPISODES)
 LLAMA_JUDGE = "llama"
@@ -332,6 +334,8 @@ def _flatten(raw: dict, source: _Source, warnings: list[str] | None = None) -> d
         if target in out and out[target].value != value:
             first = out[target].key.split(" (= ")[0]
             raise _fail(where, "", f"{target} is given twice, as {first} and {raw_key}, with different values")
+        if raw_key.split(".")[-1] in _PEFT_MODULES and isinstance(value, str):
+            value = [value]  # PEFT's target_modules: "all-linear" (or one module name)
         # alpha and scale say the same thing two ways
         twin = {"adapter.alpha": "adapter.scale", "adapter.scale": "adapter.alpha"}.get(target)
         if twin in out:
@@ -497,7 +501,8 @@ def _build(merged: dict[str, _Value], warnings: list[str] | None = None) -> Conf
         if n < 1:
             raise _fail(episodes.where, episodes.key, f"must be >= 1, got {n}")
         if "steps" in merged:
-            cfg.load_warnings.append(f"{episodes.where}: {episodes.key}: ignored ({merged['steps'].key} is given and wins)")
+            cfg.load_warnings.append(f"{episodes.where}: {episodes.key}: ignored "
+                                     f"({merged['steps'].key} is given and wins)")
         else:
             cfg.steps = -(-n // cfg.batch_size)
             if cfg.epochs is not None and "epochs" in merged:
