@@ -191,3 +191,28 @@ def test_choosing_pairwise_sets_two_samples_per_prompt():
             await pilot.pause()
             assert samples.value == "4" and screen.form_config().num_samples == 4
     run(go())
+
+
+def test_an_mlx_lm_config_loads_into_the_form_with_its_ignored_keys_and_init_adapter(tmp_path, monkeypatch):
+    """Ctrl+O on an mlx-lm lora_config.yaml: the form says how many keys PPO ignores, keeps those
+    warnings for the run, and resume_adapter_file is the init adapter field."""
+    monkeypatch.chdir(tmp_path)  # a short path: the message line shows it whole
+    path = tmp_path / "lora.yaml"
+    path.write_text("iters: 9\nval_batches: 25\ntest: false\nresume_adapter_file: sft/adapters\n")
+
+    async def go():
+        app = TrainerApp(Config())
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            await set_input(pilot, app.screen, "#config-path", "lora.yaml")
+            await pilot.press("ctrl+o")
+            await pilot.pause(0.2)
+            screen = app.screen
+            assert "2 key(s) ignored by PPO" in screen_text(app)
+            assert screen.query_one("#f-init_adapter", Input).value == "sft/adapters"
+            await set_input(pilot, screen, "#f-init_adapter", "sft2")
+            form = screen.form_config()
+            assert (form.steps, form.init_adapter) == (9, "sft2")
+            assert [w.split(": ")[1] for w in form.load_warnings] == ["val_batches", "test"]
+
+    asyncio.run(go())

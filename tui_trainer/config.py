@@ -3,10 +3,14 @@
 Precedence: explicit command-line flag > YAML file > default.
 
 ``load_config(path, overrides)`` reads a YAML file with ``yaml.safe_load``, maps the
-names users bring from other tools (TRL, mlx-lm, MLX-LoRA-Studio) onto ours (see
-``ALIASES``), checks every key, type and range, and returns a ``Config``. Every
+names users bring from other tools (TRL, mlx-lm, autotrain, MLX-LoRA-Studio) onto ours
+(see ``ALIASES``), checks every key, type and range, and returns a ``Config``. Every
 problem is a ``ConfigError`` whose text is one line, naming the file, the line
-and the key.
+and the key. Keys of those tools that PPO has no use for (mlx-lm's ``val_batches``,
+TRL's ``report_to``, ...: ``IGNORED_KEYS``) are accepted with one warning line each, kept
+in ``Config.load_warnings`` and logged by the trainer when the run starts; what we cannot
+do yet (``REFUSED_KEYS``: reward models) is an error. An mlx-lm ``lora_config.yaml``
+loads as it is.
 
 LoRA scale: mlx-lm multiplies the adapter output by ``scale``; PEFT and TRL
 multiply it by ``lora_alpha / r``. A config that gives ``alpha`` (or
@@ -116,7 +120,7 @@ class AdapterConfig:
     scale: float = key(20.0, 'mlx-lm scale multiplying the adapter output; giving alpha instead sets scale = alpha / rank', check=above(0))
     dropout: float = key(0.0, 'adapter dropout, 0 <= dropout < 1', aliases=('lora_dropout',), section_aliases=('lora_dropout',), check=within(0, 1, "[)"))
     layers: int = key(16, 'number of last transformer blocks that get adapters; -1 = all', aliases=('lora_layers', 'num_layers'), section_aliases=('num_layers',), check=_all_or_positive)
-    keys: list[str] | None = key(None, 'module names inside a block to adapt, e.g. [self_attn.q_proj, self_attn.v_proj]; null = mlx-lm defaults', section_aliases=('target_modules',), check=_module_names)
+    keys: list[str] | None = key(None, 'module names inside a block to adapt, e.g. [self_attn.q_proj, self_attn.v_proj] (PEFT short names such as q_proj work too); null = mlx-lm defaults', aliases=('lora_target_modules', 'target_modules'), section_aliases=('target_modules',), check=_module_names)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class Config:
     model: str | None = key(None, 'policy: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct', aliases=('model_name_or_path',), check=optional(not_empty("must not be empty (null = embedded model)")), flag='--model')
     reference_model: str | None = key(None, 'KL reference: null = the policy with its adapter switched off (no second model in memory)', aliases=('ref_model',))
     quantized_base: bool | None = key(None, 'keep a quantized base quantized (QLoRA style); null = yes on GPU, dequantize to f32 on CPU')
+    init_adapter: str | None = key(None, "start the policy from an mlx-lm adapter (SFT -> PPO): its folder (adapters.safetensors + adapter_config.json) or the .safetensors file; it must fit adapter:; the reference stays the base model (alias resume_adapter_file)", aliases=('resume_adapter_file',), check=optional(not_empty("must not be empty (null = a fresh adapter)")), flag='--init-adapter')
     adapter: AdapterConfig = key(help='what is trained (aliases: lora_rank/rank, lora_alpha/alpha, lora_dropout, num_layers, lora_parameters:)', factory=AdapterConfig)
     data: DataConfig = key(help='prompts to train on', factory=DataConfig)
     mode: str = key('ppo', 'ppo | pairwise | rloo | grpo (rloo and grpo use a group baseline, no value head)', check=one_of(MODES), flag='--mode')
@@ -142,27 +147,30 @@ class Config:
     batch_size: int = key(4, 'prompts per step (alias per_device_train_batch_size)', aliases=('per_device_train_batch_size',), check=at_least(1), flag='--batch-size')
     num_samples: int = key(4, 'completions per prompt; pairwise needs 2 and gets it by default (alias num_generations)', aliases=('num_generations',), check=at_least(1), flag='--num-samples')
     max_new_tokens: int = key(48, 'longest completion in tokens (aliases max_completion_length, response_length, rl_max_new_tokens)', aliases=('rl_max_new_tokens', 'max_completion_length', 'response_length'), check=at_least(1), flag='--max-new-tokens')
-    temperature: float = key(1.0, 'sampling temperature; 0 = greedy', check=at_least(0), flag='--temperature')
-    top_p: float = key(1.0, 'nucleus sampling, 0 < top_p <= 1 (1 = off)', check=within(0, 1, "(]"))
-    top_k: int = key(0, 'sample among the k likeliest tokens; 0 = off', check=at_least(0))
+    max_prompt_tokens: int | None = key(None, 'longest prompt in tokens (alias max_prompt_length); null = what fits in max_seq_length', aliases=('max_prompt_length',), check=optional(at_least(1)))
+    max_seq_length: int | None = key(None, "longest prompt + completion in tokens; null = the model's context, at most 4096", check=optional(at_least(2)))
+    temperature: float = key(1.0, 'sampling temperature; 0 = greedy (alias rl_temperature)', aliases=('rl_temperature',), check=at_least(0), flag='--temperature')
+    top_p: float = key(1.0, 'nucleus sampling, 0 < top_p <= 1 (1 = off) (alias rl_top_p)', aliases=('rl_top_p',), check=within(0, 1, "(]"))
+    top_k: int = key(0, 'sample among the k likeliest tokens; 0 = off (alias rl_top_k)', aliases=('rl_top_k',), check=at_least(0))
     beta: float = key(0.05, 'KL penalty coefficient (aliases kl_coef, init_kl_coef, rl_kl_coef)', aliases=('kl_coef', 'rl_kl_coef', 'init_kl_coef'), check=at_least(0), flag='--beta')
     kl_target: float | None = key(None, 'adaptive KL controller target; null = fixed beta (alias target)', aliases=('target',), check=optional(above(0)))
     kl_horizon: int = key(10000, 'adaptive KL controller horizon in samples (alias horizon)', aliases=('horizon',), check=at_least(1))
     target_kl: float | None = key(None, "early stop: the rest of a step's minibatches are skipped once one has approx_kl > 1.5 x target_kl (SB3 / TRL <= 0.11); null = never", check=optional(above(0)))
     kl_estimator: str = key('k1', 'k1 | k3: the KL estimator reported and penalised', check=one_of(KL_ESTIMATORS))
     epsilon: float = key(0.2, 'policy ratio clip range (aliases clip_range, cliprange, rl_clip_range)', aliases=('clip_range', 'rl_clip_range', 'cliprange'), check=above(0))
-    value_clip: float = key(0.2, 'value clip range (aliases cliprange_value, clip_range_value)', aliases=('cliprange_value', 'clip_range_value'), check=above(0))
-    vf_coef: float = key(0.1, 'value loss coefficient', check=at_least(0))
+    value_clip: float = key(0.2, 'value clip range (aliases cliprange_value, clip_range_value, rl_value_clip_range)', aliases=('cliprange_value', 'clip_range_value', 'rl_value_clip_range'), check=above(0))
+    vf_coef: float = key(0.1, 'value loss coefficient (alias rl_value_loss_coef)', aliases=('rl_value_loss_coef',), check=at_least(0))
     entropy_coef: float = key(0.0, 'entropy bonus coefficient; 0 = off', check=at_least(0))
     gamma: float = key(1.0, 'discount, 0 < gamma <= 1 (alias rl_gamma)', aliases=('rl_gamma',), check=within(0, 1, "(]"))
     lam: float = key(0.95, 'GAE lambda, 0 <= lam <= 1 (aliases gae_lambda, rl_gae_lambda)', aliases=('rl_gae_lambda', 'gae_lambda'), check=within(0, 1, "[]"))
-    ppo_epochs: int = key(2, 'passes over each batch of rollouts (aliases num_ppo_epochs, rl_num_ppo_epochs)', aliases=('rl_num_ppo_epochs', 'num_ppo_epochs'), check=at_least(1), flag='--ppo-epochs')
-    minibatch_size: int = key(4, 'sequences per minibatch, at most batch_size * num_samples (alias mini_batch_size)', aliases=('mini_batch_size',), check=at_least(1))
-    grad_accum: int = key(1, 'minibatches whose gradients are summed before an optimizer step (alias gradient_accumulation_steps)', aliases=('gradient_accumulation_steps',), check=at_least(1))
+    ppo_epochs: int = key(2, 'passes over each batch of rollouts (aliases num_ppo_epochs, rl_num_ppo_epochs, num_iterations)', aliases=('rl_num_ppo_epochs', 'num_ppo_epochs', 'num_iterations'), check=at_least(1), flag='--ppo-epochs')
+    minibatch_size: int = key(4, 'sequences per minibatch, at most batch_size * num_samples (aliases mini_batch_size, rl_mini_batch_size; num_mini_batches: N sets it to batch_size * num_samples / N)', aliases=('mini_batch_size', 'rl_mini_batch_size'), check=at_least(1))
+    grad_accum: int = key(1, 'minibatches whose gradients are summed before an optimizer step (aliases gradient_accumulation_steps, grad_accumulation_steps)', aliases=('gradient_accumulation_steps', 'grad_accumulation_steps'), check=at_least(1))
     actor_lr: float = key(2e-05, 'policy (adapter) learning rate (alias learning_rate)', aliases=('learning_rate',), check=above(0), flag='--actor-lr')
     critic_lr: float = key(0.0001, 'value head learning rate', check=at_least(0), flag='--critic-lr')
     scheduler: str = key('constant', 'learning-rate schedule: constant | linear | cosine', aliases=('lr_scheduler_type',), check=one_of(SCHEDULERS))
-    warmup_steps: int = key(0, 'steps of linear learning-rate warm-up', check=at_least(0))
+    warmup_steps: int = key(0, 'optimizer updates of linear learning-rate warm-up', check=at_least(0))
+    warmup_ratio: float | None = key(None, 'warm-up as a fraction of all optimizer updates, 0 <= ratio < 1 (TRL); warmup_steps wins when both are given', check=optional(within(0, 1, "[)")))
     max_grad_norm: float = key(1.0, 'gradient clipping norm', check=above(0))
     whiten_rewards: bool = key(False, 'whiten rewards over the batch before GAE')
     score_scale: float = key(1.0, 'multiply judge scores by this before they become rewards', check=above(0))
@@ -170,12 +178,18 @@ class Config:
     missing_eos_penalty: float | None = key(None, 'subtracted from the score of a completion that never emits EOS; null = off', check=optional(at_least(0)))
     seed: int = key(0, 'random seed (sampling, data order, initialisation)', check=at_least(0), flag='--seed')
     steps: int = key(20, 'PPO steps to run (aliases max_steps, iters)', aliases=('max_steps', 'iters'), check=at_least(1), flag='--steps')
+    epochs: float | None = key(None, 'passes over the prompts instead of steps: steps = ceil(epochs * prompts / batch_size); steps wins when both are given (alias num_train_epochs)', aliases=('num_train_epochs',), check=optional(above(0)))
     save_every: int = key(10, 'checkpoint every N steps (and always on stop); 0 = only on stop', aliases=('save_steps',), check=at_least(0), flag='--save-every')
-    run_dir: str = key('runs/default', 'where config.yaml, metrics.jsonl, samples.jsonl and checkpoints/ go (alias output_dir)', aliases=('output_dir',), check=not_empty(), flag='--run-dir')
+    run_dir: str = key('runs/default', 'where config.yaml, metrics.jsonl, samples.jsonl and checkpoints/ go; each checkpoints/<step>/ is an mlx-lm adapter path (aliases output_dir, adapter_path)', aliases=('output_dir', 'adapter_path'), check=not_empty(), flag='--run-dir')
     judges: list[JudgeSpec] = key(help='reward judges, weighted sum of their scores: a list of {name, weight, options}', factory=lambda: [JudgeSpec()])
     judge_failure: str = key('drop', 'when a judge fails: drop (the sample) | retry | stop (the run)', check=one_of(JUDGE_FAILURES))
     judge_retries: int = key(2, 'retries before a failing judge counts as failed', check=at_least(0))
     judge_timeout: float = key(120.0, 'seconds a judge may take for one call', check=above(0))
+
+    def __post_init__(self) -> None:
+        # not a key: one line per thing the loader accepted but will not use (an SFT-only key of
+        # mlx-lm, a TRL logging option, ...); the trainer logs them as warnings when the run starts
+        self.load_warnings: list[str] = []
 
 
 SECTIONS = {"adapter": AdapterConfig, "data": DataConfig}
@@ -204,8 +218,49 @@ SECTION_KEY_ALIASES: dict[str, dict[str, str]] = {
     sec: {a: f.name for f in dataclasses.fields(cls) for a in f.metadata.get("section_aliases", ())}
     for sec, cls in SECTIONS.items()}
 SECTION_KEY_ALIASES["adapter"]["lora_alpha"] = "alpha"
+# Keys of other tools that PPO has no use for: accepted, each with one warning line (why it is ignored).
+_SFT = "an SFT option of mlx-lm; PPO has no "
+_ADAM = "PPO uses Adam (eps 1e-5, no weight decay) for the adapter and the value head"
+_LOGS = "metrics go to metrics.jsonl in the run directory (and the app / headless lines), every step"
+IGNORED_KEYS: dict[str, str] = {
+    "train": "tui-trainer always trains", "test": _SFT + "test set", "test_batches": _SFT + "test set",
+    "val_batches": _SFT + "validation set", "steps_per_eval": _SFT + "validation set",
+    "steps_per_report": "metrics are reported every step", "mask_prompt": "PPO trains on completions only",
+    "training_mode": "the algorithm is mode: (ppo, pairwise, rloo, grpo)",
+    "optimizer": _ADAM, "optimizer_config": _ADAM, "weight_decay": _ADAM, "adam_epsilon": _ADAM,
+    "lr_schedule": "the schedule is scheduler: (constant, linear, cosine) with warmup_steps:",
+    "grad_checkpoint": "not available; memory follows minibatch_size", "gradient_checkpointing":
+        "not available; memory follows minibatch_size", "clear_cache_threshold": "an mlx-lm memory option",
+    "trust_remote_code": "models load without remote code",
+    "report_to": _LOGS, "project_name": _LOGS, "run_name": _LOGS, "logging_steps": _LOGS, "logging_dir": _LOGS,
+    "eval_strategy": _SFT + "evaluation", "eval_steps": _SFT + "evaluation",
+    "num_sample_generations": "samples.jsonl holds every step's completions",
+    "bf16": "training runs in float32 (bf16 has no BLAS path on CPU)",
+    "fp16": "training runs in float32 (bf16 has no BLAS path on CPU)",
+    "push_to_hub": "nothing is uploaded; checkpoints stay in the run directory",
+    "save_total_limit": "every checkpoint is kept",
+    "dataset_test_split": _SFT + "test set", "local_rollout_forward_batch_size": "the rollout is one batched pass",
+    "stop_token": "completions stop at the tokenizer's EOS tokens", "exp_name": _LOGS, "dataset_num_proc": "prompts "
+    "are read in one process",
+}
+# Keys of other tools for what tui-trainer cannot do yet: one line, exit 2.
+REFUSED_KEYS: dict[str, str] = {
+    "rl_reward_model_path": "reward models are not supported yet; score with judges: (rules, llama, human or a plugin)",
+    "reward_model_path": "reward models are not supported yet; score with judges: (rules, llama, human or a plugin)",
+    "hf_dataset": "not read; give the dataset as data: {path: NAME or folder, split: train, prompt_field: prompt} "
+                  "(a datasets dataset already in the local cache)",
+}
+# TRL's num_mini_batches: not a key of its own, it sets minibatch_size = batch_size * num_samples / N
+NUM_MINI_BATCHES = "num_mini_batches"
+# TRL's total_episodes (prompts to train on): not a key of its own, it sets steps = ceil(N / batch_size)
+TOTAL_EPISODES = "total_episodes"
+
 # ``judge_system: TEXT`` becomes ``options.system`` of the llama judge(s).
 JUDGE_SYSTEM_KEY = "judge_system"
+# PEFT's spellings of adapter.keys, which may be one string ("all-linear")
+_PEFT_MODULES = ("lora_target_modules", "target_modules")
+# names that are not keys but set keys (in _build)
+_DERIVED = (JUDGE_SYSTEM_KEY, NUM_MINI_BATCHES, TOTAL_EPISODES)
 LLAMA_JUDGE = "llama"
 # One line of help per key: `tui-trainer init` writes it above the key, argparse shows it.
 FIELD_HELP: dict[str, str] = {k: f.metadata["help"] for k, f in DECLARED.items()}
@@ -266,18 +321,21 @@ def _fail(where: str, key: str, message: str) -> ConfigError:
     return ConfigError(" ".join(text.split()))
 
 
-def _flatten(raw: dict, source: _Source) -> dict[str, _Value]:
-    """Map one source's keys (aliases, sections, dotted keys) onto canonical dotted keys."""
+def _flatten(raw: dict, source: _Source, warnings: list[str] | None = None) -> dict[str, _Value]:
+    """Map one source's keys (aliases, sections, dotted keys) onto canonical dotted keys; keys that
+    PPO ignores (IGNORED_KEYS) add a line to ``warnings``."""
     top = _fields(Config)
     out: dict[str, _Value] = {}
 
     def put(target: str, value: Any, raw_key: str, raw_path: str) -> None:
         where = source.where(raw_path)
         same = raw_key.split(".")[-1] == target.split(".")[-1]
-        shown = raw_key if same or target == JUDGE_SYSTEM_KEY else f"{raw_key} (= {target})"
+        shown = raw_key if same or target in _DERIVED else f"{raw_key} (= {target})"
         if target in out and out[target].value != value:
             first = out[target].key.split(" (= ")[0]
             raise _fail(where, "", f"{target} is given twice, as {first} and {raw_key}, with different values")
+        if raw_key.split(".")[-1] in _PEFT_MODULES and isinstance(value, str):
+            value = [value]  # PEFT's target_modules: "all-linear" (or one module name)
         # alpha and scale say the same thing two ways
         twin = {"adapter.alpha": "adapter.scale", "adapter.scale": "adapter.alpha"}.get(target)
         if twin in out:
@@ -312,14 +370,19 @@ def _flatten(raw: dict, source: _Source) -> dict[str, _Value]:
         elif "." in key_s and key_s.split(".", 1)[0] in SECTIONS:
             sec, sub = key_s.split(".", 1)
             section(sec, {sub: value}, sec)
-        elif key_s == JUDGE_SYSTEM_KEY:
-            put(JUDGE_SYSTEM_KEY, value, key_s, key_s)
+        elif key_s in _DERIVED:
+            put(key_s, value, key_s, key_s)
+        elif key_s in IGNORED_KEYS:
+            if warnings is not None:
+                warnings.append(f"{source.where(key_s)}: {key_s}: ignored by PPO ({IGNORED_KEYS[key_s]})")
+        elif key_s in REFUSED_KEYS:
+            raise _fail(source.where(key_s), key_s, REFUSED_KEYS[key_s])
         elif key_s in top:
             put(key_s, value, key_s, key_s)
         elif key_s in ALIASES:
             put(ALIASES[key_s], value, key_s, key_s)
         else:
-            choices = set(top) | set(ALIASES) | {JUDGE_SYSTEM_KEY} | {
+            choices = set(top) | set(ALIASES) | set(IGNORED_KEYS) | set(_DERIVED) | {
                 f"{s}.{f}" for s, cls in SECTIONS.items() for f in _fields(cls)}
             raise _fail(source.where(key_s), key_s, f"unknown key{_did_you_mean(key_s, sorted(choices))}")
     return out
@@ -391,11 +454,12 @@ def _judges(value: Any, v: _Value) -> list[JudgeSpec]:
 
 # ----------------------------------------------------------------------------- build + validate
 
-def _build(merged: dict[str, _Value]) -> Config:
+def _build(merged: dict[str, _Value], warnings: list[str] | None = None) -> Config:
     cfg = Config()
+    cfg.load_warnings = warnings if warnings is not None else []
     top_hints = _hints(Config)
     for key, v in merged.items():
-        if key == JUDGE_SYSTEM_KEY or key == "adapter.alpha":
+        if key in (*_DERIVED, "adapter.alpha"):
             continue
         if key == "judges":
             cfg.judges = _judges(v.value, v)
@@ -430,6 +494,37 @@ def _build(merged: dict[str, _Value]) -> Config:
     # pairwise compares two completions of a prompt: its default is 2 samples, not 4
     if "num_samples" not in merged and cfg.mode == "pairwise":
         cfg.num_samples = 2
+    # TRL's spellings that are computed from other keys: the explicit key wins, as in TRL
+    episodes = merged.get(TOTAL_EPISODES)
+    if episodes is not None:
+        n = _coerce(episodes.value, int, episodes)
+        if n < 1:
+            raise _fail(episodes.where, episodes.key, f"must be >= 1, got {n}")
+        if "steps" in merged:
+            cfg.load_warnings.append(f"{episodes.where}: {episodes.key}: ignored "
+                                     f"({merged['steps'].key} is given and wins)")
+        else:
+            cfg.steps = -(-n // cfg.batch_size)
+            if cfg.epochs is not None and "epochs" in merged:
+                v = merged["epochs"]
+                cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({episodes.key} is given and wins)")
+                cfg.epochs = None
+    for given, loses in (("steps", "epochs"), ("warmup_steps", "warmup_ratio")):
+        if given in merged and loses in merged and getattr(cfg, loses) is not None:
+            v = merged[loses]
+            cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({merged[given].key} is given and wins)")
+            setattr(cfg, loses, None)
+    n_mb = merged.get(NUM_MINI_BATCHES)
+    if n_mb is not None:
+        n = _coerce(n_mb.value, int, n_mb)
+        rollouts = cfg.batch_size * cfg.num_samples
+        if "minibatch_size" in merged:
+            raise _fail(n_mb.where, n_mb.key, f"give minibatch_size or num_mini_batches, not both; "
+                                              f"{merged['minibatch_size'].key} is also set")
+        if n < 1 or rollouts % n:
+            raise _fail(n_mb.where, n_mb.key, f"must divide batch_size * num_samples = {rollouts} into equal "
+                                              f"minibatches, got {n}")
+        cfg.minibatch_size = rollouts // n
     # the default minibatch follows a smaller batch instead of failing on it
     if "minibatch_size" not in merged:
         cfg.minibatch_size = max(1, min(cfg.minibatch_size, cfg.batch_size * cfg.num_samples))
@@ -463,6 +558,9 @@ def _validate(cfg: Config, merged: dict[str, _Value]) -> None:
     rollouts = cfg.batch_size * cfg.num_samples
     check("minibatch_size", cfg.minibatch_size <= rollouts,
           f"{cfg.minibatch_size} is larger than batch_size * num_samples = {rollouts}")
+    if cfg.max_seq_length is not None:
+        check("max_seq_length", cfg.max_seq_length > cfg.max_new_tokens,
+              f"{cfg.max_seq_length} leaves no room for a prompt before max_new_tokens = {cfg.max_new_tokens}")
 
 
 # ----------------------------------------------------------------------------- YAML files
@@ -556,15 +654,16 @@ def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], name: str) -
 
 def _load(path: str | os.PathLike | None, layers: list[tuple[dict, _Source]]) -> Config:
     flat = []
+    warnings: list[str] = []
     if path is not None:
         raw, source = _read_yaml(path)
-        flat.append(_flatten(raw, source))
+        flat.append(_flatten(raw, source, warnings))
     for raw, source in layers:
         if raw:
             if not isinstance(raw, dict):
                 raise ConfigError(f"{source.name}: expected a mapping of keys to values, got {type(raw).__name__}")
-            flat.append(_flatten(raw, source))
-    return _build(_merge(flat))
+            flat.append(_flatten(raw, source, warnings))
+    return _build(_merge(flat), warnings)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
@@ -604,6 +703,8 @@ def commented_yaml(cfg: Config | None = None) -> str:
         "# Precedence: command-line flag > this file > built-in default. Unknown keys are errors.",
         "# Names from other tools work as aliases: kl_coef -> beta, clip_range -> epsilon,",
         "# gae_lambda -> lam, learning_rate -> actor_lr, lora_alpha -> adapter.scale = alpha / rank, ...",
+        "# An mlx-lm lora_config.yaml loads as it is (iters -> steps, lora_parameters -> adapter,",
+        "# resume_adapter_file -> init_adapter, ...); its SFT-only keys are ignored with a warning.",
         "# judge_system: TEXT sets the system prompt of the llama judge.",
         f"# {DEFAULTS_REASON}",
     ]
@@ -701,7 +802,7 @@ def config_from_args(args: argparse.Namespace, base: str | os.PathLike | None = 
 
 
 # keys that decide which model and adapter a checkpoint holds: a resume may not change them
-FROZEN_ON_RESUME = ("model", "reference_model", "quantized_base", "adapter.")
+FROZEN_ON_RESUME = ("model", "reference_model", "quantized_base", "init_adapter", "adapter.")
 
 
 def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:

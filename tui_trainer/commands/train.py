@@ -75,7 +75,7 @@ def run_headless(config, resume: bool = False) -> int:
     task = progress.add_task("training", total=config.steps, unit="steps", eta="")
     # the step in flight: a second bar on a terminal, one plain line per phase otherwise
     phase_task = progress.add_task("", total=None, unit="", eta="") if live else None
-    shown: dict[str, Any] = {"phase": None, "times": []}
+    shown: dict[str, Any] = {"phase": None, "times": [], "total": config.steps}
 
     def observe(event: Any) -> None:
         if isinstance(event, ev.Progress):
@@ -94,12 +94,16 @@ def run_headless(config, resume: bool = False) -> int:
             shown["times"].append(event.values.get("time_step", 0.0))
             per = sum(shown["times"][-10:]) / len(shown["times"][-10:])
             progress.update(task, completed=event.step,
-                            eta=f"ETA {format_duration(per * max(config.steps - event.step, 0))}")
+                            eta=f"ETA {format_duration(per * max(shown['total'] - event.step, 0))}")
         elif isinstance(event, ev.LogMessage):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
             progress.console.print(Text(printable(event.message), style=style), highlight=False)
-        elif isinstance(event, ev.RunState) and event.status == "running":
-            progress.update(task, completed=event.step)
+        elif isinstance(event, ev.RunState):
+            if event.total_steps:  # num_train_epochs becomes a number of steps once the prompts are read
+                shown["total"] = event.total_steps
+                progress.update(task, total=event.total_steps)
+            if event.status == "running":
+                progress.update(task, completed=event.step)
 
     prompter = _PausingPrompter(ConsolePrompter(console=progress.console), progress)
     ended: list = []

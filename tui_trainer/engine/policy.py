@@ -21,6 +21,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from tui_trainer.config import AdapterConfig
 from tui_trainer.engine import ppo
 from tui_trainer.engine.family import Positions, backbone_of, check, output_logits, positions
+from tui_trainer.errors import ConfigError
 
 # every adapter layer mlx-lm makes (LoRASwitchLinear: the experts of a mixture-of-experts block)
 ADAPTER_TYPES = (LoRALinear, DoRALinear, LoRASwitchLinear, LoRAEmbedding, DoRAEmbedding)
@@ -57,10 +58,11 @@ class Policy(nn.Module):
         model.freeze()
         n_layers = len(model.layers)
         num = n_layers if adapter.layers < 0 else min(adapter.layers, n_layers)
+        keys = block_module_keys(model, adapter.keys)
         if adapter.type in ("lora", "dora"):
             params = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout}
-            if adapter.keys:
-                params["keys"] = list(adapter.keys)
+            if keys:
+                params["keys"] = keys
             linear_to_lora_layers(model, num, params, use_dora=adapter.type == "dora")
             self.adapter_layers = num
         elif adapter.type == "full":
@@ -80,8 +82,8 @@ class Policy(nn.Module):
         self._prefix = _Hold(FrozenPrefix(self.prefix_layers))
         model.eval()  # no dropout in PPO
         lora = {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout}
-        if adapter.keys:
-            lora["keys"] = list(adapter.keys)
+        if keys:
+            lora["keys"] = keys
         self._lora = _Hold(lora)
 
     @property
@@ -99,6 +101,25 @@ class Policy(nn.Module):
 
     def value_head_weights(self) -> dict[str, mx.array]:
         return dict(tree_flatten(self.value_head.parameters()))
+
+
+def block_module_keys(model: nn.Module, keys: list[str] | None) -> list[str] | None:
+    """``adapter.keys`` as mlx-lm's names inside a block. PEFT's short names (``q_proj``, from TRL's
+    ``lora_target_modules``) become every module of that name (``self_attn.q_proj``); PEFT's
+    ``all-linear`` is mlx-lm's default (None). A name that matches nothing is a ConfigError."""
+    if not keys or list(keys) == ["all-linear"]:
+        return None
+    names = sorted({name for layer in model.layers for name, m in layer.named_modules()
+                    if isinstance(m, (nn.Linear, nn.QuantizedLinear, nn.Embedding, nn.QuantizedEmbedding))
+                    or hasattr(m, "to_lora")})
+    out: list[str] = []
+    for key in keys:
+        found = [key] if key in names else [n for n in names if n.rsplit(".", 1)[-1] == key]
+        if not found:
+            raise ConfigError(f"adapter.keys: {key!r} names no linear module of the model's blocks "
+                              f"(they are: {', '.join(names)})")
+        out += [n for n in found if n not in out]
+    return out
 
 
 @contextmanager

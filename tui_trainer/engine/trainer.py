@@ -24,6 +24,7 @@ goes back to it when a step is abandoned or fails.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import resource
@@ -42,6 +43,7 @@ from tui_trainer import events as ev
 from tui_trainer.config import Config, config_changes, load_config, save_config
 from tui_trainer.data import PromptSet
 from tui_trainer.engine import ppo
+from tui_trainer.engine.adapters import adapter_files, load_init_adapter
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import load_policy, locate_model
@@ -63,18 +65,20 @@ def _peak_memory_mb() -> float:
 
 
 def make_schedule(cfg: Config, lr: float, total_updates: int):
-    """constant / linear decay to 0 / cosine decay, after ``warmup_steps`` optimizer updates."""
-    decay_steps = max(total_updates - cfg.warmup_steps, 1)
+    """constant / linear decay to 0 / cosine decay, after ``warmup_steps`` optimizer updates
+    (or ``warmup_ratio`` of ``total_updates``, rounded up as TRL does)."""
+    warmup = cfg.warmup_steps if cfg.warmup_ratio is None else math.ceil(cfg.warmup_ratio * total_updates)
+    decay_steps = max(total_updates - warmup, 1)
     if cfg.scheduler == "linear":
         main = optim.linear_schedule(lr, 0.0, decay_steps)
     elif cfg.scheduler == "cosine":
         main = optim.cosine_decay(lr, decay_steps)
     else:
         main = lr
-    if cfg.warmup_steps > 0:
-        warm = optim.linear_schedule(1e-8, lr, cfg.warmup_steps)
+    if warmup > 0:
+        warm = optim.linear_schedule(1e-8, lr, warmup)
         main = main if callable(main) else (lambda _s, _lr=lr: _lr)
-        return optim.join_schedules([warm, main], [cfg.warmup_steps])
+        return optim.join_schedules([warm, main], [warmup])
     return main
 
 
@@ -159,11 +163,21 @@ class Trainer:
             self.emit(ev.Progress(0, "loading", done, 4, "parts", detail=detail,
                                   elapsed=time.perf_counter() - t_load))
 
+        for line in cfg.load_warnings:  # keys the config loader accepted but PPO ignores
+            self.log(line, "warning")
         loaded(0, "reading the prompts")
         check_run_dir(self.run_dir)
         for ref in (cfg.model, cfg.reference_model) if cfg.reference_model else (cfg.model,):
             locate_model(ref)
+        if cfg.init_adapter and not self.resume_requested:
+            adapter_files(cfg.init_adapter)  # there, before anything is written (its fit is checked on load)
         self._table = self._read_prompts()
+        if cfg.epochs is not None:  # TRL's num_train_epochs: steps from the number of prompts
+            n_rows = len(self._table.rows)
+            steps = max(1, math.ceil(cfg.epochs * n_rows / cfg.batch_size))
+            self.log(f"num_train_epochs {cfg.epochs:g} over {n_rows} prompts, {cfg.batch_size} a step: {steps} steps")
+            self.cfg = cfg = dataclasses.replace(cfg, steps=steps, epochs=None)
+            self._set_state("starting", "reading the prompts")
         loaded(1, "starting the judges")
         self.judges = self._make_judges(lambda m: self.log(m, "warning"))
         ckpt = self._take_run_dir()
@@ -177,6 +191,10 @@ class Trainer:
         model, self.tokenizer = load_policy(cfg.model, quantized=cfg.quantized_base)
         loaded(3, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
+        if cfg.init_adapter and ckpt is None:  # SFT -> PPO; a resume takes the checkpoint's adapter instead
+            n = load_init_adapter(self.policy, cfg.init_adapter, gguf_policy=locate_model(cfg.model)[0] == "gguf",
+                                  log=self.log)
+            self.log(f"adapter initialised from {cfg.init_adapter} ({n} tensors); the reference is the base model")
         self.reference = None
         if cfg.reference_model:
             self.reference, _ = load_policy(cfg.reference_model, quantized=cfg.quantized_base)
@@ -186,9 +204,14 @@ class Trainer:
                  f"{cfg.adapter.type} adapter, {n_params / 1e6:.2f}M trainable parameters")
         if cfg.mode == "pairwise" and not self.judges.can_compare:
             self.log("pairwise mode with pointwise judges: the higher-scored completion of each pair wins")
-        context = getattr(getattr(model, "args", None), "max_position_embeddings", None) or 2048
-        self.prompts = PromptSet.load(cfg.data, self.tokenizer,
-                                      max_prompt_tokens=max(16, min(context, 4096) - cfg.max_new_tokens),
+        if cfg.max_seq_length is not None:  # checked > max_new_tokens by the config
+            max_prompt = cfg.max_seq_length - cfg.max_new_tokens
+        else:
+            context = getattr(getattr(model, "args", None), "max_position_embeddings", None) or 2048
+            max_prompt = max(16, min(context, 4096) - cfg.max_new_tokens)
+        if cfg.max_prompt_tokens is not None:
+            max_prompt = min(max_prompt, cfg.max_prompt_tokens)
+        self.prompts = PromptSet.load(cfg.data, self.tokenizer, max_prompt_tokens=max_prompt,
                                       seed=cfg.seed, table=self._table)
         loaded(4, "ready")
 

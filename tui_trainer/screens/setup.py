@@ -28,9 +28,10 @@ DEFAULT_CONFIG_PATH = "tui-trainer.yaml"
 
 # The form's fields: (key, label). Each key's type (and whether empty means null) comes from its
 # declaration in config.py; the labels are the form's own short names.
-TEXT_FIELDS = (("model", "model"), ("data.path", "data"), ("run_dir", "run dir"))
+TEXT_FIELDS = (("model", "model"), ("init_adapter", "init adapter"), ("data.path", "data"), ("run_dir", "run dir"))
 PLACEHOLDERS = {
     "model": "embedded SmolLM2-135M-Instruct (or a model dir / .gguf)",
+    "init_adapter": "a fresh adapter (or an mlx-lm adapter folder: SFT -> PPO)",
     "data.path": "embedded prompts (or a JSONL/CSV/parquet file)",
 }
 HYPER_FIELDS = (
@@ -241,7 +242,9 @@ class SetupScreen(Screen):
             check_judge_options(judge["name"], judge["options"])
         tree["judges"] = judges
         # Adapter scale: keep the base's, and drop a stale alpha spelling if there was one.
-        return load_config(None, overrides=tree)
+        cfg = load_config(None, overrides=tree)
+        cfg.load_warnings = [*self.base.load_warnings, *cfg.load_warnings]  # the file's, logged when the run starts
+        return cfg
 
     def _checked(self) -> Config | None:
         try:
@@ -288,7 +291,9 @@ class SetupScreen(Screen):
             return
         screen = SetupScreen(cfg, config_path=path, resume=self.query_one("#resume", Checkbox).value)
         self.app.switch_screen(screen)
-        screen.call_after_refresh(screen.say, f"loaded {path}")
+        ignored = f"; {len(cfg.load_warnings)} key(s) ignored by PPO (listed when the run starts)" \
+            if cfg.load_warnings else ""
+        screen.call_after_refresh(screen.say, f"loaded {path}{ignored}")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         button = event.button
