@@ -202,6 +202,7 @@ def hub(hub_cache, monkeypatch):
     monkeypatch.setattr(hconst, "ENDPOINT", server.url)
     monkeypatch.setattr(hconst, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(hconst, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     yield server
     server.close()
 

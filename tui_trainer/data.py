@@ -271,9 +271,12 @@ def _load_local_dataset(path: Path, name: str, subset: str | None):
 
 
 def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub read it at import or as the environment says now."""
+    import os
+
     import huggingface_hub.constants as hconst
 
-    return bool(hconst.HF_HUB_OFFLINE)
+    return bool(hconst.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _cached_snapshot(ref: str) -> Path | None:
