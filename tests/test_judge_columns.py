@@ -268,3 +268,13 @@ def test_prompts_keep_columns_through_tokenizing(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in GSM_ROWS[:2]))
     ps = PromptSet.load(DataConfig(path=str(data), prompt_field="question", chat_template=False), Chars())
     assert [p.columns for p in ps.prompts] == [{"answer": GSM_ROWS[0]["answer"]}, {"answer": GSM_ROWS[1]["answer"]}]
+
+
+def test_judge_command_takes_columns(capsys):
+    from tui_trainer.cli import main
+
+    assert main(["judge", "answer", "--prompt", "What is 3 + 4?", "--a", "3 + 4 = 7. #### 7",
+                 "--column", "answer=#### 7"]) == 0
+    assert "score: 1.0000" in capsys.readouterr().out
+    assert main(["judge", "answer", "--prompt", "q", "--a", "#### 8", "-c", "answer=#### 7"]) == 0
+    assert "score: 0.0000" in capsys.readouterr().out
