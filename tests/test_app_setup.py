@@ -160,7 +160,7 @@ def test_plugins_screen_lists_judges_and_a_broken_plugin(monkeypatch):
             assert type(app.screen).__name__ == "PluginsScreen"
             text = screen_text(app)
             assert "2 installed, 1 broken" in text
-            assert "builtin" in text and "rules, human, llama" in text
+            assert "builtin" in text and "rules, answer, reward_function, human, llama" in text
             assert "badplugin" in text and "broken" in text
             await pilot.press("down")
             await pilot.pause()
@@ -169,7 +169,7 @@ def test_plugins_screen_lists_judges_and_a_broken_plugin(monkeypatch):
             await pilot.pause()
             assert type(app.screen).__name__ == "SetupScreen"
             # the broken plugin does not stop the rest: the working plugin's judges are offered
-            assert set(app.screen.catalog) == {"rules", "human", "llama"}
+            assert set(app.screen.catalog) == {"rules", "answer", "reward_function", "human", "llama"}
     run(go())
 
 

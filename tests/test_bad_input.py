@@ -99,6 +99,11 @@ class Case:
     fast: bool = False  # answered before any model loads: under a second
 
 
+def _gsm_rows_one_without_answer(ctx: Ctx) -> None:
+    rows = [{"question": "1+1?", "answer": "#### 2"}, {"question": "2+2?"}, {"question": "3+3?", "answer": "#### 6"}]
+    (ctx.tmp / "gsm.jsonl").write_text("".join(json.dumps({"prompt": r.pop("question"), **r}) + "\n" for r in rows))
+
+
 def _labels(ctx: Ctx, step: int = 1, n: int = 1) -> Path:
     path = ctx.run / "labels.jsonl"
     for i in range(n):
@@ -272,6 +277,16 @@ CASES = [
     Case("invalid-regex-option",
          lambda c: c.train("--set", 'judges=[{"name": "rules", "options": {"regex": true, "require": ["(a"]}}]'),
          2, "require", check=_not_created, fast=True),
+    Case("answer-judge-on-data-without-the-column",
+         lambda c: c.train("--set", 'judges=[{"name": "answer"}]'), 2,
+         "no column 'answer', which judge answer needs", check=_not_created, fast=True),
+    Case("answer-missing-on-some-rows",
+         lambda c: c.train()[:4] + ["--data", str(c.tmp / "gsm.jsonl")] + c.train("--set", 'judges=[{"name": "answer"}]')[6:],
+         2, "gsm.jsonl line 2: no 'answer' value, which judge answer needs (1 of 3 rows lack it)",
+         prepare=_gsm_rows_one_without_answer, check=_not_created, fast=True),
+    Case("uncached-hub-dataset-offline",
+         lambda c: c.train()[:4] + ["--data", "nobody-here/no-such-dataset-xyz"] + c.train()[6:], 2,
+         "not in the local Hugging Face cache; the hub is offline (HF_HUB_OFFLINE=1)", check=_not_created),
     # ---- smaller
     Case("judge-b-on-a-pointwise-judge", lambda c: ["judge", "rules", "--prompt", "p", "--a", "x", "--b", "y"], 2,
          "cannot compare two completions", fast=True),

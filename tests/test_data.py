@@ -81,7 +81,8 @@ TEXTS = [r["prompt"] for r in ROWS]
 def test_jsonl(tmp_path):
     ps = load(write_jsonl(tmp_path / "p.jsonl", ROWS), chat_template=False)
     assert texts(ps) == TEXTS
-    assert ps.prompts[2] == Prompt(text="question 2", ids=TOK.encode("question 2"), index=2)
+    # the row's other fields stay with the prompt, for the judges
+    assert ps.prompts[2] == Prompt(text="question 2", ids=TOK.encode("question 2"), index=2, columns={"id": 2})
 
 
 def test_json_list_of_objects_and_of_strings(tmp_path):
@@ -151,11 +152,163 @@ def test_cached_hub_dataset_by_name(tmp_path, monkeypatch, no_network):
     assert texts(load("someone/toy")) == TEXTS
 
 
-def test_uncached_dataset_name_fails_without_network(no_network):
+GSM8K_README = """---
+configs:
+- config_name: main
+  data_files:
+  - split: train
+    path: main/train-*
+  - split: test
+    path: main/test-*
+- config_name: socratic
+  data_files:
+  - split: train
+    path: socratic/train-*
+---
+"""
+
+
+def gsm8k_files() -> dict[str, bytes]:
+    """A dataset repository laid out like openai/gsm8k: two subsets, question / answer rows."""
+    def rows(split, n):
+        return "".join(json.dumps({"question": f"{split} {i} + 1?", "answer": f"{i} plus one\n#### {i + 1}"}) + "\n"
+                       for i in range(n)).encode()
+
+    return {"README.md": GSM8K_README.encode(), "main/train-00000-of-00001.jsonl": rows("train", 5),
+            "main/test-00000-of-00001.jsonl": rows("test", 3),
+            "socratic/train-00000-of-00001.jsonl": rows("socratic", 2)}
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """Empty hub and datasets caches under tmp_path."""
+    import datasets.config
+    import huggingface_hub.constants as hconst
+
+    monkeypatch.setattr(hconst, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    return tmp_path
+
+
+@pytest.fixture
+def hub(hub_cache, monkeypatch):
+    """A local server speaking the hub's protocol for the repository "someone/gsm8k-like"."""
+    import huggingface_hub.constants as hconst
+
+    from hub_server import HubServer
+
+    server = HubServer("someone/gsm8k-like", gsm8k_files())
+    # what HF_ENDPOINT=<url> sets when huggingface_hub is imported
+    monkeypatch.setattr(hconst, "ENDPOINT", server.url)
+    monkeypatch.setattr(hconst, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hconst, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield server
+    server.close()
+
+
+def test_hub_dataset_is_downloaded_once_with_subset_split_and_progress(hub, monkeypatch):
+    from tui_trainer.data import read_rows
+
+    logged, progress = [], []
+    cfg = DataConfig(path="someone/gsm8k-like", subset="main", split="train[1:4]", prompt_field="question")
+    table = read_rows(cfg, progress=lambda *a: progress.append(a), log=logged.append)
+    assert [r["question"] for r in table.rows] == ["train 1 + 1?", "train 2 + 1?", "train 3 + 1?"]
+    assert table.rows[0]["answer"] == "1 plus one\n#### 2"
+    assert table.where(0) == "someone/gsm8k-like train[1:4] row 2"
+    assert len(logged) == 1 and "downloading dataset someone/gsm8k-like from the Hugging Face hub" in logged[0]
+    assert progress and progress[-1][0] == progress[-1][1] > 0 and "someone/gsm8k-like" in progress[-1][3]
+    assert any(path.endswith("main/train-00000-of-00001.jsonl") for _, path in hub.requests)
+
+    # later runs read the cache: no request, no announcement, even with the network gone
+    hub.close()
+    requests = len(hub.requests)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data loader tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    logged.clear()
+    ps = PromptSet.load(DataConfig(path="someone/gsm8k-like", subset="socratic", prompt_field="question"),
+                        TOK, seed=0, table=read_rows(DataConfig(path="someone/gsm8k-like", subset="socratic",
+                                                                prompt_field="question"), log=logged.append))
+    assert texts(ps) == ["socratic 0 + 1?", "socratic 1 + 1?"] and logged == []
+    assert ps.prompts[1].columns == {"answer": "1 plus one\n#### 2"}
+    assert len(hub.requests) == requests
+
+
+def test_hub_dataset_unknown_subset_or_split_is_one_line(hub):
+    msg = one_line_error("someone/gsm8k-like", subset="mian", prompt_field="question")
+    assert "no subset 'mian'" in msg and "main" in msg and "socratic" in msg
+    msg = one_line_error("someone/gsm8k-like", subset="main", split="validation", prompt_field="question")
+    assert "no split 'validation' (splits: train, test)" in msg
+
+
+def test_hub_dataset_not_on_the_hub_is_one_line(hub):
+    msg = one_line_error("someone/not-there")
+    assert msg.startswith("someone/not-there: cannot download the dataset from the Hugging Face hub")
+    assert "no such dataset on the hub" in msg
+
+
+def test_uncached_hub_dataset_offline_is_one_line(hub_cache, monkeypatch, no_network):
+    import huggingface_hub.constants as hconst
+
+    monkeypatch.setattr(hconst, "HF_HUB_OFFLINE", True)
+    msg = one_line_error("nobody-here/not-a-cached-dataset")
+    assert "nobody-here/not-a-cached-dataset: not a file, and not in the local Hugging Face cache" in msg
+    assert "HF_HUB_OFFLINE" in msg
+
+
+def test_hub_snapshot_in_the_cache_loads_offline(hub_cache, no_network):
+    """A repository fetched with `hf download --repo-type dataset` (the hub cache layout) is read
+    without the network."""
+    snapshot = hub_cache / "hub" / "datasets--someone--toy" / "snapshots" / ("b" * 40)
+    for name, body in gsm8k_files().items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_bytes(body)
+    (hub_cache / "hub" / "datasets--someone--toy" / "refs").mkdir()
+    (hub_cache / "hub" / "datasets--someone--toy" / "refs" / "main").write_text("b" * 40)
+    ps = load("someone/toy", subset="main", split="test[-2:]", prompt_field="question")
+    assert texts(ps) == ["test 1 + 1?", "test 2 + 1?"]
+
+
+def test_split_slices_a_file_and_keeps_line_numbers(tmp_path):
+    from tui_trainer.data import read_rows
+
+    path = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    assert texts(load(path, split="train[:2]")) == TEXTS[:2]
+    assert texts(load(path, split="train[-40%:]")) == TEXTS[3:]
+    assert [p.index for p in load(path, split="train[3:]").prompts] == [0, 1]
+    assert read_rows(DataConfig(path=str(path), split="train[3:]")).where(1) == f"{path} line 5"
+    assert "a single file is the split 'train'" in one_line_error(path, split="test")
+    assert "is not a split like train" in one_line_error(path, split="train[:x]")
+    assert "a file has no subsets" in one_line_error(path, subset="main")
+
+
+def test_saved_dataset_split_slice(tmp_path, no_network):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"q": ["a", "b"], "answer": ["1", "2"]}),
+                 "test": Dataset.from_dict({"q": ["c", "d", "e"], "answer": ["3", "4", "5"]})}) \
+        .save_to_disk(str(tmp_path / "dd"))
+    ps = load(tmp_path / "dd", prompt_field="q", split="test[1:]+train[:1]")
+    assert texts(ps) == ["d", "e", "a"]
+    assert [p.columns for p in ps.prompts] == [{"answer": "4"}, {"answer": "5"}, {"answer": "1"}]
+
+
+def test_required_columns_name_the_judge_and_the_row(tmp_path):
+    from tui_trainer.data import read_rows, require_columns
+
+    rows = [{"question": "1+1?", "answer": "#### 2"}, {"question": "2+2?"}, {"question": "3+3?", "answer": None}]
+    table = read_rows(DataConfig(path=str(write_jsonl(tmp_path / "g.jsonl", rows))))
+    require_columns(table, "question", {"answer": ()})
     with pytest.raises(DataError) as info:
-        load("nobody-here/not-a-cached-dataset")
-    msg = str(info.value)
-    assert "not a dataset in the local datasets cache" in msg and "\n" not in msg
+        require_columns(table, "question", {"answer": ("answer",)})
+    assert str(info.value) == (f"{tmp_path / 'g.jsonl'} line 2: no 'answer' value, which judge answer needs "
+                               "(2 of 3 rows lack it)")
+    with pytest.raises(DataError) as info:
+        require_columns(table, "question", {"grader": ("solution",)})
+    assert str(info.value) == f"{tmp_path / 'g.jsonl'}: no column 'solution', which judge grader needs (columns: answer)"
 
 
 # ----------------------------------------------------------------------------- fields + chat

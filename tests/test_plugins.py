@@ -90,7 +90,7 @@ def test_each_plugin_loads_on_its_own(plugin_dir):
     assert status["wrong_arg"][0] == "broken" and "invalid plugin" in status["wrong_arg"][1]
     assert status["exits"][0] == "broken" and "SystemExit" in status["exits"][1]
     # what loaded is usable; a broken plugin leaves nothing half-registered
-    assert set(reg.judges) == {"rules", "human", "llama", "echo"}
+    assert set(reg.judges) == {"rules", "answer", "reward_function", "human", "llama", "echo"}
     assert "half" not in reg.judges
     assert reg.get("echo").description == "returns a constant"
     assert [p.judges for p in reg.plugins if p.name == "good_plug"] == [["echo"]]
@@ -167,7 +167,7 @@ def test_cli_lists_broken_plugin_and_the_rest(tmp_path):
     assert "broken: import failed: ImportError: needs libfoo 2.0" in lines["broken"]
     assert "0.3" in lines["broken"]
     assert "echo" in lines["goodone"] and "ok" in lines["goodone"] and "0.3" in lines["goodone"]
-    assert "rules, human, llama" in lines["builtin"] and "ok" in lines["builtin"]
+    assert "rules, answer, reward_function, human, llama" in lines["builtin"] and "ok" in lines["builtin"]
     assert "http" in lines and "ok" in lines["http"]  # the example plugin, installed editable
     assert "Traceback" not in out.stdout + out.stderr
 

@@ -125,9 +125,10 @@ class AdapterConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = key(None, 'JSONL / JSON / parquet / CSV / TXT file, a saved datasets directory or a cached datasets name; null = embedded prompts', aliases=('dataset_name',), section_aliases=('dataset_name',), check=optional(not_empty("must not be empty (null = embedded prompts)")), flag='--data')
+    path: str | None = key(None, 'JSONL / JSON / parquet / CSV / TXT file, a saved datasets directory, or a Hugging Face hub dataset id (downloaded once, then read from the cache); null = embedded prompts', aliases=('dataset_name',), section_aliases=('dataset_name',), check=optional(not_empty("must not be empty (null = embedded prompts)")), flag='--data')
+    subset: str | None = key(None, "the dataset's subset (datasets' config name), e.g. main for gsm8k; null = its default", aliases=('dataset_config',), section_aliases=('name', 'config_name', 'dataset_config'), check=optional(not_empty("must not be empty (null = the default subset)")))
     prompt_field: str = key('prompt', 'field holding the prompt text (a chat `messages` list is used when the row has one)', section_aliases=('prompt_key',), check=not_empty())
-    split: str = key('train', 'split to use for a datasets dataset', check=not_empty())
+    split: str = key('train', "split, with datasets' slicing: train, train[:500], test[10%:]; a single file is the split train", check=not_empty())
     chat_template: bool = key(True, "wrap prompts in the tokenizer's chat template (false = plain text)", section_aliases=('use_chat_template',))
     system_prompt: str | None = key(None, "system message added to prompts that have none; null = the template's default", section_aliases=('system',))
     shuffle: bool = key(True, 'shuffle the prompts each epoch (deterministic from seed)')

@@ -6,7 +6,8 @@ run's own, before the model loads and before the run directory is created):
 
 * ``judges(log)`` -> the JudgeSet of ``config.judges`` (plugins resolved, options checked);
 * ``prompts()`` -> the raw prompt rows of ``config.data`` (read and checked, not tokenized:
-  the trainer tokenizes them once it has the model's tokenizer).
+  the trainer tokenizes them once it has the model's tokenizer); a hub dataset not yet cached
+  is downloaded then, announced in the log and followed by "loading" progress events.
 
 Front ends (the app's runner, ``train --headless``, benchmarks) call ``build_run``.
 """
@@ -21,6 +22,7 @@ from tui_trainer.config import Config
 def build_run(config: Config, *, observer: Callable[[Any], None] | None = None, prompter: Any = None,
               resume: bool = False, trainer_class: type | None = None):
     """The Trainer for ``config``, with its judges and prompts to build (call ``.run()``)."""
+    from tui_trainer import events as ev
     from tui_trainer.data import read_rows
     from tui_trainer.engine.trainer import Trainer
     from tui_trainer.plugins.judgeset import MAX_ABS_SCORE
@@ -34,7 +36,16 @@ def build_run(config: Config, *, observer: Callable[[Any], None] | None = None, 
                                max_abs_score=None if config.score_clip is not None else MAX_ABS_SCORE)
 
     def prompts():
-        return read_rows(config.data)
+        # a hub dataset that is not cached yet is downloaded here, at start-up: announced, with progress
+        def progress(done: int, total: int, unit: str, detail: str) -> None:
+            if observer is not None:
+                observer(ev.Progress(0, "loading", done, total, unit, detail=detail))
+
+        def log(message: str) -> None:
+            if observer is not None:
+                observer(ev.LogMessage("info", message))
+
+        return read_rows(config.data, progress=progress, log=log)
 
     cls = trainer_class or Trainer
     return cls(config, observer=observer, resume=resume, judges=judges, prompts=prompts)

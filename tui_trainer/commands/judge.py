@@ -1,4 +1,4 @@
-"""`tui-trainer judge NAME --prompt P --a A [--b B] [--option k=v ...]`: try a judge."""
+"""`tui-trainer judge NAME --prompt P --a A [--b B] [--option k=v ...] [--column k=v ...]`: try a judge."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--b", help="a second completion: compare a with b instead of scoring a")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="a judge option (repeatable); `tui-trainer plugins -v` lists them")
+    p.add_argument("--column", "-c", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset column of the prompt's row, e.g. --column answer='#### 42' (repeatable)")
     p.add_argument("--run-dir", help="run directory (the human judge appends to its labels.jsonl)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before the call counts as failed")
 
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         if args.b is None:
             if not js.members[0].info.pointwise:
                 raise ConfigError(f"judge {args.name} is pairwise: scoring a single completion needs --b")
-            res = js.score([args.prompt], [args.a])
+            columns = parse_assignments(args.column, what="--column")
+            res = js.score([args.prompt], [args.a], columns=[columns])
             value = res.scores[0]
             text = "skipped" if value is None else f"{value:.4f}"
             console.print(f"score: {text}  ({time.perf_counter() - start:.2f}s)")

@@ -41,7 +41,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from tui_trainer import events as ev
 from tui_trainer.config import Config, config_changes, load_config, save_config
-from tui_trainer.data import PromptSet
+from tui_trainer.data import PromptSet, require_columns
 from tui_trainer.engine import ppo
 from tui_trainer.engine.adapters import adapter_files, load_init_adapter
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -180,6 +180,8 @@ class Trainer:
             self._set_state("starting", "reading the prompts")
         loaded(1, "starting the judges")
         self.judges = self._make_judges(lambda m: self.log(m, "warning"))
+        # a judge that needs a column (the answer judge's `answer`) finds it in every row, or the run stops here
+        require_columns(self._table, cfg.data.prompt_field, self.judges.required_columns())
         ckpt = self._take_run_dir()
         self.files = RunFiles(self.run_dir)
         self._observer = ev.fan_out(self.files, self._user_observer)
@@ -447,6 +449,7 @@ class Trainer:
                       top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
                       on_token=on_token, should_stop=self._abort.is_set)
         texts = [batch[i].text for i in roll.prompt_index]
+        columns = [batch[i].columns for i in roll.prompt_index]  # each sample's dataset row, for the judges
         completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
                        for r in roll.responses]
         t1 = time.perf_counter()
@@ -455,7 +458,7 @@ class Trainer:
         self._end_phase("rollout")
 
         self._begin_phase("judging")
-        scores, per_judge = self._judge(texts, completions, step)
+        scores, per_judge = self._judge(texts, completions, step, columns)
         self._check_abort()
         self._end_phase("judging")
         t2 = time.perf_counter()
@@ -517,10 +520,10 @@ class Trainer:
                    for i, (p, c, s, f) in enumerate(zip(texts, completions, scores, roll.finished))])
         return metrics
 
-    def _judge(self, texts: list[str], completions: list[str], step: int):
+    def _judge(self, texts: list[str], completions: list[str], step: int, columns: list[dict] | None = None):
         cfg = self.cfg
         if cfg.mode != "pairwise":
-            res = self.judges.score(texts, completions, step=step)
+            res = self.judges.score(texts, completions, step=step, columns=columns)
             return list(res.scores), dict(res.per_judge)
         scores: list[float | None] = []
         choices = []
@@ -533,7 +536,7 @@ class Trainer:
                 choices.append(verdict.choice)
             self._progress("judging", len(texts), len(texts), "samples", detail="pairs")
         else:  # pointwise judges decide each pair by score; a dropped score skips the pair
-            res = self.judges.score(texts, completions, step=step)
+            res = self.judges.score(texts, completions, step=step, columns=columns)
             pointwise = dict(res.per_judge)  # reported too: score/<judge> is what the verdicts hide
             for a, b in zip(res.scores[0::2], res.scores[1::2]):
                 choices.append("skip" if a is None or b is None else "a" if a > b else "b" if b > a else "tie")

@@ -2,6 +2,9 @@
 
 ``JudgeSet.score`` asks every judge for its scores and returns their weighted
 sum (each judge's own scores are reported too, for ``score/<judge>`` metrics).
+Given the samples' dataset ``columns`` (one dict per sample), each pointwise judge
+gets those its ``score`` accepts (see judge.py: ``**kwargs``, named parameters,
+a ``columns`` attribute); ``required_columns()`` says which every row must have.
 ``JudgeSet.compare`` asks the first judge that can compare two completions.
 
 A judge call fails when it raises, runs past ``timeout`` seconds (calls run in
@@ -35,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tui_trainer.errors import ConfigError, StepInterrupted
-from tui_trainer.plugins.judge import JudgeContext, JudgeFailure, JudgeTimeout, Verdict, one_line
+from tui_trainer.plugins.judge import (ColumnUse, JudgeContext, JudgeFailure, JudgeTimeout, Verdict, columns_for,
+                                      judge_columns, one_line)
 
 FAILURE_MODES = ("drop", "retry", "stop")
 MAX_CONSECUTIVE_FAILURES = 3
@@ -55,6 +59,7 @@ class Member:
     interactive: bool = False
     failures: int = 0  # failed calls in a row
     lock: threading.Lock = field(default_factory=threading.Lock)
+    columns: ColumnUse | None = None  # the dataset columns its score() takes (read from the judge when None)
 
 
 @dataclass
@@ -76,6 +81,9 @@ class JudgeSet:
             raise ConfigError(f"judge_timeout must be >= 0 seconds, got {timeout}")
         if not members:
             raise ConfigError("no judges configured")
+        for m in members:
+            if m.columns is None:
+                m.columns = judge_columns(m.judge) if m.info.pointwise else ColumnUse()
         self.members = members
         self.failure = failure
         self.retries = retries
@@ -96,20 +104,29 @@ class JudgeSet:
     def can_compare(self) -> bool:
         return any(m.info.pairwise for m in self.members)
 
+    def required_columns(self) -> dict[str, tuple[str, ...]]:
+        """judge -> the dataset columns every row must have for it (only judges that need some)."""
+        return {m.key: m.columns.required for m in self.members if m.columns is not None and m.columns.required}
+
     # -- pointwise -------------------------------------------------------------------
 
-    def score(self, prompts: list[str], completions: list[str], step: int = 0) -> ScoreResult:
+    def score(self, prompts: list[str], completions: list[str], step: int = 0,
+              columns: list[dict[str, Any]] | None = None) -> ScoreResult:
+        """``columns``: each sample's dataset row fields besides the prompt (None: no dataset)."""
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts for {n} completions")
+        if columns is not None and len(columns) != n:
+            raise ValueError(f"{len(columns)} column rows for {n} completions")
         per_judge: dict[str, list[float | None]] = {}
         for m in self.members:
             m.context.step = step
             m.context.progress = lambda done, total, key=m.key: self.progress(key, done, total)
             self.progress(m.key, 0, n)
             if m.info.pointwise:
+                kwargs = columns_for(m.columns, columns) if columns is not None and m.columns is not None else {}
                 values = self._call(
-                    m, step, lambda m=m: m.judge.score(list(prompts), list(completions)),
+                    m, step, lambda m=m, kw=kwargs: m.judge.score(list(prompts), list(completions), **kw),
                     lambda raw: _check_scores(raw, n, self.max_abs_score), fallback=None)
                 per_judge[m.key] = values if values is not None else [None] * n
             else:

@@ -223,23 +223,50 @@ def _version(ep: md.EntryPoint) -> str:
 
 
 def import_object(path: str) -> Any:
-    """``"pkg.mod:func"`` or ``"pkg.mod.func"`` -> the object; ConfigError when missing."""
+    """``"pkg.mod:func"``, ``"pkg.mod.func"`` or ``"path/to/file.py:func"`` -> the object;
+    ConfigError when missing."""
     if ":" in path:
-        module_name, _, attr = path.partition(":")
+        module_name, _, attr = path.rpartition(":")
     else:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"{path!r} is not a dotted path like pkg.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"cannot import {module_name} for {path!r}: {one_line(exc)}") from None
+    if module_name.endswith(".py"):
+        module = _import_file(Path(module_name).expanduser(), path)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"cannot import {module_name} for {path!r}: {one_line(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{module_name} has no attribute {attr!r} (from {path!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def _import_file(file: Path, path: str) -> Any:
+    """The module of a Python file named in ``path`` (``file.py:func``), imported once."""
+    import importlib.util
+    import sys
+
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file (from {path!r})")
+    name = f"tui_trainer_user.{file.stem}_{abs(hash(str(file.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:  # noqa: BLE001  a user's file may raise anything, even SystemExit
+        sys.modules.pop(name, None)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ConfigError(f"cannot import {file} for {path!r}: {one_line(exc)}") from None
+    return module
 
 
 def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | os.PathLike | None = None,

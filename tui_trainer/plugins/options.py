@@ -53,12 +53,12 @@ def resolve(options: Iterable[Option], raw: dict[str, Any] | None, judge: str) -
     return out
 
 
-def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+def parse_assignments(items: Iterable[str], what: str = "--option") -> dict[str, str]:
     """``["k=v", ...]`` from the command line into a dict (values stay strings)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--option needs KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{what} needs KEY=VALUE, got {item!r}")
         out[key.strip()] = value
     return out

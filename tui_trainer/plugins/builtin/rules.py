@@ -8,7 +8,10 @@ Components (each scores a completion in [0, 1]; the callable may return any floa
 * ``forbid``: 1 when none of the ``forbid`` patterns is present, else the
   fraction absent.
 * ``json``: 1 when the completion parses as JSON (a ```json fence is allowed).
-* ``callable``: ``func(prompt, completion) -> float`` named by a dotted path.
+* ``callable``: ``func(prompt, completion) -> float`` named by a dotted path (or
+  ``path/to/file.py:func``). A function that names more parameters
+  (``func(prompt, completion, answer)``) or takes ``**columns`` also gets that
+  sample's dataset columns, as single values.
 
 Patterns are plain keywords (case-insensitive, whole words) unless ``regex`` is
 on. The score is the weighted mean of the components that are set; ``weights``
@@ -25,7 +28,7 @@ from typing import Any, Callable
 
 from tui_trainer.errors import ConfigError
 from tui_trainer.plugins.hookspecs import Option
-from tui_trainer.plugins.judge import JudgeContext
+from tui_trainer.plugins.judge import ColumnUse, JudgeContext, column_use
 
 COMPONENTS = ("length", "require", "forbid", "json", "callable")
 DEFAULT_TARGET, DEFAULT_TOLERANCE = 20, 5
@@ -40,7 +43,8 @@ OPTIONS = [
     Option("regex", bool, False, "treat require/forbid as Python regular expressions"),
     Option("ignore_case", bool, True, "case-insensitive matching"),
     Option("json", bool, False, "reward completions that are valid JSON"),
-    Option("callable", str, None, "a Python function 'pkg.mod:func' called as func(prompt, completion) -> float"),
+    Option("callable", str, None, "a Python function 'pkg.mod:func' or 'file.py:func' called as "
+           "func(prompt, completion) -> float; parameters it names after those get the row's columns"),
     Option("weights", dict, None, "weight per component: length, require, forbid, json, callable"),
 ]
 
@@ -52,7 +56,8 @@ class RulesJudge:
         self.name = context.name
         o = options
         flags = re.IGNORECASE if o["ignore_case"] else 0
-        self.rules: dict[str, Callable[[str, str], float]] = {}
+        self.rules: dict[str, Callable[..., float]] = {}
+        self.takes = ColumnUse()  # the dataset columns the callable takes
         target, tolerance = o["target_length"], o["length_tolerance"]
         nothing_set = not any(o[k] for k in ("target_length", "require", "forbid", "json", "callable"))
         if nothing_set and target is None:
@@ -76,7 +81,8 @@ class RulesJudge:
             func = import_object(o["callable"])
             if not callable(func):
                 raise ConfigError(f"judge {self.name}: {o['callable']!r} is not callable")
-            self.rules["callable"] = lambda p, c: float(func(p, c))
+            self.takes = column_use(func)
+            self.rules["callable"] = lambda p, c, **cols: float(func(p, c, **cols))
         weights = dict(o["weights"] or {})
         for key, w in weights.items():
             if key not in COMPONENTS:
@@ -89,6 +95,7 @@ class RulesJudge:
         if total <= 0:
             raise ConfigError(f"judge {self.name}: the weights of the rules in use must sum to more than 0")
         self.total = total
+        self.columns = self.takes.required  # every row must have these (checked before the run starts)
 
     def _patterns(self, items: list, regex: bool, flags: int, option: str) -> list[re.Pattern]:
         out = []
@@ -102,13 +109,18 @@ class RulesJudge:
                 raise ConfigError(f"judge {self.name}: {option} pattern {text!r} is not a valid regex: {exc}") from None
         return out
 
-    def components(self, prompt: str, completion: str) -> dict[str, float]:
-        return {k: rule(prompt, completion) for k, rule in self.rules.items()}
+    def components(self, prompt: str, completion: str, **columns: Any) -> dict[str, float]:
+        """Each rule's score for one sample; ``columns``: that sample's dataset columns."""
+        out = {}
+        for k, rule in self.rules.items():
+            out[k] = rule(prompt, completion, **columns) if k == "callable" else rule(prompt, completion)
+        return out
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def score(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> list[float]:
+        take = {k: v for k, v in columns.items() if self.takes.every or k in self.takes.named}
         out = []
-        for p, c in zip(prompts, completions):
-            parts = self.components(p, c)
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            parts = self.components(p, c, **{k: v[i] for k, v in take.items()})
             out.append(sum(self.weights[k] * v for k, v in parts.items()) / self.total)
         return out
 
