@@ -233,6 +233,7 @@ def test_judging_screen_answers_the_engine_with_the_pressed_key(key, choice):
                             judge="human", step=4)
             await wait_for(pilot, lambda: isinstance(app.screen, JudgingScreen)
                            and app.screen.request is not None)
+            await wait_for(pilot, lambda: "Which is kinder?" in screen_text(app))  # drawn (slow machines lag)
             text = screen_text(app)
             assert "Which is kinder?" in text and "first answer" in text and "second answer" in text
             assert "1 waiting" in text and "step 4" in text
