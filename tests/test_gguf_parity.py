@@ -37,7 +37,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
-from gguf_build import copy_fields, dequantized, write_f32_copy, write_gguf  # noqa: E402
+from gguf_build import add_model_metadata, dequantized, write_f32_copy, write_gguf  # noqa: E402
 from tui_trainer.engine.gguf import _meta_scalar, dequantize_all, load_gguf, read_gguf, tensor_types  # noqa: E402
 from tui_trainer.engine.models import default_model_path, load_policy  # noqa: E402
 
@@ -268,16 +268,7 @@ def test_dequantized_tensors_equal_gguf_reference(gguf_model):
 
 
 def _llama_metadata(w, *, hidden, ffn, heads, kv_heads, vocab, layers=2):
-    w.add_block_count(layers)
-    w.add_context_length(256)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(hidden // heads)
-    w.add_vocab_size(vocab)
+    add_model_metadata(w, "llama", hidden=hidden, ffn=ffn, heads=heads, kv_heads=kv_heads, vocab=vocab, layers=layers)
 
 
 def _random_llama_tensors(rng, types, *, hidden, ffn, heads, kv_heads, vocab, layers=2, tied=False):
@@ -356,17 +347,8 @@ def spm(tmp_path_factory):
 
 
 def _spm_metadata(w, spm, dims, *, space_prefix=True):
-    _, pieces, scores, types = spm
     _llama_metadata(w, **dims)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_space_prefix(space_prefix)
+    _spm_tokenizer_metadata(w, spm, space_prefix=space_prefix)
 
 
 SPM_TEXTS = ["the quick brown fox", "digits 31415 and 2024!", "a", "   ", "<s>the fox</s> jumps",
