@@ -299,6 +299,51 @@ def test_chat_screen_answers_with_the_trained_model(tiny_dir, trained_run):
     asyncio.run(go())
 
 
+def test_app_after_a_run_offers_trained_vs_base_and_chat(tiny_dir, tmp_path):
+    """In the app: a run ends; e shows trained vs base side by side (and writes eval.json); t chats."""
+    from tui_trainer.app import TrainerApp
+    from tui_trainer.screens.after import AfterScreen
+    from tui_trainer.screens.chat import ChatScreen
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"item {i}"}) + "\n" for i in range(6)))
+    cfg = Config(model=str(tiny_dir), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=1,
+                 batch_size=2, num_samples=2, max_new_tokens=6, ppo_epochs=1, minibatch_size=4, save_every=0,
+                 seed=1, adapter=AdapterConfig(rank=4, layers=2),
+                 judges=[JudgeSpec("rules", 1.0, {"callable": "test_after:char_length"})])
+
+    async def until(pilot, predicate, what):
+        deadline = time.monotonic() + 120
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            await pilot.pause(0.05)
+
+    async def go():
+        app = TrainerApp(cfg, start=True)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await until(pilot, lambda: app.run_ended, "run finished")
+            assert app.status == "finished", app.error
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, AfterScreen) and app.screen.result is not None,
+                        "comparison shown")
+            after = app.screen
+            report = json.loads((tmp_path / "run" / "eval.json").read_text())
+            assert report["n"] == after.result.n == 4  # 6 prompts, 2 drawn by the one step
+            assert after.query_one("#after-table").row_count == 4
+            assert "win rate of trained over base" in str(after.query_one("#after-summary").render())
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("t")
+            await until(pilot, lambda: isinstance(app.screen, ChatScreen) and not app.screen.busy, "chat loaded")
+            assert app.screen.error is None and app.screen.session.trained.step == 1
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("q")
+            await pilot.pause()
+
+    asyncio.run(go())
+
+
 # ----------------------------------------------------------------------------- install / version
 
 def _write_wheel(folder: Path) -> Path:

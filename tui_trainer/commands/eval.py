@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,77 +34,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tui_trainer.errors import ConfigError
-    from tui_trainer.evaluation import EvalResult, mean, outcome_of_scores, outcome_of_verdict
-    from tui_trainer.plugins.builtin.human import ConsolePrompter
-    from tui_trainer.plugins.manager import build_judge_set, get_plugin_manager
-    from tui_trainer.plugins.options import parse_assignments
+    from rich.console import Console
 
-    if args.num_prompts < 1:
-        raise ConfigError(f"-n must be >= 1, got {args.num_prompts}")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    from tui_trainer.evalrun import evaluate_run, judge_specs_for
+    from tui_trainer.plugins.builtin.human import ConsolePrompter
+    from tui_trainer.plugins.options import parse_assignments
 
     def progress(phase: str, done: int, total: int) -> None:
         print(f"eval: {phase} {done}/{total}", file=sys.stderr, flush=True)
 
-    from rich.console import Console
-
     console = Console(stderr=True, highlight=False)
-    from tui_trainer.engine.trained import held_out_prompts, load_trained, locate_checkpoint, run_config
-
-    ckpt, run_dir = locate_checkpoint(args.run)  # bad paths fail before any model loads
-    cfg = run_config(run_dir)
-    if args.judge:
-        options = parse_assignments(args.option)
-        specs = [{"name": name, "options": options} for name in args.judge]
-    else:
-        if args.option:
-            raise ConfigError("--option needs --judge NAME (the run's own judges keep their options)")
-        specs = cfg.judges
-    js = build_judge_set(specs, prompter=ConsolePrompter(console), run_dir=None, failure="drop",
-                         retries=cfg.judge_retries, timeout=cfg.judge_timeout,
-                         log=lambda m: console.print(f"[yellow]{m}[/]"), registry=get_plugin_manager())
-    try:
-        progress("loading", 0, 1)
-        trained = load_trained(args.run)
-        progress("loading", 1, 1)
-        prompts, rule = held_out_prompts(trained, args.data, args.num_prompts)
-        max_new = args.max_new_tokens or trained.config.max_new_tokens
-        t0 = time.perf_counter()
-        from tui_trainer.engine.trained import sample_both
-
-        texts = [p.text for p in prompts]
-        done_trained, done_base = sample_both(trained, [p.ids for p in prompts], max_new_tokens=max_new,
-                                              temperature=args.temperature, seed=args.seed,
-                                              batch_size=max(1, args.batch_size), progress=progress)
-        t_sample = time.perf_counter() - t0
-        pointwise = [m for m in js.members if m.info.pointwise]
-        js.progress = lambda key, done, total: progress(f"judging ({key})", done, total)
-        per_judge: dict = {}
-        tr_scores: list = []
-        base_scores: list = []
-        if pointwise:
-            n = len(prompts)
-            columns = [p.columns for p in prompts] * 2 if any(p.columns for p in prompts) else None
-            res = js.score(texts * 2, done_trained + done_base, columns=columns)
-            tr_scores, base_scores = res.scores[:n], res.scores[n:]
-            outcomes = [outcome_of_scores(a, b) for a, b in zip(tr_scores, base_scores)]
-            per_judge = {k: {"trained": mean(v[:n]), "base": mean(v[n:])} for k, v in res.per_judge.items()}
-        else:  # every judge is pairwise: compare trained (a) with base (b)
-            outcomes = []
-            for i, (p, a, b) in enumerate(zip(texts, done_trained, done_base)):
-                outcomes.append(outcome_of_verdict(js.compare(p, a, b).choice))
-                progress(f"judging ({js.names[0]})", i + 1, len(texts))
-        info = {"checkpoint": str(trained.checkpoint), "step": trained.step, "judges": js.names, "data": rule,
-                "temperature": args.temperature, "max_new_tokens": max_new, "seed": args.seed,
-                "base_model": trained.config.model or "embedded SmolLM2-135M-Instruct",
-                "seconds": {"sampling": round(t_sample, 2), "total": round(time.perf_counter() - t0, 2)}}
-        result = EvalResult(texts, done_trained, done_base, outcomes, tr_scores, base_scores, per_judge, info)
-        out_dir = run_dir if run_dir is not None else trained.checkpoint
-        json_path, md_path = result.save(out_dir)
-    finally:
-        js.close()
+    specs = judge_specs_for(args.run, args.judge, parse_assignments(args.option))
+    result, (json_path, md_path) = evaluate_run(
+        args.run, judges=specs, data=args.data, n=args.num_prompts, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
+        prompter=ConsolePrompter(console), progress=progress, log=lambda m: console.print(f"[yellow]{m}[/]"))
     if args.json:
         print(json.dumps(result.summary()))
         return 0

@@ -58,7 +58,8 @@ class DashboardScreen(Screen):
         Binding("ctrl+c", "stop_now", "Stop now", show=False, priority=True),
         Binding("j", "judge", "Judge"),
         Binding("n", "new_run", "New run", show=False),
-        Binding("t", "chat", "Chat"),  # offered once the run has ended
+        Binding("t", "chat", "Chat"),  # t and e: offered once the run has ended
+        Binding("e", "after", "Trained vs base"),
     ]
 
     def __init__(self, config: Config, history: list[dict] | None = None) -> None:
@@ -169,7 +170,7 @@ class DashboardScreen(Screen):
 
     def on_finished(self, status: str, error: str | None) -> None:
         self.add_log("error" if status == "failed" else "info",
-                 f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run · t chat")
+                 f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run · t chat · e trained vs base")
         self.flush()
 
     # ------------------------------------------------------------------ drawing
@@ -224,7 +225,7 @@ class DashboardScreen(Screen):
             return not stopping
         if action == "stop_now":
             return stopping or bool(getattr(self.app, "run_active", False))
-        if action == "chat":
+        if action in ("chat", "after"):
             return bool(getattr(self.app, "run_ended", False)) and not getattr(self.app, "run_active", False)
         return True
 
@@ -233,6 +234,9 @@ class DashboardScreen(Screen):
 
     def action_stop_now(self) -> None:
         self.post_message(self.Command("stop_now"))
+
+    def action_after(self) -> None:
+        self.post_message(self.Command("eval"))
 
     def action_chat(self) -> None:
         self.post_message(self.Command("chat"))
