@@ -2,7 +2,8 @@
 on the dashboard once a run has ended).
 
 The model loads and answers on the engine thread (``Runner.submit``): the screen hands it jobs and
-shows their results when they come back (``call_from_thread``); it never imports MLX itself.
+shows their results when they come back (``call_from_thread``), the reply streamed as it is decoded
+(mlx-lm's ``stream_generate``); the screen never imports MLX itself.
 Esc leaves the chat.
 """
 
@@ -102,7 +103,19 @@ class ChatScreen(Screen):
         self._add_turn("you", text)
         pending = self._add_turn("model", "…")
         session = self.session
-        self._submit(lambda: session.reply(text), lambda f: self._replied(f, pending))
+        streamed: list[str] = []
+
+        def on_text(segment: str) -> None:  # engine thread: show the reply as it is decoded
+            try:
+                self.app.call_from_thread(self._stream, pending, streamed, segment)
+            except Exception:  # noqa: BLE001  the app has gone
+                pass
+
+        self._submit(lambda: session.reply(text, on_text=on_text), lambda f: self._replied(f, pending))
+
+    def _stream(self, widget: Static, streamed: list[str], segment: str) -> None:
+        streamed.append(segment)
+        widget.update(f"model: {printable(''.join(streamed))}")
 
     def _replied(self, future: Future, widget: Static) -> None:
         from tui_trainer.errors import one_line
