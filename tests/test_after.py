@@ -228,6 +228,30 @@ def test_csv_tracker_and_metrics_command(trained_run, capsys, monkeypatch):
     assert "did you mean 'score_mean'" in capsys.readouterr().err
 
 
+def test_trackers_continue_on_resume(tiny_dir, tmp_path):
+    """A resumed run's metrics.csv holds every step once; TensorBoard gets the new steps."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"p {i}"}) + "\n" for i in range(4)))
+    cfg = Config(model=str(tiny_dir), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=1,
+                 batch_size=2, num_samples=2, max_new_tokens=4, minibatch_size=4, ppo_epochs=1, save_every=1,
+                 report_to=["csv", "tensorboard"], judges=[JudgeSpec("rules", 1.0, {"callable": "test_after:char_length"})])
+    assert build_run(cfg).run().status == "finished"
+    cfg.steps = 2
+    assert build_run(cfg, resume=True).run().status == "finished"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    table = list(csv.DictReader(io.StringIO((tmp_path / "run" / "metrics.csv").read_text())))
+    assert [int(r["step"]) for r in table] == [r["step"] for r in rows] == [1, 2]
+    assert [float(r["score_mean"]) for r in table] == [r["score_mean"] for r in rows]
+    steps = set()
+    for f in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
+        for record in _tfrecords(f):
+            event = Event.FromString(record)
+            steps |= {event.step for v in event.summary.value if v.tag == "score_mean"}
+    assert steps == {1, 2}
+
+
 def test_report_to_key_and_missing_package(tiny_dir, tmp_path):
     from tui_trainer.config import load_config
     from tui_trainer.tracking import check_trackers
@@ -258,17 +282,23 @@ def test_dashboard_continues_the_plots_on_resume(trained_run):
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     cfg = Config(run_dir=str(trained_run), steps=4)
 
+    async def mounted(pilot, dash):
+        deadline = time.monotonic() + 30
+        while not dash.ready:
+            assert time.monotonic() < deadline, "dashboard not mounted"
+            await pilot.pause(0.02)
+
     async def go():
         app = TrainerApp(cfg, resume=True)
         async with app.run_test(size=(100, 30)) as pilot:
             dash = app.open_dashboard(cfg)
-            await pilot.pause()
+            await mounted(pilot, dash)
             assert dash.panel("score_mean").values == [r["score_mean"] for r in rows]
             assert [s for s, _ in dash.panel("kl").history] == [1, 2]
         fresh = TrainerApp(cfg)  # not a resume: the plots start empty
         async with fresh.run_test(size=(100, 30)) as pilot:
             dash = fresh.open_dashboard(cfg)
-            await pilot.pause()
+            await mounted(pilot, dash)
             assert dash.panel("score_mean").values == []
 
     asyncio.run(go())

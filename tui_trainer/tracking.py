@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,14 @@ def _finite(values: dict) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, start_step: int = 0):
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(logdir=str(Path(run_dir) / TENSORBOARD_DIR))
+        # a resumed run: TensorBoard hides what an earlier process logged after the checkpoint
+        purge = start_step + 1 if start_step else None
+        # the file name holds the time in seconds: a suffix keeps a quick resume from overwriting the file
+        self.writer = SummaryWriter(logdir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge,
+                                    filename_suffix=f".{os.getpid()}-{start_step}")
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, ev.StepMetrics):
@@ -133,9 +138,10 @@ class WandbTracker:
 
 class Trackers:
     """The trackers of ``report_to`` as one observer (with ``close``). A tracker that fails while
-    the run goes on is dropped with one warning through ``log``: training does not stop for it."""
+    the run goes on is dropped with one warning through ``log``: training does not stop for it.
+    ``start_step``: the checkpoint a resumed run starts from (0 for a new run)."""
 
-    def __init__(self, names: list[str], run_dir: Path, config: dict | None = None, log=None):
+    def __init__(self, names: list[str], run_dir: Path, config: dict | None = None, log=None, start_step: int = 0):
         check_trackers(names)
         self.log = log
         self.live: dict[str, Any] = {}
@@ -143,7 +149,7 @@ class Trackers:
             if name == "csv":
                 self.live[name] = CsvTracker(run_dir)
             elif name == "tensorboard":
-                self.live[name] = TensorBoardTracker(run_dir)
+                self.live[name] = TensorBoardTracker(run_dir, start_step)
             elif name == "wandb":
                 self.live[name] = WandbTracker(run_dir, config or {})
 

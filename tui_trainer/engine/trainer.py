@@ -188,7 +188,7 @@ class Trainer:
         ckpt = self._take_run_dir()
         self.files = RunFiles(self.run_dir)
         self.trackers = Trackers(cfg.report_to, self.run_dir, config_to_dict(cfg),
-                                 log=lambda m: self.log(m, "warning"))
+                                 log=lambda m: self.log(m, "warning"), start_step=int(ckpt.name) if ckpt else 0)
         self._observer = ev.fan_out(self.files, self.trackers, self._user_observer)
         self._set_state("starting", "loading model")
         save_config(cfg, self.run_dir / "config.yaml")
