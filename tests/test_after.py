@@ -108,6 +108,10 @@ def test_rollout_adapter_bad_path_is_one_line(tmp_path, capsys):
     assert err.startswith("tui-trainer: error:") and "no such run directory" in err and len(err.splitlines()) == 1
     assert cli.main(["rollout", "--adapter", str(tmp_path), "--prompt", "x"]) == 2
     assert "not a run directory with checkpoints/" in capsys.readouterr().err
+    for command in ("chat", "eval"):  # refused before a screen opens or a model loads
+        assert cli.main([command, str(tmp_path / "nope")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no such run directory" in err
 
 
 # ----------------------------------------------------------------------------- eval
@@ -208,7 +212,7 @@ def test_tensorboard_event_files_hold_every_metric(trained_run):
     assert {s for _, s in seen} == {1, 2}
 
 
-def test_csv_tracker_and_metrics_command(trained_run, capsys, monkeypatch):
+def test_csv_tracker_and_metrics_command(trained_run, tmp_path, capsys, monkeypatch):
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     table = list(csv.DictReader(io.StringIO((trained_run / "metrics.csv").read_text())))
     assert [int(r["step"]) for r in table] == [1, 2]
@@ -226,6 +230,14 @@ def test_csv_tracker_and_metrics_command(trained_run, capsys, monkeypatch):
     assert "score_mean" in capsys.readouterr().out
     assert cli.main(["metrics", str(trained_run), "--plot", "scor_mean"]) == 2
     assert "did you mean 'score_mean'" in capsys.readouterr().err
+    png = tmp_path / "m.png"
+    code = cli.main(["metrics", str(trained_run), "--plot", "score_mean,kl", "--png", str(png)])
+    try:
+        import matplotlib  # noqa: F401  (the bench extra)
+    except ImportError:  # one line naming what to install
+        assert code == 2 and "--png needs matplotlib" in capsys.readouterr().err and not png.exists()
+    else:
+        assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_trackers_continue_on_resume(tiny_dir, tmp_path):
