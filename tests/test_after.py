@@ -182,6 +182,41 @@ def test_eval_with_data_file_and_table(trained_run, tmp_path, capsys, monkeypatc
     assert "unknown judge" in capsys.readouterr().err
 
 
+LONGER = """
+from tui_trainer.plugins import Verdict, hookimpl
+
+class Longer:
+    def __init__(self, options, context):
+        pass
+    def compare(self, prompt, a, b):
+        return Verdict("a" if len(a) > len(b) else "b" if len(b) > len(a) else "tie")
+
+@hookimpl
+def register_judges(register):
+    register("longer", Longer, kind="pairwise", description="prefers the longer completion")
+"""
+
+
+def test_eval_with_a_pairwise_judge_compares_trained_as_a(trained_run, tmp_path):
+    """A pairwise-only plugin judge (installed as a distribution on PYTHONPATH): trained is A, base is B."""
+    info = tmp_path / "longer_judge-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: longer-judge\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tui_trainer.judges]\nlonger = longer_judge\n")
+    (tmp_path / "longer_judge.py").write_text(LONGER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "tui_trainer", "eval", str(trained_run), "--judge", "longer",
+                          "-n", "6", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    report = json.loads((trained_run / "eval.json").read_text())
+    assert report["judges"] == ["longer"] and report["per_judge"] == {} and summary["n"] == 6
+    for e in report["examples"]:
+        assert e["outcome"] == ("win" if len(e["trained"]) > len(e["base"]) else
+                                "loss" if len(e["trained"]) < len(e["base"]) else "tie")
+    assert "eval: judging (longer) 6/6" in out.stderr
+
+
 # ----------------------------------------------------------------------------- tracking
 
 def _tfrecords(path: Path):
