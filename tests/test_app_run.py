@@ -201,7 +201,8 @@ def test_setup_screen_starts_then_resumes_a_run_by_keyboard(tiny_model, tmp_path
             assert app.status == "finished", app.error
             dash = app.dashboard
             app.redraw()
-            assert [s for s, _ in dash.panel("kl").history] == [3, 4]  # continued, not restarted
+            # the plots continue: steps 1-2 from metrics.jsonl, then the resumed run's 3-4
+            assert [s for s, _ in dash.panel("kl").history] == [1, 2, 3, 4]
             await pilot.press("q")
         steps = [r["step"] for r in records(tmp_path / "run" / "metrics.jsonl")]
         assert steps == [1, 2, 3, 4]

@@ -84,7 +84,8 @@ def test_mlx_lm_cli_defaults_that_are_not_in_the_example_are_accepted(tmp_path):
                                        "optimizer_config": {"adamw": {}}, "lr_schedule": None,
                                        "training_mode": "normal", "fine_tune_type": "dora"}))
     assert cfg.adapter.type == "dora"
-    assert sorted(ignored_keys(cfg)) == sorted(["mask_prompt", "report_to", "project_name", "trust_remote_code",
+    assert cfg.report_to == []  # mlx-lm's default (None): no tracker
+    assert sorted(ignored_keys(cfg)) == sorted(["mask_prompt", "project_name", "trust_remote_code",
                                                 "clear_cache_threshold", "optimizer_config", "lr_schedule",
                                                 "training_mode"])
 
@@ -131,7 +132,8 @@ def test_a_trl_ppo_config(tmp_path):
     assert cfg.minibatch_size == 4 * 4 // 2  # num_mini_batches splits batch_size * num_samples
     assert (cfg.beta, cfg.max_new_tokens, cfg.temperature, cfg.epochs, cfg.warmup_ratio) == (0.05, 53, 0.7, 1, 0.1)
     assert (cfg.missing_eos_penalty, cfg.kl_estimator, cfg.seed) == (1.0, "k3", 42)
-    assert sorted(ignored_keys(cfg)) == ["bf16", "logging_steps", "report_to"]
+    assert sorted(ignored_keys(cfg)) == ["bf16", "logging_steps"]
+    assert cfg.report_to == ["wandb"]  # TRL's report_to is a real key: the W&B tracker
 
 
 def test_trl_ppo_tldr_example_flags(tmp_path):
@@ -148,7 +150,8 @@ def test_trl_ppo_tldr_example_flags(tmp_path):
     assert (cfg.steps, cfg.model, cfg.missing_eos_penalty, cfg.max_new_tokens) == \
         (3750, "EleutherAI/pythia-1b-deduped", 1.0, 53)  # ceil(30000 episodes / 8 prompts a step)
     assert sorted(ignored_keys(cfg)) == ["dataset_test_split", "eval_steps", "eval_strategy",
-                                         "local_rollout_forward_batch_size", "report_to", "stop_token"]
+                                         "local_rollout_forward_batch_size", "stop_token"]
+    assert cfg.report_to == ["tensorboard"]
     assert "reward models are not supported yet" in error_of(tmp_path, {**flags, "reward_model_path": "rm"})
     cfg = load_config(write(tmp_path, {"total_episodes": 100, "iters": 3, "num_train_epochs": 2}))
     assert (cfg.steps, cfg.epochs) == (3, None) and sorted(ignored_keys(cfg)) == ["num_train_epochs", "total_episodes"]

@@ -152,7 +152,12 @@ class TrainerApp(App[int]):
         self.pending.clear()
         self._inbox.clear()
         self._early.clear()
-        self.dashboard = DashboardScreen(config)
+        history: list = []
+        if self.resume:  # the plots continue from the steps the run has already made
+            from tui_trainer.tracking import resume_history
+
+            history = resume_history(config.run_dir)
+        self.dashboard = DashboardScreen(config, history=history)
         if len(self.screen_stack) > 1:
             self.switch_screen(self.dashboard)
         else:
@@ -394,6 +399,7 @@ class TrainerApp(App[int]):
         self.run_ended = True
         if self.dashboard is not None and self.dashboard.ready:
             self.dashboard.on_finished(self.status, self.error)
+            self.dashboard.refresh_bindings()  # t (chat) and e (trained vs base) are offered now
         if self._quitting:
             self.exit(self.exit_code)
 
@@ -408,7 +414,8 @@ class TrainerApp(App[int]):
 
     def on_dashboard_screen_command(self, message: Any) -> None:
         {"pause": self.toggle_pause, "checkpoint": self.checkpoint_now, "quit": self.request_quit,
-         "stop_now": self.quit_now, "new_run": self.new_run}[message.name]()
+         "stop_now": self.quit_now, "new_run": self.new_run, "chat": self.open_chat,
+         "eval": self.open_after}[message.name]()
         if self.dashboard is not None and self.dashboard.ready and message.name != "new_run":
             self.dashboard.refresh_bindings()
             self.redraw()
@@ -426,6 +433,35 @@ class TrainerApp(App[int]):
         from tui_trainer.screens.plugins import PluginsScreen
         if not isinstance(self.screen, PluginsScreen):
             self.push_screen(PluginsScreen())
+
+    def open_chat(self) -> None:
+        """Chat with the run that has ended (its latest checkpoint), on the engine thread."""
+        if self.run_active:
+            self.notify("Chat opens once the run has ended.", severity="warning")
+            return
+        from pathlib import Path
+
+        from tui_trainer.screens.chat import ChatScreen
+
+        if not (Path(self.config.run_dir) / "checkpoints").is_dir():
+            self.notify("This run has no checkpoint to chat with.", severity="warning")
+            return
+        self.push_screen(ChatScreen(self.runner, self.config.run_dir, max_new_tokens=max(self.config.max_new_tokens, 128),
+                                    temperature=self.config.temperature))
+
+    def open_after(self) -> None:
+        """The "after" view: the ended run's trained policy against its base, side by side."""
+        if self.run_active:
+            self.notify("The comparison opens once the run has ended.", severity="warning")
+            return
+        from pathlib import Path
+
+        from tui_trainer.screens.after import AfterScreen
+
+        if not (Path(self.config.run_dir) / "checkpoints").is_dir():
+            self.notify("This run has no checkpoint to compare.", severity="warning")
+            return
+        self.push_screen(AfterScreen(self.runner, self.config.run_dir))
 
     def new_run(self) -> None:
         """Back to the setup screen after a run has ended."""

@@ -1,4 +1,5 @@
-"""Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`.
+"""Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`,
+`chat`, `eval`, `metrics`, `install`, `uninstall`.
 
 Each subcommand lives in ``tui_trainer/commands/<name>.py`` as ``add_arguments(parser)``
 and ``run(args) -> int``. Bad input ends in one line on stderr and exit code 2.
@@ -20,11 +21,27 @@ COMMANDS = {
     "plugins": "list judge plugins: name, version, judges, status",
     "judge": "try a judge from the shell",
     "labels": "export human labels (e.g. for DPO)",
+    "chat": "chat with a trained run (its latest checkpoint) in the terminal",
+    "eval": "win rate of a trained run over its base model under a judge, on held-out prompts",
+    "metrics": "a run's metrics: a table, CSV, or curves in the terminal (or a PNG)",
+    "install": "install a judge plugin package into tui-trainer's own environment (pip)",
+    "uninstall": "uninstall a judge plugin package from tui-trainer's environment (pip)",
 }
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("tui-trainer")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tui-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tui-trainer {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

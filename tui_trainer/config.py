@@ -101,6 +101,40 @@ def _all_or_positive(v: int) -> str | None:
     return None if v == -1 or v >= 1 else f"must be -1 (all) or >= 1, got {v}"
 
 
+TRACKERS = ("csv", "tensorboard", "wandb")
+# the Python module each tracker needs, and the extra that installs it
+TRACKER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def _trackers(v: list[str]) -> str | None:
+    bad = [t for t in v if t not in TRACKERS]
+    return None if not bad else \
+        f"unknown tracker {bad[0]!r}: choose from {', '.join(TRACKERS)}{_did_you_mean(bad[0], TRACKERS)}"
+
+
+def tracker_names(value: Any) -> list[str]:
+    """``report_to`` as a list of tracker names: TRL's one string, mlx-lm's ``"wandb,swanlab"``, a list;
+    ``none`` / null: none; ``all``: csv and every tracker whose package is installed."""
+    import importlib.util
+
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise WrongValue(f"expected a list of tracker names or one name, got {type(value).__name__} {short(value)}")
+    out: list[str] = []
+    for item in items:
+        name = str(item).strip().lower()
+        if name in ("", "none"):
+            continue
+        if name == "all":
+            found = ["csv"] + [t for t, (module, _) in TRACKER_PACKAGES.items() if importlib.util.find_spec(module)]
+            out += [t for t in found if t not in out]
+        elif name not in out:
+            out.append(name)
+    return out
+
+
 def _module_names(v: list[str] | None) -> str | None:
     ok = v is None or (len(v) > 0 and all(k.strip() for k in v))
     return None if ok else "must be null or a non-empty list of module names"
@@ -182,6 +216,7 @@ class Config:
     epochs: float | None = key(None, 'passes over the prompts instead of steps: steps = ceil(epochs * prompts / batch_size); steps wins when both are given (alias num_train_epochs)', aliases=('num_train_epochs',), check=optional(above(0)))
     save_every: int = key(10, 'checkpoint every N steps (and always on stop); 0 = only on stop', aliases=('save_steps',), check=at_least(0), flag='--save-every')
     run_dir: str = key('runs/default', 'where config.yaml, metrics.jsonl, samples.jsonl and checkpoints/ go; each checkpoints/<step>/ is an mlx-lm adapter path (aliases output_dir, adapter_path)', aliases=('output_dir', 'adapter_path'), check=not_empty(), flag='--run-dir')
+    report_to: list[str] = key(help="experiment trackers, each fed every step's metrics: any of csv (metrics.csv), tensorboard (tensorboard/ in the run directory; the tensorboard extra), wandb (the wandb extra); a list, or one name / a comma-separated string as TRL and mlx-lm write it; all = csv + the installed ones; none / null = none", factory=list, check=lambda v: _trackers(v), flag='--report-to')
     judges: list[JudgeSpec] = key(help='reward judges, weighted sum of their scores: a list of {name, weight, options}', factory=lambda: [JudgeSpec()])
     judge_failure: str = key('drop', 'when a judge fails: drop (the sample) | retry | stop (the run)', check=one_of(JUDGE_FAILURES))
     judge_retries: int = key(2, 'retries before a failing judge counts as failed', check=at_least(0))
@@ -222,7 +257,7 @@ SECTION_KEY_ALIASES["adapter"]["lora_alpha"] = "alpha"
 # Keys of other tools that PPO has no use for: accepted, each with one warning line (why it is ignored).
 _SFT = "an SFT option of mlx-lm; PPO has no "
 _ADAM = "PPO uses Adam (eps 1e-5, no weight decay) for the adapter and the value head"
-_LOGS = "metrics go to metrics.jsonl in the run directory (and the app / headless lines), every step"
+_LOGS = "metrics go to metrics.jsonl in the run directory every step (and to the trackers of report_to:)"
 IGNORED_KEYS: dict[str, str] = {
     "train": "tui-trainer always trains", "test": _SFT + "test set", "test_batches": _SFT + "test set",
     "val_batches": _SFT + "validation set", "steps_per_eval": _SFT + "validation set",
@@ -233,7 +268,7 @@ IGNORED_KEYS: dict[str, str] = {
     "grad_checkpoint": "not available; memory follows minibatch_size", "gradient_checkpointing":
         "not available; memory follows minibatch_size", "clear_cache_threshold": "an mlx-lm memory option",
     "trust_remote_code": "models load without remote code",
-    "report_to": _LOGS, "project_name": _LOGS, "run_name": _LOGS, "logging_steps": _LOGS, "logging_dir": _LOGS,
+    "project_name": _LOGS, "run_name": _LOGS, "logging_steps": _LOGS, "logging_dir": _LOGS,
     "eval_strategy": _SFT + "evaluation", "eval_steps": _SFT + "evaluation",
     "num_sample_generations": "samples.jsonl holds every step's completions",
     "bf16": "training runs in float32 (bf16 has no BLAS path on CPU)",
@@ -464,6 +499,11 @@ def _build(merged: dict[str, _Value], warnings: list[str] | None = None) -> Conf
             continue
         if key == "judges":
             cfg.judges = _judges(v.value, v)
+        elif key == "report_to":
+            try:
+                cfg.report_to = tracker_names(v.value)
+            except WrongValue as e:
+                raise _fail(v.where, v.key, str(e)) from None
         elif "." in key:
             sec, sub = key.split(".", 1)
             setattr(getattr(cfg, sec), sub, _coerce(v.value, _hints(SECTIONS[sec])[sub], v))
@@ -737,7 +777,7 @@ def write_commented_config(path: str | os.PathLike, cfg: Config | None = None) -
 # ----------------------------------------------------------------------------- command line
 
 # flag -> (key, type); every flag defaults to None so that "not given" is visible.
-_FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+_FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str, "list[str]": str}
 CLI_FLAGS: dict[str, tuple[str, Any]] = {f.metadata["flag"]: (k, _FLAG_TYPES[f.type]) for k, f in DECLARED.items()
                                          if f.metadata.get("flag")}
 

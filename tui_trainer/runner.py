@@ -20,7 +20,7 @@ import gc
 import queue
 import signal
 import threading
-from concurrent.futures import InvalidStateError
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -124,7 +124,7 @@ class Runner:
     def __init__(self, observer: Callable[[Any], None], on_ended: Callable[[RunResult], None]):
         self._observer = observer
         self._on_ended = on_ended
-        self._jobs: queue.Queue[tuple[Config, bool, Any] | str | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple | str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.trainer: Any = None
         self.started = False  # a run has been handed over (and maybe ended)
@@ -146,6 +146,14 @@ class Runner:
         """Import MLX and the trainer on the engine thread now (a run's first progress comes sooner)."""
         self._ensure_thread()
         self._jobs.put("warm")
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn()`` on the engine thread (after the run in flight, if any); its result or error
+        comes back in the returned Future. For MLX work outside training: chat replies, eval."""
+        future: Future = Future()
+        self._ensure_thread()
+        self._jobs.put(("call", fn, future))
+        return future
 
     def start(self, config: Config, *, resume: bool = False, prompter: Any = None) -> None:
         """Hand a run to the engine thread (returns at once)."""
@@ -178,6 +186,16 @@ class Runner:
                     break
                 if job == "warm":
                     import tui_trainer.engine.trainer  # noqa: F401  MLX, mlx-lm: imported ahead of the run
+                    continue
+                if job[0] == "call":
+                    _, fn, future = job
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn())
+                        except BaseException as exc:  # noqa: BLE001  handed to whoever waits
+                            future.set_exception(exc)
+                    del job, fn, future
+                    gc.collect()
                     continue
                 result = self._run_one(*job)
                 try:

@@ -8,6 +8,9 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also list each judge's kind, description and options")
+    p.add_argument("--json", action="store_true",
+                   help="print the plugins and judges as JSON (name, version, status, error, judges with kind, "
+                        "description, options)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,6 +21,17 @@ def run(args: argparse.Namespace) -> int:
     from tui_trainer.plugins.manager import get_plugin_manager
 
     reg = get_plugin_manager()
+    if args.json:
+        import json
+
+        judges = {name: {"kind": info.kind, "plugin": info.plugin, "description": info.description,
+                         "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
+                                     for o in info.options]}
+                  for name, info in sorted(reg.judges.items())}
+        plugins = [{"name": r.name, "version": r.version or None, "status": r.status, "error": r.error or None,
+                    "module": r.value or None, "judges": list(r.judges)} for r in reg.plugins]
+        print(json.dumps({"plugins": plugins, "judges": judges}, indent=2, default=repr))
+        return 0
     console = Console(highlight=False)
     table = Table(title="judge plugins (entry point group tui_trainer.judges)", title_justify="left")
     for column in ("plugin", "version", "judges", "status"):

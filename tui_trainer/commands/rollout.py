@@ -1,4 +1,7 @@
-"""`tui-trainer rollout`: sample completions from a model (default: the embedded one) and print them."""
+"""`tui-trainer rollout`: sample completions from a model (default: the embedded one) and print them.
+
+``--adapter RUN_DIR_OR_CHECKPOINT``: the trained policy (the run's base model with the checkpoint's
+adapter; a run directory means its latest checkpoint)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import time
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="mlx-lm model dir/repo or GGUF file (default: embedded SmolLM2)")
+    p.add_argument("--adapter", default=None, metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="sample from a trained run: its base model with the adapter of its latest checkpoint "
+                        "(or of the checkpoint folder given)")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a few built-in ones")
     p.add_argument("-n", "--num-samples", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -33,7 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from tui_trainer.text import printable
 
     console = Console()
-    model, tok = load_policy(args.model)
+    if args.adapter is not None:
+        from tui_trainer.engine.trained import load_trained
+        from tui_trainer.errors import ConfigError
+
+        if args.model is not None:
+            raise ConfigError("give --adapter or --model, not both (a run's base model comes with its adapter)")
+        trained = load_trained(args.adapter)
+        model, tok = trained.policy.model, trained.tokenizer
+        console.print(f"[dim]adapter {trained.checkpoint} on {trained.config.model or 'embedded SmolLM2'}[/]")
+    else:
+        model, tok = load_policy(args.model)
     prompts = args.prompt or DEMO_PROMPTS
     ids = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
     t0 = time.perf_counter()

@@ -349,6 +349,17 @@ def build_shim(library: str, prefix: str) -> tuple[str | None, str]:
     return str(out), "built"
 
 
+# what could preload a BLAS into a child process (a user's LD_PRELOAD, macOS's equivalent, the
+# library ensure_fast_blas was told to use): a child such as pip, compiling or importing other
+# native code, must not get our BLAS forced into it
+PRELOAD_VARS = ("LD_PRELOAD", "DYLD_INSERT_LIBRARIES", "TUI_TRAINER_BLAS")
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) without the BLAS preload variables, for a child process."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in PRELOAD_VARS}
+
+
 def ensure_fast_blas() -> BlasStatus:
     """Load a probed, fast BLAS with RTLD_GLOBAL so MLX binds to it (Linux, mlx[cpu] only).
 

@@ -40,7 +40,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
 from tui_trainer import events as ev
-from tui_trainer.config import Config, config_changes, load_config, save_config
+from tui_trainer.config import Config, config_changes, config_to_dict, load_config, save_config
 from tui_trainer.data import PromptSet, require_columns
 from tui_trainer.engine import ppo
 from tui_trainer.engine.adapters import adapter_files, load_init_adapter
@@ -50,6 +50,7 @@ from tui_trainer.engine.models import load_policy, locate_model
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
 from tui_trainer.engine.policy import FrozenPrefix, Policy, evaluate, hidden_states, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
+from tui_trainer.tracking import Trackers, check_trackers
 from tui_trainer.engine.runfiles import RunFiles, RunLock, check_run_dir, cut_to_step
 
 
@@ -93,6 +94,7 @@ class Trainer:
         self._make_judges, self._read_prompts = judges, prompts
         self.judges: Any = None  # built in setup, closed when the run ends
         self.files: RunFiles | None = None
+        self.trackers: Trackers | None = None
         self._lock: RunLock | None = None
         self.resume_requested = resume
         self.run_dir = Path(config.run_dir)
@@ -166,6 +168,7 @@ class Trainer:
         for line in cfg.load_warnings:  # keys the config loader accepted but PPO ignores
             self.log(line, "warning")
         loaded(0, "reading the prompts")
+        check_trackers(cfg.report_to)  # a tracker's missing package: one line, before anything is written
         check_run_dir(self.run_dir)
         for ref in (cfg.model, cfg.reference_model) if cfg.reference_model else (cfg.model,):
             locate_model(ref)
@@ -184,7 +187,9 @@ class Trainer:
         require_columns(self._table, cfg.data.prompt_field, self.judges.required_columns())
         ckpt = self._take_run_dir()
         self.files = RunFiles(self.run_dir)
-        self._observer = ev.fan_out(self.files, self._user_observer)
+        self.trackers = Trackers(cfg.report_to, self.run_dir, config_to_dict(cfg),
+                                 log=lambda m: self.log(m, "warning"), start_step=int(ckpt.name) if ckpt else 0)
+        self._observer = ev.fan_out(self.files, self.trackers, self._user_observer)
         self._set_state("starting", "loading model")
         save_config(cfg, self.run_dir / "config.yaml")
 
@@ -346,7 +351,7 @@ class Trainer:
             self._set_state("failed", str(exc))
             raise
         finally:
-            for part in (self.judges, self.files):
+            for part in (self.judges, self.files, self.trackers):
                 if part is not None:
                     part.close()
             if self._lock is not None:

@@ -58,11 +58,14 @@ class DashboardScreen(Screen):
         Binding("ctrl+c", "stop_now", "Stop now", show=False, priority=True),
         Binding("j", "judge", "Judge"),
         Binding("n", "new_run", "New run", show=False),
+        Binding("t", "chat", "Chat"),  # t and e: offered once the run has ended
+        Binding("e", "after", "Trained vs base"),
     ]
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, history: list[dict] | None = None) -> None:
         super().__init__()
         self.config = config
+        self.history = list(history or [])  # metrics of the steps a resumed run already made
         self.metrics: dict[str, float] = {}
         self.steps_seen = 0
         self.last_checkpoint: int | None = None
@@ -93,6 +96,15 @@ class DashboardScreen(Screen):
         self.query_one("#samples").border_title = "latest samples"
         self.query_one("#log").border_title = "log"
         self.query_one(RunProgress).mark_start(0, self.config.steps)
+        for record in self.history:  # a resumed run: its plots continue where they were
+            values = {k: v for k, v in record.items() if k != "step"}
+            for key, _ in MAIN_PANELS:
+                self.panel(key).push(record["step"], values.get(key))
+            for key, _ in SECONDARY:
+                self.query_one(f"#stat-{key}", Stat).set_value(values.get(key))
+        if self.history:
+            self.query_one(StepTimeSplit).set_times({k: v for k, v in self.history[-1].items() if k != "step"})
+            self.add_log("info", f"resumed: {len(self.history)} earlier step(s) from metrics.jsonl")
         self.ready = True
         self.post_message(self.Ready())
 
@@ -158,7 +170,7 @@ class DashboardScreen(Screen):
 
     def on_finished(self, status: str, error: str | None) -> None:
         self.add_log("error" if status == "failed" else "info",
-                 f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run")
+                 f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run · t chat · e trained vs base")
         self.flush()
 
     # ------------------------------------------------------------------ drawing
@@ -213,6 +225,8 @@ class DashboardScreen(Screen):
             return not stopping
         if action == "stop_now":
             return stopping or bool(getattr(self.app, "run_active", False))
+        if action in ("chat", "after"):
+            return bool(getattr(self.app, "run_ended", False)) and not getattr(self.app, "run_active", False)
         return True
 
     def action_quit_run(self) -> None:
@@ -220,6 +234,12 @@ class DashboardScreen(Screen):
 
     def action_stop_now(self) -> None:
         self.post_message(self.Command("stop_now"))
+
+    def action_after(self) -> None:
+        self.post_message(self.Command("eval"))
+
+    def action_chat(self) -> None:
+        self.post_message(self.Command("chat"))
 
     def action_new_run(self) -> None:
         self.post_message(self.Command("new_run"))

@@ -27,6 +27,8 @@ Dashboard
   j   open the judging screen
   up, down, Enter   pick a sample and show it in full
   n   new run (after a run has ended)
+  t   chat with the trained model (after a run has ended; Esc leaves)
+  e   trained vs base: win rate and completions side by side (after a run)
 
 Judging (opens by itself when a human judge asks)
   1 or a    A is better             2 or b   B is better
