@@ -1,0 +1,261 @@
+"""`tui-trainer export`: each format against its reference runtime, on tiny random models written here.
+
+* gguf-lora: llama.cpp (llama-cpp-python) on the base GGUF + the exported LoRA GGUF against the MLX
+  policy with the adapter: the greedy tokens and logits of test_gguf_parity's exact-weights bars.
+* gguf: llama.cpp on the exported merged GGUF (F32: exact-weights bars; Q8_0: the native bars).
+* mlx: ``mlx_lm.load`` on the fused folder against the policy, within float32 rounding, for a llama
+  GGUF base (Q/K rows back in Hugging Face order, RoPE no longer traditional) and an mlx-lm base.
+* bad input: one line, exit code 2; an interrupted export leaves nothing under the final name.
+
+The adapters are made non-zero (random ``lora_b``): a zero adapter would pass every check by
+exporting the base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from gguf import GGMLQuantizationType as T  # noqa: E402
+
+from gguf_build import add_model_metadata, random_model_tensors, train_bpe, write_gguf  # noqa: E402
+from helpers import CHAT_TEMPLATE, make_tiny_model_dir  # noqa: E402
+from test_gguf_parity import (N_NEW, NATIVE_REL_QUANT, assert_exact_parity, assert_native_parity, llama,  # noqa: E402
+                              quiet_stderr)
+from tui_trainer.config import AdapterConfig  # noqa: E402
+from tui_trainer.engine.checkpoints import adapter_config, save_checkpoint  # noqa: E402
+from tui_trainer.engine.models import base_fingerprint, load_policy, model_reference  # noqa: E402
+from tui_trainer.engine.policy import Policy  # noqa: E402
+
+SPECIAL = ["<pad>", "<eos>", "<bos>"]
+DIMS = dict(hidden=64, ffn=128, heads=4, kv_heads=2, layers=2)
+
+
+def _write_base(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog 2024 user assistant say hello".split()
+    tokens, merges = train_bpe([" ".join(rng.choice(words, size=8)) + "\n" for _ in range(100)], 300, SPECIAL)
+    dims = {**DIMS, "vocab": len(tokens)}
+    tensors = random_model_tensors("llama", np.random.default_rng(seed), [T.F32], **dims)
+
+    def fill(w):
+        add_model_metadata(w, "llama", **dims)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in SPECIAL else 1 for t in tokens])
+        w.add_token_merges(merges)
+        w.add_bos_token_id(2)
+        w.add_eos_token_id(1)
+        w.add_pad_token_id(0)
+        w.add_add_bos_token(False)
+        w.add_chat_template(CHAT_TEMPLATE)
+
+    return write_gguf(path, "llama", fill, tensors)
+
+
+def _checkpoint(run_dir: Path, model: str, *, seed: int = 1, scale: float = 2.0):
+    """A run's checkpoint as the trainer writes it, with random (non-zero) lora_b; returns (policy, tokenizer)."""
+    base, tok = load_policy(model, quantized=False)
+    policy = Policy(base, AdapterConfig(rank=4, scale=scale, layers=-1))
+    mx.random.seed(seed)
+    weights = policy.adapter_weights()
+    policy.model.load_weights([(k, mx.random.normal(v.shape) * 0.1) for k, v in weights.items()
+                               if k.endswith("lora_b")], strict=False)
+    mx.eval(policy.parameters())
+    ref = (model_reference(model), base_fingerprint(model))
+    save_checkpoint(run_dir, 3, adapter_weights=policy.adapter_weights(),
+                    adapter_config=adapter_config(policy, ref, step=3, mode="ppo"),
+                    value_head=policy.value_head_weights(), optimizers={}, state={"step": 3})
+    return policy, tok
+
+
+@pytest.fixture(scope="module")
+def gguf_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf-run")
+    base = _write_base(root / "base.gguf", seed=5)
+    policy, tok = _checkpoint(root / "run", str(base))
+    prompt = list(tok.apply_chat_template([{"role": "user", "content": "say hello"}], add_generation_prompt=True))
+    return root, base, policy, tok, prompt
+
+
+def _policy_logits(policy, tokens: list[int]) -> np.ndarray:
+    return np.array(policy.model(mx.array([tokens]))[0].astype(mx.float32))
+
+
+def _llama_greedy(path: Path, prompt: list[int], **kw) -> tuple[list[int], np.ndarray]:
+    """llama.cpp's greedy continuation (F32 KV cache) and its logits at the positions that predicted it."""
+    with quiet_stderr():
+        llm = llama_cpp.Llama(str(path), n_ctx=len(prompt) + N_NEW + 8, logits_all=True, verbose=False,
+                              n_threads=1, seed=0, type_k=llama_cpp.GGML_TYPE_F32,
+                              type_v=llama_cpp.GGML_TYPE_F32, **kw)
+    llm.eval(prompt)
+    new = []
+    for _ in range(N_NEW):
+        new.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([new[-1]])
+    p = len(prompt)
+    logits = np.array(llm.scores[p - 1: p - 1 + N_NEW], dtype=np.float32)
+    with quiet_stderr():
+        llm.close()
+    return new, logits
+
+
+def _ours(policy, prompt, new) -> np.ndarray:
+    p = len(prompt)
+    return _policy_logits(policy, prompt + new)[p - 1: p - 1 + N_NEW]
+
+
+def test_gguf_lora_in_llama_cpp_matches_policy(gguf_run, tmp_path):
+    from tui_trainer.engine.export import export
+
+    root, base, policy, _, prompt = gguf_run
+    out = export(root / "run", "gguf-lora", tmp_path / "adapter.gguf")
+    reader = gguf.GGUFReader(str(out))
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["general.architecture"] == "llama"
+    assert fields["adapter.lora.alpha"] == pytest.approx(2.0 * 4)  # mlx-lm scale x rank
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_q.weight.lora_a", "blk.1.ffn_down.weight.lora_b"} <= names and len(names) == 2 * 7 * 2
+    new, ref = _llama_greedy(base, prompt, lora_path=str(out))
+    ours = _ours(policy, prompt, new)
+    assert_exact_parity(ours, ref, new)
+    # the adapter matters: without it llama.cpp's logits are far from the policy's
+    _, plain = _llama_greedy(base, prompt)
+    assert np.abs(plain[-1] - ours[-1]).max() > 50 * np.abs(ref[-1] - ours[-1]).max()
+
+
+def test_merged_gguf_in_llama_cpp_matches_policy(gguf_run, tmp_path):
+    from tui_trainer.engine.export import export
+
+    root, _, policy, tok, prompt = gguf_run
+    out = export(root / "run" / "checkpoints" / "000003", "gguf", tmp_path / "merged", outtype="f32")
+    assert (out / "Modelfile").read_text().count("FROM ./model.gguf") == 1
+    new, ref = _llama_greedy(out / "model.gguf", prompt)
+    assert_exact_parity(_ours(policy, prompt, new), ref, new)
+    # the tokenizer and chat template travel with it
+    llm = llama(out / "model.gguf", vocab_only=True)
+    assert llm.metadata["tokenizer.chat_template"] == CHAT_TEMPLATE
+    text = "the quick brown fox 2024"
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == list(tok.encode(text))
+
+    q8 = export(root / "run", "gguf", tmp_path / "merged-q8", outtype="q8_0")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(q8 / "model.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == T.Q8_0 and types["blk.0.attn_norm.weight"] == T.F32
+    with quiet_stderr():
+        q = llama_cpp.Llama(str(q8 / "model.gguf"), n_ctx=len(prompt) + N_NEW + 8, logits_all=True,
+                            verbose=False, n_threads=1, seed=0)
+    q.eval(prompt)
+    qnew = []
+    for _ in range(N_NEW):
+        qnew.append(int(np.argmax(q.scores[q.n_tokens - 1])))
+        q.eval([qnew[-1]])
+    qref = np.array(q.scores[len(prompt) - 1: len(prompt) - 1 + N_NEW], dtype=np.float32)
+    assert_native_parity(_ours(policy, prompt, qnew), qref, qnew, NATIVE_REL_QUANT)
+
+
+def _mlx_lm_logits(path: Path, tokens: list[int]) -> np.ndarray:
+    from mlx_lm import load
+
+    model, _ = load(str(path))
+    return np.array(model(mx.array([tokens]))[0].astype(mx.float32))
+
+
+def _assert_close(ours: np.ndarray, theirs: np.ndarray) -> None:
+    # float32: fusing changes the order of a few sums per layer; both sides are f32 end to end
+    tol = 1e-4 * max(1.0, float(np.abs(ours).max()))
+    diff = float(np.abs(ours - theirs).max())
+    assert diff <= tol, f"max logit difference {diff:.3g} > {tol:.3g}"
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+
+def test_fused_mlx_from_gguf_base_loads_in_mlx_lm(gguf_run, tmp_path):
+    from tui_trainer.engine.export import export
+
+    root, _, policy, tok, prompt = gguf_run
+    out = export(root / "run", "mlx", tmp_path / "fused", outtype="f32")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["rope_traditional"] is False
+    tokens = prompt + list(tok.encode(" the quick brown fox jumps over a lazy dog"))
+    _assert_close(_policy_logits(policy, tokens), _mlx_lm_logits(out, tokens))
+    from mlx_lm import load
+
+    _, loaded_tok = load(str(out))
+    msgs = [{"role": "user", "content": "say hello"}]
+    assert list(loaded_tok.apply_chat_template(msgs, add_generation_prompt=True)) == prompt
+    assert 1 in loaded_tok.eos_token_ids
+
+
+def test_fused_mlx_from_mlx_lm_base(tmp_path):
+    from tui_trainer.engine.export import export
+
+    base = make_tiny_model_dir(tmp_path / "base", seed=3)
+    policy, tok = _checkpoint(tmp_path / "run", str(base), seed=4)
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "000003" / "adapter_config.json").read_text())
+    assert saved["model"] == str(base.resolve())  # mlx_lm --adapter-path finds its base
+    out = export(tmp_path / "run", "mlx", tmp_path / "fused", outtype="f32")
+    tokens = list(tok.encode("hello there, general kenobi"))
+    _assert_close(_policy_logits(policy, tokens), _mlx_lm_logits(out, tokens))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    from tui_trainer.cli import main
+
+    rc = main(["export", *map(str, argv)])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_bad_input_one_line_exit_2(gguf_run, tmp_path, capsys):
+    root, base, _, _, _ = gguf_run
+    rc, err = _cli(capsys, tmp_path / "nowhere", "--to", "gguf", "-o", tmp_path / "o")
+    assert rc == 2 and "no such run directory or checkpoint" in err and "\n" not in err
+
+    (tmp_path / "taken").mkdir()
+    rc, err = _cli(capsys, root / "run", "--to", "mlx", "-o", tmp_path / "taken")
+    assert rc == 2 and "already exists" in err and "--force" in err
+
+    # an mlx-lm base cannot become a GGUF here: say so and point to --to mlx
+    mlx_base = make_tiny_model_dir(tmp_path / "mlxbase", seed=3)
+    _checkpoint(tmp_path / "mlxrun", str(mlx_base))
+    rc, err = _cli(capsys, tmp_path / "mlxrun", "--to", "gguf", "-o", tmp_path / "g")
+    assert rc == 2 and "--to mlx" in err and "\n" not in err
+    assert not (tmp_path / "g").exists()
+
+    # the base is gone / the base changed (same path, other weights)
+    moved = tmp_path / "base-copy.gguf"
+    moved.write_bytes(base.read_bytes())
+    _checkpoint(tmp_path / "run2", str(moved))
+    moved.rename(tmp_path / "elsewhere.gguf")
+    rc, err = _cli(capsys, tmp_path / "run2", "--to", "gguf-lora", "-o", tmp_path / "a.gguf")
+    assert rc == 2 and "base model is missing" in err and str(moved) in err
+    _write_base(moved, seed=6)
+    rc, err = _cli(capsys, tmp_path / "run2", "--to", "gguf-lora", "-o", tmp_path / "a.gguf")
+    assert rc == 2 and "has changed" in err and str(moved) in err
+    assert not (tmp_path / "a.gguf").exists()
+
+
+def test_interrupted_export_leaves_no_file(gguf_run, tmp_path):
+    from tui_trainer.engine.export import export
+
+    root = gguf_run[0]
+
+    def interrupt(phase, done, total):
+        if phase.startswith("writing") and done == 2:
+            raise KeyboardInterrupt
+
+    for fmt, name in (("gguf-lora", "a.gguf"), ("gguf", "merged")):
+        with pytest.raises(KeyboardInterrupt):
+            export(root / "run", fmt, tmp_path / name, progress=interrupt)
+        assert list(tmp_path.iterdir()) == [], f"{fmt}: {list(tmp_path.iterdir())}"
