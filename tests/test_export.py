@@ -38,15 +38,15 @@ SPECIAL = ["<pad>", "<eos>", "<bos>"]
 DIMS = dict(hidden=64, ffn=128, heads=4, kv_heads=2, layers=2)
 
 
-def _write_base(path: Path, seed: int) -> Path:
+def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, **over) -> Path:
     rng = np.random.default_rng(0)
     words = "the quick brown fox jumps over a lazy dog 2024 user assistant say hello".split()
     tokens, merges = train_bpe([" ".join(rng.choice(words, size=8)) + "\n" for _ in range(100)], 300, SPECIAL)
-    dims = {**DIMS, "vocab": len(tokens)}
-    tensors = random_model_tensors("llama", np.random.default_rng(seed), [T.F32], **dims)
+    dims = {**DIMS, "vocab": len(tokens), **over}
+    tensors = random_model_tensors(arch, np.random.default_rng(seed), [T.F32], tied=tied, **dims)
 
     def fill(w):
-        add_model_metadata(w, "llama", **dims)
+        add_model_metadata(w, arch, **dims)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2")
         w.add_token_list(tokens)
@@ -58,13 +58,13 @@ def _write_base(path: Path, seed: int) -> Path:
         w.add_add_bos_token(False)
         w.add_chat_template(CHAT_TEMPLATE)
 
-    return write_gguf(path, "llama", fill, tensors)
+    return write_gguf(path, arch, fill, tensors)
 
 
-def _checkpoint(run_dir: Path, model: str, *, seed: int = 1, scale: float = 2.0):
+def _checkpoint(run_dir: Path, model: str, *, seed: int = 1, scale: float = 2.0, kind: str = "lora"):
     """A run's checkpoint as the trainer writes it, with random (non-zero) lora_b; returns (policy, tokenizer)."""
     base, tok = load_policy(model, quantized=False)
-    policy = Policy(base, AdapterConfig(rank=4, scale=scale, layers=-1))
+    policy = Policy(base, AdapterConfig(type=kind, rank=4, scale=scale, layers=-1))
     mx.random.seed(seed)
     weights = policy.adapter_weights()
     policy.model.load_weights([(k, mx.random.normal(v.shape) * 0.1) for k, v in weights.items()
@@ -160,6 +160,29 @@ def test_merged_gguf_in_llama_cpp_matches_policy(gguf_run, tmp_path):
         q.eval([qnew[-1]])
     qref = np.array(q.scores[len(prompt) - 1: len(prompt) - 1 + N_NEW], dtype=np.float32)
     assert_native_parity(_ours(policy, prompt, qnew), qref, qnew, NATIVE_REL_QUANT)
+
+
+def test_qwen3_and_dora_bases(tmp_path):
+    """qwen3 (per-head q/k norms, head size != hidden / heads, tied embeddings, NEOX RoPE: rows as in Hugging
+    Face) through all three formats; a DoRA adapter merged into a GGUF, and refused as a llama.cpp LoRA."""
+    from tui_trainer.engine.export import export
+    from tui_trainer.errors import ModelError
+
+    base = _write_base(tmp_path / "qwen3.gguf", seed=7, arch="qwen3", tied=True, head_dim=32)
+    policy, tok = _checkpoint(tmp_path / "run", str(base), seed=8)
+    prompt = list(tok.encode("say hello to the lazy dog"))
+    new, ref = _llama_greedy(base, prompt, lora_path=str(export(tmp_path / "run", "gguf-lora", tmp_path / "a.gguf")))
+    assert_exact_parity(_ours(policy, prompt, new), ref, new)
+    new, ref = _llama_greedy(export(tmp_path / "run", "gguf", tmp_path / "m", outtype="f32") / "model.gguf", prompt)
+    assert_exact_parity(_ours(policy, prompt, new), ref, new)
+    out = export(tmp_path / "run", "mlx", tmp_path / "fused", outtype="f32")
+    _assert_close(_policy_logits(policy, prompt), _mlx_lm_logits(out, prompt))
+
+    dora, _ = _checkpoint(tmp_path / "dora", str(base), seed=9, kind="dora")
+    with pytest.raises(ModelError, match="dora adapter has no llama.cpp LoRA form; use --to gguf"):
+        export(tmp_path / "dora", "gguf-lora", tmp_path / "d.gguf")
+    new, ref = _llama_greedy(export(tmp_path / "dora", "gguf", tmp_path / "dm", outtype="f32") / "model.gguf", prompt)
+    assert_exact_parity(_ours(dora, prompt, new), ref, new)
 
 
 def _mlx_lm_logits(path: Path, tokens: list[int]) -> np.ndarray:
