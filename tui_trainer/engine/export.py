@@ -96,10 +96,10 @@ def source(path: str | Path) -> Source:
     if isinstance(recorded, dict):
         now = base_fingerprint(model)
         if now != recorded:
-            what = "size" if now.get("size") != recorded.get("size") else "content"
+            what = (f"{recorded.get('size')} bytes then, {now.get('size')} now" if now.get("size") != recorded.get("size")
+                    else "same size, other content")
             raise ModelError(f"{ckpt}: the base model {shown} has changed since this checkpoint was written "
-                             f"({what} differs: {recorded.get('size')} -> {now.get('size')} bytes); "
-                             f"export needs the model it was trained on")
+                             f"({what}); export needs the model it was trained on")
     return Source(ckpt, config, model, kind, target)
 
 
