@@ -185,6 +185,63 @@ def test_qwen3_and_dora_bases(tmp_path):
     assert_exact_parity(_ours(dora, prompt, new), ref, new)
 
 
+_HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def _llama_cpp_conversion(model_dir: Path, out: Path) -> Path:
+    """What llama.cpp's convert_hf_to_gguf.py makes of a tiny mlx-lm llama: its tensor names, and Q/K rows
+    permuted by its ``LlamaModel.permute`` (copied here), byte-level vocabulary without merges."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    def permute(w, n_head):  # convert_hf_to_gguf.py, LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    tensors = []
+    for name, value in mx.load(str(model_dir / "model.safetensors")).items():
+        value = np.array(value.astype(mx.float32))
+        parts = name.split(".")
+        if name.startswith("model.layers."):
+            stem = _HF_TO_GGUF[".".join(parts[3:-1])]
+            if stem in ("attn_q", "attn_k"):
+                value = permute(value, heads if stem == "attn_q" else kv_heads)
+            name = f"blk.{parts[2]}.{stem}.weight"
+        else:
+            name = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}[name]
+        tensors.append((name, value, T.F32))
+    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+
+    def fill(w):
+        add_model_metadata(w, "llama", hidden=cfg["hidden_size"], ffn=cfg["intermediate_size"], heads=heads,
+                           kv_heads=kv_heads, vocab=len(tokens), layers=cfg["num_hidden_layers"])
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in SPECIAL else 1 for t in tokens])
+        w.add_token_merges(["a b"])  # llama.cpp needs a merge list; "ab" is no token, so it never applies
+        w.add_eos_token_id(1)
+        w.add_add_bos_token(False)
+
+    return write_gguf(out, "llama", fill, tensors)
+
+
+def test_gguf_lora_for_an_mlx_lm_llama_base(tmp_path):
+    """An adapter trained on a Hugging Face-order llama, for llama.cpp's conversion of that model: lora_b's
+    Q/K columns permuted like the base's rows."""
+    from tui_trainer.engine.export import export
+
+    base = make_tiny_model_dir(tmp_path / "base", seed=3)
+    policy, tok = _checkpoint(tmp_path / "run", str(base), seed=4)
+    converted = _llama_cpp_conversion(base, tmp_path / "base.gguf")
+    prompt = list(tok.encode("hello there, general kenobi"))
+    new, ref = _llama_greedy(converted, prompt, lora_path=str(export(tmp_path / "run", "gguf-lora",
+                                                                     tmp_path / "a.gguf")))
+    assert_exact_parity(_ours(policy, prompt, new), ref, new)
+
+
 def _mlx_lm_logits(path: Path, tokens: list[int]) -> np.ndarray:
     from mlx_lm import load
 

@@ -5,7 +5,8 @@
   ``blk.N.<name>.weight.lora_a`` / ``.lora_b``. mlx-lm computes ``y + s * (x @ A) @ B`` with A
   (in, r) and B (r, out); llama.cpp stores A as (r, in) and B as (out, r) (numpy order, PEFT's
   ``lora_A`` / ``lora_B``) and scales ``B @ A`` by ``alpha / r``: so A and B are transposed and
-  ``alpha = s * r``. The base is the GGUF the run trained on, whose row order the adapter has.
+  ``alpha = s * r``. For a GGUF base the adapter has that file's row order already; for an mlx-lm
+  base (llama, qwen2, qwen3, gemma3) it is written for llama.cpp's conversion of the same model.
 * ``gguf``: the fused model written with the base GGUF's own metadata (tokenizer and chat
   template included) and tensor names, as F32, F16 or Q8_0 (quantized by the ``gguf`` package,
   llama.cpp's reference code), plus a ``Modelfile`` for ``ollama create``.
@@ -244,25 +245,44 @@ def _architecture(src: Source) -> str:
 def _need_gguf_base(src: Source, fmt: str) -> None:
     if src.kind != "gguf":
         raise ModelError(f"--to {fmt} needs a GGUF base, and this checkpoint's base {src.model} is an mlx-lm "
-                         f"model: use --to mlx (and llama.cpp's convert_hf_to_gguf.py on that folder for a GGUF)")
+                         f"model: use --to mlx (then llama.cpp's convert_hf_to_gguf.py on that folder), or "
+                         f"--to gguf-lora for llama.cpp's conversion of the base")
+
+
+# mlx-lm model_type -> the llama.cpp architecture its Hugging Face model converts to
+_MLX_TO_GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
 
 
 def export_gguf_lora(src: Source, out: Path, *, outtype: str = "f32", force: bool = False,
                      progress: Progress = _quiet) -> Path:
+    """A llama.cpp LoRA adapter. For a GGUF base the adapter is in that file's row order already; for an
+    mlx-lm base it is for llama.cpp's conversion of the same model (convert_hf_to_gguf.py), which for a
+    llama permutes the Q/K rows: lora_b gets the same permutation (as convert_lora_to_gguf.py does)."""
     import gguf
 
+    from tui_trainer.engine.adapters import to_gguf_layout
     from tui_trainer.engine.policy import ADAPTER_TYPES
 
-    _need_gguf_base(src, "gguf-lora")
     kind = src.adapter_config.get("fine_tune_type", "lora")
     if kind != "lora":
         raise ModelError(f"a {kind} adapter has no llama.cpp LoRA form; use --to gguf (the merged model) or --to mlx")
-    arch = _architecture(src)
     progress("loading the model and adapter", 0, 1)
     model, _ = load_adapted(src)
+    if src.kind == "gguf":
+        arch, permute = _architecture(src), False
+    else:
+        model_type = getattr(model.args, "model_type", None)
+        arch = _MLX_TO_GGUF_ARCH.get(model_type)
+        if arch is None:
+            raise ModelError(f"--to gguf-lora cannot write a {model_type} model's adapter (only "
+                             f"{', '.join(_MLX_TO_GGUF_ARCH)}); use --to mlx")
+        permute = arch == "llama"
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)]
     if not layers:
         raise ModelError(f"{src.checkpoint}: the adapter has no LoRA layers")
+    args = model.args
+    n_heads = args.num_attention_heads
+    n_kv = getattr(args, "num_key_value_heads", None) or n_heads
     tmp = _prepare(out, force)
     try:
         writer = gguf.GGUFWriter(str(tmp), arch)
@@ -273,7 +293,10 @@ def export_gguf_lora(src: Source, out: Path, *, outtype: str = "f32", force: boo
             stem = _gguf_tensor_name(arch, f"{name}.weight")
             if stem is None or not hasattr(layer, "lora_a"):
                 raise ModelError(f"the adapter on {name} has no llama.cpp tensor name; use --to gguf or --to mlx")
-            a, b = np.array(layer.lora_a.astype(mx.float32)), np.array(layer.lora_b.astype(mx.float32))
+            b = layer.lora_b
+            if permute:
+                b = to_gguf_layout({f"{name}.lora_b": b}, n_heads, n_kv)[f"{name}.lora_b"]
+            a, b = np.array(layer.lora_a.astype(mx.float32)), np.array(b.astype(mx.float32))
             if rank is None:
                 rank, scale = a.shape[1], float(layer.scale)
             elif a.shape[1] != rank or float(layer.scale) != scale:
