@@ -38,7 +38,7 @@ SPECIAL = ["<pad>", "<eos>", "<bos>"]
 DIMS = dict(hidden=64, ffn=128, heads=4, kv_heads=2, layers=2)
 
 
-def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, **over) -> Path:
+def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, extra=None, **over) -> Path:
     rng = np.random.default_rng(0)
     words = "the quick brown fox jumps over a lazy dog 2024 user assistant say hello".split()
     tokens, merges = train_bpe([" ".join(rng.choice(words, size=8)) + "\n" for _ in range(100)], 300, SPECIAL)
@@ -46,7 +46,7 @@ def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, 
     tensors = random_model_tensors(arch, np.random.default_rng(seed), [T.F32], tied=tied, **dims)
 
     def fill(w):
-        add_model_metadata(w, arch, **dims)
+        add_model_metadata(w, arch, extra=extra, **dims)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2")
         w.add_token_list(tokens)
@@ -162,13 +162,27 @@ def test_merged_gguf_in_llama_cpp_matches_policy(gguf_run, tmp_path):
     assert_native_parity(_ours(policy, prompt, qnew), qref, qnew, NATIVE_REL_QUANT)
 
 
-def test_qwen3_and_dora_bases(tmp_path):
-    """qwen3 (per-head q/k norms, head size != hidden / heads, tied embeddings, NEOX RoPE: rows as in Hugging
-    Face) through all three formats; a DoRA adapter merged into a GGUF, and refused as a llama.cpp LoRA."""
+def _gemma3_extra(w):
+    w.add_sliding_window(5)
+
+
+OTHER_ARCHS = {
+    # per-head q/k norms, head size != hidden / heads, tied embeddings, NEOX RoPE: rows as in Hugging Face
+    "qwen3": dict(head_dim=32),
+    # norms stored as weight + 1 (the merged GGUF must add the 1 back), 4 norms a block, sliding window,
+    # sqrt(hidden) = 8 exact in bf16 (so mlx-lm's own Gemma 3 body computes as the policy does)
+    "gemma3": dict(layers=6, extra=_gemma3_extra),
+}
+
+
+@pytest.mark.parametrize("arch", OTHER_ARCHS)
+def test_other_architectures(arch, tmp_path):
+    """qwen3 and gemma3 GGUF bases through all three formats; for qwen3 also a DoRA adapter, merged into a
+    GGUF, and refused as a llama.cpp LoRA."""
     from tui_trainer.engine.export import export
     from tui_trainer.errors import ModelError
 
-    base = _write_base(tmp_path / "qwen3.gguf", seed=7, arch="qwen3", tied=True, head_dim=32)
+    base = _write_base(tmp_path / f"{arch}.gguf", seed=7, arch=arch, tied=True, **OTHER_ARCHS[arch])
     policy, tok = _checkpoint(tmp_path / "run", str(base), seed=8)
     prompt = list(tok.encode("say hello to the lazy dog"))
     new, ref = _llama_greedy(base, prompt, lora_path=str(export(tmp_path / "run", "gguf-lora", tmp_path / "a.gguf")))
@@ -177,6 +191,8 @@ def test_qwen3_and_dora_bases(tmp_path):
     assert_exact_parity(_ours(policy, prompt, new), ref, new)
     out = export(tmp_path / "run", "mlx", tmp_path / "fused", outtype="f32")
     _assert_close(_policy_logits(policy, prompt), _mlx_lm_logits(out, prompt))
+    if arch != "qwen3":
+        return
 
     dora, _ = _checkpoint(tmp_path / "dora", str(base), seed=9, kind="dora")
     with pytest.raises(ModelError, match="dora adapter has no llama.cpp LoRA form; use --to gguf"):

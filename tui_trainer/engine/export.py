@@ -381,6 +381,10 @@ def _hf_rows(x: mx.array, n_heads: int) -> mx.array:
     return x.reshape(n_heads, n // n_heads // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
 
 
+# ModelArgs fields that model_args() fills with floats where Hugging Face's config classes want ints
+_INT_IN_HF_CONFIG = ("query_pre_attn_scalar",)
+
+
 def export_mlx(src: Source, out: Path, *, outtype: str = "f16", force: bool = False,
                progress: Progress = _quiet) -> Path:
     from mlx_lm.utils import quantize_model, save_config, save_model
@@ -396,6 +400,9 @@ def export_mlx(src: Source, out: Path, *, outtype: str = "f16", force: bool = Fa
             raise ModelError("the base GGUF has RoPE frequency factors (rope_freqs.weight), which an mlx-lm config "
                              "cannot name; export --to gguf instead")
         config = {k: v for k, v in dataclasses.asdict(model.args).items() if v is not None}
+        for k in _INT_IN_HF_CONFIG:  # transformers' config classes (which mlx_lm.load reads too) check the type
+            if isinstance(config.get(k), float) and config[k].is_integer():
+                config[k] = int(config[k])
         if config.get("rope_traditional"):  # a llama GGUF: Q/K rows back to Hugging Face order
             args = model.args
             heads = {"q_proj": args.num_attention_heads,
