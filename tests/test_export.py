@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 import numpy as np
 import pytest
 
@@ -379,3 +380,24 @@ def test_interrupted_export_leaves_no_file(gguf_run, tmp_path):
         with pytest.raises(KeyboardInterrupt):
             export(root / "run", fmt, tmp_path / name, progress=interrupt)
         assert list(tmp_path.iterdir()) == [], f"{fmt}: {list(tmp_path.iterdir())}"
+
+
+def test_fuse_leaves_no_quantized_layer(tmp_path):
+    """A quantized mlx-lm base (QLoRA; kept quantized when loaded on a GPU) fuses into a plain f32 model that
+    computes what the adapted quantized one did, so no export writes quantized tensors under a float config."""
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    from tui_trainer.engine.export import fuse
+
+    model, _ = load(str(make_tiny_model_dir(tmp_path / "base", seed=3)))
+    nn.quantize(model, group_size=32, bits=8)
+    policy = Policy(model, AdapterConfig(rank=4, scale=2.0, layers=1))
+    policy.model.load_weights([(k, mx.random.normal(v.shape) * 0.1) for k, v in policy.adapter_weights().items()
+                               if k.endswith("lora_b")], strict=False)
+    tokens = mx.array([[5, 17, 42, 99, 7]])
+    before = np.array(policy.model(tokens))
+    fuse(policy.model)
+    assert not [n for n, m in policy.model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+    assert {v.dtype for _, v in tree_flatten(policy.model.parameters())} == {mx.float32}
+    _assert_close(before, np.array(policy.model(tokens)))

@@ -125,7 +125,7 @@ def load_adapted(src: Source):
     model, tokenizer = load_policy(src.model, quantized=False)
     try:
         load_adapters(model, str(src.checkpoint))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError) as exc:
         raise ModelError(f"{src.checkpoint}: the adapter does not fit the base model "
                          f"{src.model or 'the embedded default'} (has the base changed?): {one_line(exc)}") from None
     mx.eval(model.parameters())
@@ -134,10 +134,14 @@ def load_adapted(src: Source):
 
 
 def fuse(model) -> None:
-    """Merge every adapter layer into its base layer, in place (as ``mlx_lm.fuse`` does)."""
+    """Merge every adapter layer into its base layer, in place (as ``mlx_lm.fuse`` does), and leave no
+    layer quantized (a quantized mlx-lm base loaded on a GPU keeps its quantized layers): f32 throughout."""
+    from tui_trainer.engine.models import _dequantize_model
+
     fused = [(n, m.fuse(dequantize=True)) for n, m in model.named_modules() if hasattr(m, "fuse")]
     if fused:
         model.update_modules(tree_unflatten(fused))
+    _dequantize_model(model)
     mx.eval(model.parameters())
 
 
@@ -435,6 +439,10 @@ def export_mlx(src: Source, out: Path, *, outtype: str = "f16", force: bool = Fa
         save_model(tmp, model, donate_model=False)
         save_config(config, config_path=tmp / "config.json")
         tokenizer.save_pretrained(str(tmp))
+        if src.kind == "mlx":  # as mlx_lm.fuse: the base's generation settings and custom code travel along
+            for extra in [*src.path.glob("*.py"), src.path / "generation_config.json"]:
+                if extra.is_file():
+                    shutil.copy(extra, tmp)
         progress("writing the model", 1, 1)
         _commit(tmp, out)
     finally:
