@@ -358,8 +358,12 @@ def export_gguf(src: Source, out: Path, *, outtype: str = "f16", force: bool = F
         for i, t in enumerate(reader.tensors):
             if t.name in by_gguf:
                 value = np.array(by_gguf[t.name].astype(mx.float32))
-            else:  # not a model parameter (rope_freqs): as the base has it
+            elif t.name.startswith("rope_freqs") and t.tensor_type == gguf.GGMLQuantizationType.F32:
+                # RoPE frequency factors: not a model parameter, kept as the base has them
                 value = np.asarray(t.data, dtype=np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
+            else:
+                raise ModelError(f"GGUF export: the base's tensor {t.name} has no counterpart in the model; "
+                                 f"use --to mlx")
             _add_tensor(writer, t.name, value, outtype)
             progress("writing tensors", i + 1, len(base_names))
         _write_gguf(writer)
