@@ -64,9 +64,9 @@ def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, 
 
 def _checkpoint(run_dir: Path, model: str, *, seed: int = 1, scale: float = 2.0, kind: str = "lora"):
     """A run's checkpoint as the trainer writes it, with random (non-zero) lora_b; returns (policy, tokenizer)."""
+    mx.random.seed(seed)  # before the adapter is made: MLX seeds its generator from the clock, and lora_a is random
     base, tok = load_policy(model, quantized=False)
     policy = Policy(base, AdapterConfig(type=kind, rank=4, scale=scale, layers=-1))
-    mx.random.seed(seed)
     weights = policy.adapter_weights()
     policy.model.load_weights([(k, mx.random.normal(v.shape) * 0.1) for k, v in weights.items()
                                if k.endswith("lora_b")], strict=False)
@@ -392,6 +392,7 @@ def test_fuse_leaves_no_quantized_layer(tmp_path):
 
     model, _ = load(str(make_tiny_model_dir(tmp_path / "base", seed=3)))
     nn.quantize(model, group_size=32, bits=8)
+    mx.random.seed(0)
     policy = Policy(model, AdapterConfig(rank=4, scale=2.0, layers=1))
     policy.model.load_weights([(k, mx.random.normal(v.shape) * 0.1) for k, v in policy.adapter_weights().items()
                                if k.endswith("lora_b")], strict=False)
