@@ -39,12 +39,13 @@ SPECIAL = ["<pad>", "<eos>", "<bos>"]
 DIMS = dict(hidden=64, ffn=128, heads=4, kv_heads=2, layers=2)
 
 
-def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, extra=None, **over) -> Path:
+def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, extra=None, types=(T.F32,),
+                **over) -> Path:
     rng = np.random.default_rng(0)
     words = "the quick brown fox jumps over a lazy dog 2024 user assistant say hello".split()
     tokens, merges = train_bpe([" ".join(rng.choice(words, size=8)) + "\n" for _ in range(100)], 300, SPECIAL)
     dims = {**DIMS, "vocab": len(tokens), **over}
-    tensors = random_model_tensors(arch, np.random.default_rng(seed), [T.F32], tied=tied, **dims)
+    tensors = random_model_tensors(arch, np.random.default_rng(seed), list(types), tied=tied, **dims)
 
     def fill(w):
         add_model_metadata(w, arch, extra=extra, **dims)
@@ -110,8 +111,10 @@ def _llama_greedy(path: Path, prompt: list[int], **kw) -> tuple[list[int], np.nd
 
 
 def _ours(policy, prompt, new) -> np.ndarray:
+    """The policy's (or a plain model's) logits at the positions that predicted ``new``."""
     p = len(prompt)
-    return _policy_logits(policy, prompt + new)[p - 1: p - 1 + N_NEW]
+    model = policy.model if isinstance(policy, Policy) else policy
+    return np.array(model(mx.array([prompt + new]))[0].astype(mx.float32))[p - 1: p - 1 + N_NEW]
 
 
 def test_gguf_lora_in_llama_cpp_matches_policy(gguf_run, tmp_path):
@@ -151,15 +154,7 @@ def test_merged_gguf_in_llama_cpp_matches_policy(gguf_run, tmp_path):
     q8 = export(root / "run", "gguf", tmp_path / "merged-q8", outtype="q8_0")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(q8 / "model.gguf")).tensors}
     assert types["blk.0.attn_q.weight"] == T.Q8_0 and types["blk.0.attn_norm.weight"] == T.F32
-    with quiet_stderr():
-        q = llama_cpp.Llama(str(q8 / "model.gguf"), n_ctx=len(prompt) + N_NEW + 8, logits_all=True,
-                            verbose=False, n_threads=1, seed=0)
-    q.eval(prompt)
-    qnew = []
-    for _ in range(N_NEW):
-        qnew.append(int(np.argmax(q.scores[q.n_tokens - 1])))
-        q.eval([qnew[-1]])
-    qref = np.array(q.scores[len(prompt) - 1: len(prompt) - 1 + N_NEW], dtype=np.float32)
+    qnew, qref = _native_greedy(q8 / "model.gguf", prompt)
     assert_native_parity(_ours(policy, prompt, qnew), qref, qnew, NATIVE_REL_QUANT)
 
 
@@ -259,6 +254,50 @@ def test_gguf_lora_for_an_mlx_lm_llama_base(tmp_path):
     assert_exact_parity(_ours(policy, prompt, new), ref, new)
 
 
+def _native_greedy(path: Path, prompt: list[int]) -> tuple[list[int], np.ndarray]:
+    """llama.cpp's greedy continuation with its default kernels and KV cache (the native bars)."""
+    with quiet_stderr():
+        llm = llama_cpp.Llama(str(path), n_ctx=len(prompt) + N_NEW + 8, logits_all=True, verbose=False,
+                              n_threads=1, seed=0)
+    llm.eval(prompt)
+    new = []
+    for _ in range(N_NEW):
+        new.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([new[-1]])
+    logits = np.array(llm.scores[len(prompt) - 1: len(prompt) - 1 + N_NEW], dtype=np.float32)
+    with quiet_stderr():
+        llm.close()
+    return new, logits
+
+
+def test_merged_gguf_in_the_base_quantization(tmp_path):
+    """--outtype base: every tensor in the base GGUF's own type (Q4_1, Q8_0, F16 here), holding the fused
+    weights to that type's rounding (against the F32 export), and a file llama.cpp runs as MLX reads it."""
+    from gguf_build import dequantized
+    from tui_trainer.engine.export import export
+    from tui_trainer.engine.gguf import load_gguf
+
+    base = _write_base(tmp_path / "mixed.gguf", seed=5, types=(T.Q4_1, T.Q8_0, T.F16))
+    _, tok = _checkpoint(tmp_path / "run", str(base), seed=2)
+    out = export(tmp_path / "run", "gguf", tmp_path / "m", outtype="base") / "model.gguf"
+    f32 = export(tmp_path / "run", "gguf", tmp_path / "m32", outtype="f32") / "model.gguf"
+    base_types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(base)).tensors}
+    written = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    assert {n: t.tensor_type for n, t in written.items()} == base_types
+    assert {T.Q4_1, T.Q8_0, T.F16} <= set(base_types.values())
+    # relative RMS error of the rounding, measured: Q4_1 0.076, Q8_0 0.0054, F16 2.1e-4; a misplaced or
+    # wrong tensor is ~1.4
+    bound = {T.Q4_1: 0.12, T.Q8_0: 0.01, T.F16: 1e-3, T.F32: 0.0}
+    for t in gguf.GGUFReader(str(f32)).tensors:
+        exact, rounded = dequantized(t), dequantized(written[t.name])
+        rel = float(np.sqrt(((rounded - exact) ** 2).mean() / (exact ** 2).mean()))
+        assert rel <= bound[written[t.name].tensor_type], (t.name, written[t.name].tensor_type.name, rel)
+    model, _ = load_gguf(out)
+    prompt = list(tok.encode("say hello to the lazy dog"))
+    new, ref = _native_greedy(out, prompt)
+    assert_native_parity(_ours(model, prompt, new), ref, new, NATIVE_REL_QUANT)
+
+
 def _mlx_lm_logits(path: Path, tokens: list[int]) -> np.ndarray:
     from mlx_lm import load
 
@@ -323,6 +362,9 @@ def test_bad_input_one_line_exit_2(gguf_run, tmp_path, capsys):
     root, base, _, _, _ = gguf_run
     rc, err = _cli(capsys, tmp_path / "nowhere", "--to", "gguf", "-o", tmp_path / "o")
     assert rc == 2 and "no such run directory or checkpoint" in err and "\n" not in err
+
+    rc, err = _cli(capsys, root / "run", "--to", "mlx", "--outtype", "q4_0", "-o", tmp_path / "o")
+    assert rc == 2 and "--outtype q4_0 is not available --to mlx" in err and "\n" not in err
 
     (tmp_path / "taken").mkdir()
     rc, err = _cli(capsys, root / "run", "--to", "mlx", "-o", tmp_path / "taken")

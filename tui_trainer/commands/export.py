@@ -12,8 +12,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gguf-lora: a llama.cpp LoRA adapter file; gguf: the merged model (a folder with "
                         "model.gguf and an Ollama Modelfile); mlx: a fused mlx-lm model folder")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the file (gguf-lora) or folder to write")
-    p.add_argument("--outtype", choices=["f32", "f16", "q8_0"], default=None,
-                   help="tensor type (default: f32 for gguf-lora, f16 for gguf and mlx)")
+    p.add_argument("--outtype", default=None, metavar="TYPE",
+                   help="tensor type: f32, f16, bf16, q8_0 (all formats); q5_1, q5_0, q4_1, q4_0, or base (each "
+                        "tensor in the base GGUF's own type where it can be written) for gguf. Default: f32 for "
+                        "gguf-lora, f16 for gguf and mlx")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 

@@ -34,7 +34,13 @@ from mlx.utils import tree_flatten, tree_unflatten
 from tui_trainer.errors import ConfigError, ModelError, one_line
 
 FORMATS = ("gguf-lora", "gguf", "mlx")
-OUTTYPES = ("f32", "f16", "q8_0")
+# --outtype per format; "base": each tensor in the base GGUF's own type where the gguf package can write it
+OUTTYPES = {
+    "gguf-lora": ("f32", "f16", "bf16", "q8_0"),
+    "gguf": ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "base"),
+    "mlx": ("f32", "f16", "bf16", "q8_0"),
+}
+ALL_OUTTYPES = tuple(dict.fromkeys(t for types in OUTTYPES.values() for t in types))
 DEFAULT_OUTTYPE = {"gguf-lora": "f32", "gguf": "f16", "mlx": "f16"}
 GGUF_FILE = "model.gguf"
 
@@ -178,23 +184,30 @@ def _commit(tmp: Path, out: Path) -> None:
 # --------------------------------------------------------------------------- GGUF tensors
 
 
-def _ggml_type(outtype: str, value: np.ndarray):
-    """The tensor type llama.cpp's converter would pick: 1-D tensors (norms, biases) stay F32, Q8_0
-    needs rows of whole 32-blocks (else F16)."""
+def _ggml_type(outtype: str, value: np.ndarray, base_type: int | None = None):
+    """The tensor type, as llama.cpp's converter picks it: 1-D tensors (norms, biases) stay F32; the
+    block types need rows of whole 32-blocks (else F16); ``base``: the base tensor's type (``base_type``)
+    where the gguf package can write it (not K-quants), else F16."""
     from gguf import GGMLQuantizationType as T
 
-    if outtype == "f32" or value.ndim < 2:
+    if value.ndim < 2:
         return T.F32
-    if outtype == "q8_0" and value.shape[-1] % 32 == 0:
-        return T.Q8_0
-    return T.F16
+    writable = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q5_1": T.Q5_1, "q5_0": T.Q5_0,
+                "q4_1": T.Q4_1, "q4_0": T.Q4_0}
+    if outtype == "base":
+        qtype = T(base_type) if base_type is not None and base_type in set(writable.values()) else T.F16
+    else:
+        qtype = writable[outtype]
+    if qtype not in (T.F32, T.F16, T.BF16) and value.shape[-1] % 32 != 0:
+        return T.F16
+    return qtype
 
 
-def _add_tensor(writer, name: str, value: np.ndarray, outtype: str) -> None:
+def _add_tensor(writer, name: str, value: np.ndarray, outtype: str, base_type: int | None = None) -> None:
     from gguf import GGMLQuantizationType as T, quants
 
     value = np.ascontiguousarray(value, dtype=np.float32)
-    qtype = _ggml_type(outtype, value)
+    qtype = _ggml_type(outtype, value, base_type)
     if qtype == T.F32:
         writer.add_tensor(name, value)
     elif qtype == T.F16:
@@ -342,19 +355,22 @@ def export_gguf(src: Source, out: Path, *, outtype: str = "f16", force: bool = F
     extra = sorted(set(by_gguf) - set(base_names))
     if extra:
         raise ModelError(f"GGUF export: {extra[0]} is not a tensor of the base GGUF; use --to mlx")
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    F = gguf.LlamaFileType
+    file_type = {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0,
+                 "q5_1": F.MOSTLY_Q5_1, "q5_0": F.MOSTLY_Q5_0, "q4_1": F.MOSTLY_Q4_1, "q4_0": F.MOSTLY_Q4_0}.get(outtype)
     tmp = _prepare(out, force)
     try:
         tmp.mkdir()
         writer = gguf.GGUFWriter(str(tmp / GGUF_FILE), arch)
         for key, field in reader.fields.items():
-            if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment", "general.file_type"):
+            if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment") or (
+                    key == "general.file_type" and file_type is not None):  # "base": the base's file type stays
                 continue
             vtype = field.types[0]
             sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
             writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
-        writer.add_file_type(file_type)
+        if file_type is not None:
+            writer.add_file_type(file_type)
         for i, t in enumerate(reader.tensors):
             if t.name in by_gguf:
                 value = np.array(by_gguf[t.name].astype(mx.float32))
@@ -364,7 +380,7 @@ def export_gguf(src: Source, out: Path, *, outtype: str = "f16", force: bool = F
             else:
                 raise ModelError(f"GGUF export: the base's tensor {t.name} has no counterpart in the model; "
                                  f"use --to mlx")
-            _add_tensor(writer, t.name, value, outtype)
+            _add_tensor(writer, t.name, value, outtype, int(t.tensor_type))
             progress("writing tensors", i + 1, len(base_names))
         _write_gguf(writer)
         (tmp / "Modelfile").write_text(modelfile(), encoding="utf-8")
@@ -431,11 +447,11 @@ def export_mlx(src: Source, out: Path, *, outtype: str = "f16", force: bool = Fa
         config = json.loads((src.path / "config.json").read_text(encoding="utf-8"))
         config.pop("quantization", None)
         config.pop("quantization_config", None)
-    dtype = {"f32": mx.float32, "f16": mx.float16, "q8_0": mx.float16}[outtype]
+    dtype = {"f32": mx.float32, "f16": mx.float16, "bf16": mx.bfloat16, "q8_0": mx.float16}[outtype]
     model.set_dtype(dtype)
-    if outtype == "q8_0":
+    if outtype == "q8_0":  # mlx's affine 8-bit, groups of 32 (as GGUF's Q8_0 blocks)
         model, config = quantize_model(model, config, 32, 8)
-    config["torch_dtype"] = "float32" if outtype == "f32" else "float16"
+    config["torch_dtype"] = {"f32": "float32", "bf16": "bfloat16"}.get(outtype, "float16")
     tmp = _prepare(out, force)
     try:
         tmp.mkdir()
@@ -460,8 +476,8 @@ def export(path: str | Path, fmt: str, out: str | Path, *, outtype: str | None =
     if fmt not in FORMATS:
         raise ConfigError(f"--to {fmt!r}: choose one of {', '.join(FORMATS)}")
     outtype = outtype or DEFAULT_OUTTYPE[fmt]
-    if outtype not in OUTTYPES:
-        raise ConfigError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    if outtype not in OUTTYPES[fmt]:
+        raise ConfigError(f"--outtype {outtype} is not available --to {fmt}: choose one of {', '.join(OUTTYPES[fmt])}")
     out = Path(out).expanduser()
     if out.exists() and not force:  # before the model loads
         raise ConfigError(f"{out} already exists; choose another -o or add --force to replace it")
