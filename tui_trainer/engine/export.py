@@ -8,12 +8,14 @@
   ``alpha = s * r``. For a GGUF base the adapter has that file's row order already; for an mlx-lm
   base (llama, qwen2, qwen3, gemma3) it is written for llama.cpp's conversion of the same model.
 * ``gguf``: the fused model written with the base GGUF's own metadata (tokenizer and chat
-  template included) and tensor names, as F32, F16 or Q8_0 (quantized by the ``gguf`` package,
-  llama.cpp's reference code), plus a ``Modelfile`` for ``ollama create``.
+  template included) and tensor names, as F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1 or Q4_0, or each
+  tensor in the base's own type (quantized by the ``gguf`` package, llama.cpp's reference code),
+  plus a ``Modelfile`` for ``ollama create``.
 * ``mlx``: the fused model as an mlx-lm folder (as ``mlx_lm.fuse`` writes one). From a llama
   GGUF the Q/K rows go back to Hugging Face order (the inverse of llama.cpp's permutation) and
   the model runs with mlx-lm's default (non-traditional) RoPE; the tokenizer rebuilt from the
-  GGUF is saved as tokenizer.json + tokenizer_config.json (chat template included).
+  GGUF is saved by transformers' ``save_pretrained`` (tokenizer.json, tokenizer_config.json and the
+  chat template, which recent transformers writes to chat_template.jinja).
 
 Every output is written under a temporary name next to it and renamed when complete.
 """
@@ -40,7 +42,6 @@ OUTTYPES = {
     "gguf": ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "base"),
     "mlx": ("f32", "f16", "bf16", "q8_0"),
 }
-ALL_OUTTYPES = tuple(dict.fromkeys(t for types in OUTTYPES.values() for t in types))
 DEFAULT_OUTTYPE = {"gguf-lora": "f32", "gguf": "f16", "mlx": "f16"}
 GGUF_FILE = "model.gguf"
 
