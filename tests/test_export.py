@@ -40,12 +40,12 @@ DIMS = dict(hidden=64, ffn=128, heads=4, kv_heads=2, layers=2)
 
 
 def _write_base(path: Path, seed: int, arch: str = "llama", tied: bool = False, extra=None, types=(T.F32,),
-                **over) -> Path:
+                more=(), **over) -> Path:
     rng = np.random.default_rng(0)
     words = "the quick brown fox jumps over a lazy dog 2024 user assistant say hello".split()
     tokens, merges = train_bpe([" ".join(rng.choice(words, size=8)) + "\n" for _ in range(100)], 300, SPECIAL)
     dims = {**DIMS, "vocab": len(tokens), **over}
-    tensors = random_model_tensors(arch, np.random.default_rng(seed), list(types), tied=tied, **dims)
+    tensors = random_model_tensors(arch, np.random.default_rng(seed), list(types), tied=tied, **dims) + list(more)
 
     def fill(w):
         add_model_metadata(w, arch, extra=extra, **dims)
@@ -296,6 +296,23 @@ def test_merged_gguf_in_the_base_quantization(tmp_path):
     prompt = list(tok.encode("say hello to the lazy dog"))
     new, ref = _native_greedy(out, prompt)
     assert_native_parity(_ours(model, prompt, new), ref, new, NATIVE_REL_QUANT)
+
+
+def test_rope_frequency_factors(tmp_path):
+    """A Llama 3.1-style base with RoPE frequency factors (rope_freqs.weight): the merged GGUF keeps them (same
+    logits as the policy in llama.cpp); an mlx-lm config cannot name them, so --to mlx says so in one line."""
+    from tui_trainer.engine.export import export
+    from tui_trainer.errors import ModelError
+
+    factors = np.linspace(1.0, 40.0, 64 // 4 // 2, dtype=np.float32)  # head size 16: 8 pairs
+    base = _write_base(tmp_path / "freqs.gguf", seed=5, more=[("rope_freqs.weight", factors, T.F32)])
+    policy, tok = _checkpoint(tmp_path / "run", str(base), seed=3)
+    prompt = list(tok.encode("the quick brown fox jumps over a lazy dog 2024 say hello"))
+    new, ref = _llama_greedy(export(tmp_path / "run", "gguf", tmp_path / "m", outtype="f32") / "model.gguf", prompt)
+    assert_exact_parity(_ours(policy, prompt, new), ref, new)
+    with pytest.raises(ModelError, match="RoPE frequency factors .* export --to gguf instead"):
+        export(tmp_path / "run", "mlx", tmp_path / "fused")
+    assert not (tmp_path / "fused").exists()
 
 
 def _mlx_lm_logits(path: Path, tokens: list[int]) -> np.ndarray:
