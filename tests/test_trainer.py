@@ -150,6 +150,9 @@ def test_checkpoint_loads_in_mlx_lm(tiny_dir, prompts_file, tmp_path):
     assert {"adapters.safetensors", "adapter_config.json", "value_head.safetensors", "optimizer.safetensors",
             "state.json"} <= {p.name for p in ckpt.iterdir()}
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    saved = json.loads((ckpt / "adapter_config.json").read_text())
+    # the base is named (absolute) for mlx_lm --adapter-path and fingerprinted for export
+    assert saved["model"] == str(tiny_dir.resolve()) and saved["tui_trainer"]["base"]["size"] > 0
     model, tok = load_policy(str(tiny_dir))
     load_adapters(model, str(ckpt))
     ids = [tok.encode("say beta")]

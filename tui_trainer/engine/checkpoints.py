@@ -26,6 +26,19 @@ def _flat(tree) -> dict[str, mx.array]:
     return {k: v for k, v in tree_flatten(tree) if isinstance(v, mx.array)}
 
 
+def adapter_config(policy, base: tuple[str, dict], **tui_trainer) -> dict:
+    """adapter_config.json for ``policy``: mlx-lm's keys (what ``load_adapters`` reads), the base model
+    (``base``: models.model_reference and models.base_fingerprint of it, taken when the run loaded it)
+    and tui-trainer's own entries (step, mode)."""
+    return {
+        "fine_tune_type": policy.adapter_type,
+        "num_layers": policy.adapter_layers,
+        "lora_parameters": policy.lora_parameters,
+        "model": base[0],
+        "tui_trainer": {**tui_trainer, "base": base[1]},
+    }
+
+
 def save_checkpoint(run_dir: Path, step: int, *, adapter_weights: dict, adapter_config: dict,
                     value_head: dict, optimizers: dict[str, Any], state: dict) -> Path:
     opt = {}

@@ -98,3 +98,35 @@ def _dequantize_model(model: nn.Module) -> None:
     if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
         dequantize_model(model)
     model.set_dtype(compute_dtype())
+
+
+def model_reference(path: str | None) -> str:
+    """How a checkpoint names its base model: a hub repo id as given, else the absolute path of the
+    file or folder (the embedded default's GGUF included), so that it is found from any directory."""
+    kind, target = locate_model(path)
+    if path is not None and not Path(path).expanduser().exists() and kind == "mlx" and target != Path(path):
+        return path  # a hub repo id (mlx-lm resolves it from the cache)
+    return str(target.resolve())
+
+
+def base_fingerprint(path: str | None) -> dict:
+    """A cheap identity of a base model, recorded in each checkpoint so that an export can tell a base
+    that changed since: the size and the SHA-256 of the first and last MiB of a GGUF file, or of an
+    mlx-lm folder's config.json and the sizes of its weight files."""
+    import hashlib
+
+    _, target = locate_model(path)
+    digest = hashlib.sha256()
+    if target.is_file():
+        size = target.stat().st_size
+        with open(target, "rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(size - (1 << 20), 0))
+            digest.update(f.read(1 << 20))
+    else:
+        digest.update((target / "config.json").read_bytes())
+        files = sorted(target.glob("*.safetensors"))
+        size = sum(p.stat().st_size for p in files)
+        for p in files:
+            digest.update(f"{p.name}:{p.stat().st_size};".encode())
+    return {"size": size, "sha256": digest.hexdigest()}

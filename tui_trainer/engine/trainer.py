@@ -44,9 +44,10 @@ from tui_trainer.config import Config, config_changes, config_to_dict, load_conf
 from tui_trainer.data import PromptSet, require_columns
 from tui_trainer.engine import ppo
 from tui_trainer.engine.adapters import adapter_files, load_init_adapter
+from tui_trainer.engine.checkpoints import adapter_config as checkpoint_adapter_config
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
-from tui_trainer.engine.models import load_policy, locate_model
+from tui_trainer.engine.models import base_fingerprint, load_policy, locate_model, model_reference
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
 from tui_trainer.engine.policy import FrozenPrefix, Policy, evaluate, hidden_states, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
@@ -196,6 +197,8 @@ class Trainer:
         loaded(2, "reading the model")
         mx.random.seed(cfg.seed)
         model, self.tokenizer = load_policy(cfg.model, quantized=cfg.quantized_base)
+        # the checkpoints name the base (mlx_lm --adapter-path, export) and fingerprint it (export refuses a changed one)
+        self._base = (model_reference(cfg.model), base_fingerprint(cfg.model))
         loaded(3, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
         if cfg.init_adapter and ckpt is None:  # SFT -> PPO; a resume takes the checkpoint's adapter instead
@@ -293,13 +296,7 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path:
         cfg = self.cfg
-        adapter_config = {
-            "fine_tune_type": cfg.adapter.type,
-            "num_layers": self.policy.adapter_layers,
-            "lora_parameters": self.policy.lora_parameters,
-            "model": cfg.model,
-            "tui_trainer": {"step": self.step, "mode": cfg.mode},
-        }
+        adapter_config = checkpoint_adapter_config(self.policy, self._base, step=self.step, mode=cfg.mode)
         state = {"step": self.step, "beta": self.beta, "data": self.prompts.state(), "seed": cfg.seed,
                  "rng": {"mlx_seed_rule": "seed * 1000003 + step", "shuffle_seed_rule": "seed * 7919 + step"}}
         path = save_checkpoint(self.run_dir, self.step, adapter_weights=self.policy.adapter_weights(),
