@@ -1,4 +1,4 @@
-"""Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`.
+"""Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`, `reward`.
 
 Each subcommand lives in ``tui_trainer/commands/<name>.py`` as ``add_arguments(parser)``
 and ``run(args) -> int``. Bad input ends in one line on stderr and exit code 2.
@@ -20,6 +20,7 @@ COMMANDS = {
     "plugins": "list judge plugins: name, version, judges, status",
     "judge": "try a judge from the shell",
     "labels": "export human labels (e.g. for DPO)",
+    "reward": "reward models: train (Bradley-Terry), eval, score",
 }
 
 

@@ -131,6 +131,57 @@ class DataConfig:
 
 
 @dataclass
+class RewardTrainConfig:
+    """`tui-trainer reward train`: a Bradley-Terry reward model (its own flags, not a run-config section)."""
+
+    model: str | None = key(None, 'base model: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct', check=optional(not_empty()), flag='--model')
+    adapter_type: str = key('lora', 'lora | dora | full (full trains every weight)', check=one_of(ADAPTER_TYPES), flag='--adapter')
+    rank: int = key(8, 'adapter rank', check=at_least(1), flag='--rank')
+    scale: float = key(20.0, 'mlx-lm scale multiplying the adapter output', check=above(0), flag='--scale')
+    layers: int = key(16, 'number of last transformer blocks that get adapters; -1 = all', check=_all_or_positive, flag='--layers')
+    epochs: int = key(2, 'passes over the training pairs', check=at_least(1), flag='--epochs')
+    batch_size: int = key(8, 'pairs per optimizer step', check=at_least(1), flag='--batch-size')
+    learning_rate: float = key(5e-05, 'Adam learning rate (adapter and head)', check=above(0), flag='--lr')
+    margin: float = key(0.0, 'Bradley-Terry margin m in -log sigmoid(r_c - r_r - m)', check=at_least(0), flag='--margin')
+    center_coef: float = key(0.0, 'coefficient of the centring term (r_c + r_r)^2; 0 = off (TRL: 0.01)', check=at_least(0), flag='--center-coef')
+    eval_fraction: float = key(0.1, 'share of the pairs held out for evaluation (at least one pair when > 0)', check=within(0, 1, "[)"), flag='--eval-fraction')
+    eval_every: int = key(0, 'evaluate on the held-out pairs every N steps too; 0 = at the end of each epoch only', check=at_least(0), flag='--eval-every')
+    max_length: int = key(1024, 'longest input in tokens; longer ones lose their start', check=at_least(2), flag='--max-length')
+    chat_template: bool = key(True, "format [prompt, completion] with the tokenizer's chat template (false = plain text)", flag='--chat-template')
+    max_grad_norm: float = key(1.0, 'gradient clipping norm', check=above(0), flag='--max-grad-norm')
+    seed: int = key(0, 'random seed (head initialisation, split, order)', check=at_least(0), flag='--seed')
+
+
+def dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A flag for each key of ``cls`` that declares one (default None: the declared default applies)."""
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("flag")
+        if flag:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` with the flags given in ``args`` (checked, converted with values.convert); ConfigError."""
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("flag")
+        raw = getattr(args, f.name, None) if flag else None
+        if raw is None:
+            continue
+        try:
+            value = convert(raw, hints[f.name], text=True)
+        except WrongValue as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+        problem = f.metadata.get("check") and f.metadata["check"](value)
+        if problem:
+            raise ConfigError(f"{flag}: {problem}")
+        values[f.name] = value
+    return cls(**values)
+
+
+@dataclass
 class Config:
     model: str | None = key(None, 'policy: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct', aliases=('model_name_or_path',), check=optional(not_empty("must not be empty (null = embedded model)")), flag='--model')
     reference_model: str | None = key(None, 'KL reference: null = the policy with its adapter switched off (no second model in memory)', aliases=('ref_model',))

@@ -1,0 +1,173 @@
+"""`reward train`: fit a Bradley-Terry reward model on preference pairs.
+
+Each optimizer step takes ``batch_size`` pairs, runs their chosen and rejected conversations
+as one left-padded batch, and minimises ``reward.reward_loss`` (BT, optional margin and
+centring term) over the adapter (or every weight) and the head, with Adam and gradient
+clipping. A seeded share of the pairs is held out; at the end of each epoch (and every
+``eval_every`` steps) the held-out loss, accuracy (share of pairs ranked right) and mean
+margin are reported. At the end the rewards of every training completion give the mean / std
+stored for normalised scores, and the directory is written atomically.
+
+It reports through an observer, like the PPO trainer: ``Progress`` (phase "reward", steps done
+of all steps, ``detail`` "epoch e/E"), ``StepMetrics`` (one per evaluation) and ``LogMessage``.
+No resume: a run is short, and the directory is written once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+
+from tui_trainer import events as ev
+from tui_trainer.config import AdapterConfig, RewardTrainConfig
+from tui_trainer.engine import reward as R
+from tui_trainer.errors import DataError
+from tui_trainer.preferences import Pair
+
+PHASE = "reward"
+
+
+def split_pairs(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: a seeded shuffle; at least one held-out pair when the fraction
+    is > 0 and there are two pairs or more, and at least one training pair."""
+    order = list(range(n))
+    random.Random(f"tui-trainer-reward-split:{seed}").shuffle(order)
+    n_eval = 0
+    if eval_fraction > 0 and n >= 2:
+        n_eval = min(n - 1, max(1, round(n * eval_fraction)))
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def model_ref(model: str | None) -> str | None:
+    """How the directory names its base: an absolute path for a local one (the directory may be
+    used from elsewhere), a hub id as given, None for the embedded model."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def evaluate(rm: R.RewardModel, chosen: Sequence[list[int]], rejected: Sequence[list[int]], cfg: RewardTrainConfig,
+             pad_id: int) -> dict[str, float]:
+    """Held-out loss (the training loss's formula), accuracy and mean margin."""
+    rc = mx.array(R.rewards_of(rm, chosen, 2 * cfg.batch_size, pad_id))
+    rr = mx.array(R.rewards_of(rm, rejected, 2 * cfg.batch_size, pad_id))
+    return {"loss": R.reward_loss(rc, rr, cfg.margin, cfg.center_coef).item(),
+            "accuracy": R.pair_accuracy(rc, rr).item(), "margin": R.mean_margin(rc, rr).item(),
+            "pairs": len(chosen)}
+
+
+def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str | Path,
+                       observer: Callable[[Any], None] | None = None, loaded: tuple | None = None) -> dict:
+    """Train on ``pairs``, write the directory ``out_dir``; returns the final summary (what
+    reward_config.json's "train" holds). ``loaded``: an already loaded ``(model, tokenizer)``."""
+    emit = observer or (lambda event: None)
+    R.check_output_dir(out_dir)
+    if not pairs:
+        raise DataError("no preference pairs to train on")
+    mx.random.seed(cfg.seed)
+    emit(ev.Progress(0, "loading", 0, 3, "parts", detail="model"))
+    if loaded is None:
+        from tui_trainer.engine.models import load_policy
+
+        loaded = load_policy(cfg.model)
+    model, tokenizer = loaded
+    signature = R.base_signature(model)
+    adapter = AdapterConfig(type=cfg.adapter_type, rank=cfg.rank, scale=cfg.scale, layers=cfg.layers)
+    rm = R.RewardModel(model, adapter)
+    mx.eval(rm.parameters())
+
+    emit(ev.Progress(0, "loading", 1, 3, "parts", detail="tokenizing pairs"))
+    chat = cfg.chat_template
+    if chat and not R.has_chat_template(tokenizer):
+        raise DataError("the tokenizer has no chat template; use --chat-template false")
+    pad_id = R._pad_id(tokenizer)
+    chosen_ids, rejected_ids = [], []
+    cut = 0
+    for p in pairs:
+        full = [R.encode(tokenizer, p.messages, text, chat) for text in (p.chosen, p.rejected)]
+        cut += sum(len(ids) > cfg.max_length for ids in full)
+        chosen_ids.append(full[0][-cfg.max_length:])
+        rejected_ids.append(full[1][-cfg.max_length:])
+    if cut:
+        emit(ev.LogMessage("warning", f"{cut} input(s) longer than {cfg.max_length} tokens lost their start"))
+    train_idx, eval_idx = split_pairs(len(pairs), cfg.eval_fraction, cfg.seed)
+    emit(ev.LogMessage("info", f"{len(train_idx)} training pair(s), {len(eval_idx)} held out; "
+                               f"{cfg.adapter_type} on {rm.adapter_layers} block(s)"))
+
+    opt = optim.Adam(learning_rate=cfg.learning_rate)
+
+    def loss_fn(model, tokens, left_pad, n):
+        r = model(tokens, left_pad)
+        return R.reward_loss(r[:n], r[n:], cfg.margin, cfg.center_coef), r
+
+    loss_and_grad = nn.value_and_grad(rm, loss_fn)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    emit(ev.Progress(0, "loading", 3, 3, "parts", detail="ready"))
+    history: list[dict] = []
+    step = 0
+    since = {"loss": 0.0, "correct": 0.0, "pairs": 0}
+    t0 = time.perf_counter()
+
+    def report(epoch: int) -> dict:
+        values: dict[str, float] = {"epoch": epoch, "pairs_seen": step * cfg.batch_size}
+        if since["pairs"]:
+            values["loss"] = since["loss"] / since["pairs"]
+            values["accuracy"] = since["correct"] / since["pairs"]
+        if eval_idx:
+            got = evaluate(rm, [chosen_ids[i] for i in eval_idx], [rejected_ids[i] for i in eval_idx], cfg, pad_id)
+            values.update({f"eval_{k}": v for k, v in got.items() if k != "pairs"})
+        values["time"] = time.perf_counter() - t0
+        since.update(loss=0.0, correct=0.0, pairs=0)
+        history.append({"step": step, **values})
+        emit(ev.StepMetrics(step, values))
+        return values
+
+    for epoch in range(1, cfg.epochs + 1):
+        order = list(train_idx)
+        random.Random(f"tui-trainer-reward-order:{cfg.seed}:{epoch}").shuffle(order)
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start:start + cfg.batch_size]
+            tokens, left_pad = R.pad_left([chosen_ids[i] for i in batch] + [rejected_ids[i] for i in batch], pad_id)
+            (loss, r), grads = loss_and_grad(rm, tokens, left_pad, len(batch))
+            grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+            opt.update(rm, grads)
+            mx.eval(rm.trainable_parameters(), opt.state, loss, r)
+            step += 1
+            n = len(batch)
+            since["loss"] += loss.item() * n
+            since["correct"] += R.pair_accuracy(r[:n], r[n:]).item() * n
+            since["pairs"] += n
+            emit(ev.Progress(step, PHASE, step, total, "steps", detail=f"epoch {epoch}/{cfg.epochs}",
+                             elapsed=time.perf_counter() - t0))
+            if cfg.eval_every and step % cfg.eval_every == 0 and start + cfg.batch_size < len(order):
+                report(epoch)
+        final = report(epoch)
+
+    emit(ev.Progress(step, PHASE, step, total, "steps", detail="score statistics"))
+    train_rewards = R.rewards_of(rm, [chosen_ids[i] for i in train_idx] + [rejected_ids[i] for i in train_idx],
+                                 2 * cfg.batch_size, pad_id)
+    mean = sum(train_rewards) / len(train_rewards)
+    std = math.sqrt(sum((v - mean) ** 2 for v in train_rewards) / max(1, len(train_rewards) - 1))
+    summary = {
+        "pairs": len(pairs), "train_pairs": len(train_idx), "eval_pairs": len(eval_idx), "epochs": cfg.epochs,
+        "steps": step, "final": final, "history": history,
+        "settings": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+    }
+    config = {
+        "base_model": model_ref(cfg.model), "base_signature": signature, "adapter_type": cfg.adapter_type,
+        "adapter_layers": rm.adapter_layers, "lora_parameters": rm.lora, "chat_template": chat,
+        "max_length": cfg.max_length, "score_stats": {"mean": mean, "std": std, "count": len(train_rewards)},
+        "train": summary,
+    }
+    R.save_reward_model(out_dir, rm, config)
+    emit(ev.LogMessage("info", f"reward model written to {out_dir}"))
+    return summary
