@@ -90,7 +90,7 @@ def keyword_pairs(n: int, seed: int = 0) -> list[Pair]:
 def trained(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "reward"
     events = []
-    cfg = RewardTrainConfig(model=str(tiny_dir), epochs=3, batch_size=8, learning_rate=1e-3, eval_fraction=0.25,
+    cfg = RewardTrainConfig(model=str(tiny_dir), epochs=3, batch_size=8, learning_rate=3e-4, eval_fraction=0.25,
                             layers=-1, eval_every=2, seed=0)
     summary = train_reward_model(cfg, keyword_pairs(48), out, observer=events.append)
     return out, summary, events
