@@ -91,7 +91,7 @@ def trained(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "reward"
     events = []
     cfg = RewardTrainConfig(model=str(tiny_dir), epochs=3, batch_size=8, learning_rate=3e-4, eval_fraction=0.25,
-                            layers=-1, eval_every=2, seed=0)
+                            layers=1, eval_every=2, seed=0)  # block 0 frozen: the cached path
     summary = train_reward_model(cfg, keyword_pairs(48), out, observer=events.append)
     return out, summary, events
 
@@ -179,3 +179,18 @@ def test_reward_judge_pointwise_and_pairwise(trained):
 
     with pytest.raises(ConfigError, match="'path' is required"):
         build_judge_set([{"name": "reward"}])
+
+
+def test_frozen_prefix_path_equals_the_full_forward(tiny_dir):
+    """With the adapter on the last block only, training runs the first block once per input
+    (prefix_states) and the adapted block per step (from_prefix): the same rewards as the full
+    left-padded forward."""
+    model, tok = load_policy(str(tiny_dir))
+    rm = R.RewardModel(model, AdapterConfig(type="lora", layers=1))
+    assert rm.prefix_layers == 1
+    rm.model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), rm.model.trainable_parameters()))
+    rows = [R.encode(tok, [{"role": "user", "content": p}], c) for p, c in [("hi", "hello"), ("longer one", "x y z")]]
+    tokens, left_pad = R.pad_left(rows)
+    full = rm(tokens, left_pad)
+    cached = rm.from_prefix(rm.prefix_states(rows, batch_size=1))
+    assert mx.abs(full - cached).max().item() <= 64 * F32 * max(1.0, mx.abs(full).max().item())

@@ -30,7 +30,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from tui_trainer.config import AdapterConfig
-from tui_trainer.engine.family import backbone_of, check, family, padded_forward
+from tui_trainer.engine.family import Positions, backbone_of, check, family, padded_forward
 from tui_trainer.errors import DataError, ModelError, one_line
 from tui_trainer.fileio import atomic_write_json
 
@@ -142,12 +142,51 @@ class RewardModel(nn.Module):
         else:
             raise ValueError(f"unknown adapter type {adapter.type!r}")
         self.head = RewardHead(hidden_size(model))
+        from tui_trainer.engine.policy import frozen_prefix_layers
+
+        self.prefix_layers = frozen_prefix_layers(model, self.adapter_layers, adapter.type)
         model.eval()
 
     def __call__(self, tokens: mx.array, left_pad: mx.array) -> mx.array:
         """Rewards (B,) of a left-padded batch: the head on the last column's hidden state."""
         hidden = padded_forward(self.model, tokens, left_pad)[:, -1]
         return self.head(hidden.astype(mx.float32))
+
+    # The leading blocks that carry no adapter are the same function all through training, so
+    # their output for each input can be computed once and the training steps (and evaluations)
+    # run the adapted blocks only (llama-family backbones, as the policy's FrozenPrefix).
+
+    def prefix_states(self, rows: Sequence[Sequence[int]], batch_size: int = 8, pad_id: int = 0) -> list[mx.array]:
+        """Per row, the output (L_i, D) of the first ``prefix_layers`` blocks, padding cut off."""
+        backbone = backbone_of(self.model)
+        out: list[Any] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for start in range(0, len(order), max(1, batch_size)):
+            idx = order[start:start + batch_size]
+            tokens, left_pad = pad_left([rows[i] for i in idx], pad_id)
+            pos = Positions(left_pad)
+            h = backbone.embed_tokens(tokens)
+            mask = pos.make_mask(h.shape[1])
+            for layer in backbone.layers[:self.prefix_layers]:
+                h = layer(h, mask, cache=pos)
+            h = mx.stop_gradient(h)
+            mx.eval(h)
+            for j, i in enumerate(idx):
+                out[i] = h[j, int(left_pad[j].item()):]
+        return out
+
+    def from_prefix(self, states: Sequence[mx.array]) -> mx.array:
+        """Rewards (B,) from ``prefix_states`` rows: left-padded, through the remaining blocks;
+        equal to ``__call__`` on the same rows (the padding is masked in every block)."""
+        backbone = backbone_of(self.model)
+        width = max(s.shape[0] for s in states)
+        pads = [width - s.shape[0] for s in states]
+        h = mx.stack([mx.pad(s, [(p, 0), (0, 0)]) if p else s for s, p in zip(states, pads)])
+        pos = Positions(mx.array(pads, dtype=mx.int32))
+        mask = pos.make_mask(width)
+        for layer in backbone.layers[self.prefix_layers:]:
+            h = layer(h, mask, cache=pos)
+        return self.head(backbone.norm(h)[:, -1].astype(mx.float32))
 
     def adapter_weights(self) -> dict[str, mx.array]:
         """The adapter in mlx-lm's naming (or every weight, for full fine-tuning)."""

@@ -32,6 +32,7 @@ from tui_trainer.errors import DataError
 from tui_trainer.preferences import Pair
 
 PHASE = "reward"
+PREFIX_CACHE_BYTES = 1 << 30  # the frozen blocks' outputs are kept when they fit in this
 
 
 def split_pairs(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -54,14 +55,11 @@ def model_ref(model: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else model
 
 
-def evaluate(rm: R.RewardModel, chosen: Sequence[list[int]], rejected: Sequence[list[int]], cfg: RewardTrainConfig,
-             pad_id: int) -> dict[str, float]:
-    """Held-out loss (the training loss's formula), accuracy and mean margin."""
-    rc = mx.array(R.rewards_of(rm, chosen, 2 * cfg.batch_size, pad_id))
-    rr = mx.array(R.rewards_of(rm, rejected, 2 * cfg.batch_size, pad_id))
+def evaluate(chosen: Sequence[float], rejected: Sequence[float], cfg: RewardTrainConfig) -> dict[str, float]:
+    """Held-out loss (the training loss's formula), accuracy and mean margin from the rewards."""
+    rc, rr = mx.array(list(chosen)), mx.array(list(rejected))
     return {"loss": R.reward_loss(rc, rr, cfg.margin, cfg.center_coef).item(),
-            "accuracy": R.pair_accuracy(rc, rr).item(), "margin": R.mean_margin(rc, rr).item(),
-            "pairs": len(chosen)}
+            "accuracy": R.pair_accuracy(rc, rr).item(), "margin": R.mean_margin(rc, rr).item()}
 
 
 def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str | Path,
@@ -102,10 +100,37 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
     emit(ev.LogMessage("info", f"{len(train_idx)} training pair(s), {len(eval_idx)} held out; "
                                f"{cfg.adapter_type} on {rm.adapter_layers} block(s)"))
 
+    # the frozen leading blocks' output per input, computed once (when the adapter leaves some
+    # blocks frozen and the outputs fit in PREFIX_CACHE_BYTES)
+    n_tokens = sum(len(ids) for ids in chosen_ids + rejected_ids)
+    cache = None
+    if rm.prefix_layers and n_tokens * R.hidden_size(model) * 4 <= PREFIX_CACHE_BYTES:
+        emit(ev.Progress(0, "loading", 2, 3, "parts", detail=f"running the {rm.prefix_layers} frozen block(s) once"))
+        states = rm.prefix_states(chosen_ids + rejected_ids, 2 * cfg.batch_size, pad_id)
+        cache = (states[:len(pairs)], states[len(pairs):])
+
+    def rewards(side: int, idx: list[int]) -> list[float]:
+        """Rewards of the chosen (side 0) or rejected (1) inputs of pairs ``idx``."""
+        if cache is None:
+            return R.rewards_of(rm, [(chosen_ids, rejected_ids)[side][i] for i in idx], 2 * cfg.batch_size, pad_id)
+        out = []
+        for start in range(0, len(idx), 2 * cfg.batch_size):
+            values = rm.from_prefix([cache[side][i] for i in idx[start:start + 2 * cfg.batch_size]])
+            mx.eval(values)
+            out += values.tolist()
+        return out
+
+    def batch_rewards(batch: list[int]) -> mx.array:
+        """Rewards (2B,) of a batch: its chosen inputs, then its rejected ones."""
+        if cache is None:
+            return rm(*R.pad_left([chosen_ids[i] for i in batch] + [rejected_ids[i] for i in batch], pad_id))
+        return rm.from_prefix([cache[0][i] for i in batch] + [cache[1][i] for i in batch])
+
     opt = optim.Adam(learning_rate=cfg.learning_rate)
 
-    def loss_fn(model, tokens, left_pad, n):
-        r = model(tokens, left_pad)
+    def loss_fn(model, batch):
+        r = batch_rewards(batch)
+        n = len(batch)
         return R.reward_loss(r[:n], r[n:], cfg.margin, cfg.center_coef), r
 
     loss_and_grad = nn.value_and_grad(rm, loss_fn)
@@ -123,8 +148,8 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
             values["loss"] = since["loss"] / since["pairs"]
             values["accuracy"] = since["correct"] / since["pairs"]
         if eval_idx:
-            got = evaluate(rm, [chosen_ids[i] for i in eval_idx], [rejected_ids[i] for i in eval_idx], cfg, pad_id)
-            values.update({f"eval_{k}": v for k, v in got.items() if k != "pairs"})
+            got = evaluate(rewards(0, eval_idx), rewards(1, eval_idx), cfg)
+            values.update({f"eval_{k}": v for k, v in got.items()})
         values["time"] = time.perf_counter() - t0
         since.update(loss=0.0, correct=0.0, pairs=0)
         history.append({"step": step, **values})
@@ -136,8 +161,7 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
         random.Random(f"tui-trainer-reward-order:{cfg.seed}:{epoch}").shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
-            tokens, left_pad = R.pad_left([chosen_ids[i] for i in batch] + [rejected_ids[i] for i in batch], pad_id)
-            (loss, r), grads = loss_and_grad(rm, tokens, left_pad, len(batch))
+            (loss, r), grads = loss_and_grad(rm, batch)
             grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
             opt.update(rm, grads)
             mx.eval(rm.trainable_parameters(), opt.state, loss, r)
@@ -153,8 +177,7 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
         final = report(epoch)
 
     emit(ev.Progress(step, PHASE, step, total, "steps", detail="score statistics"))
-    train_rewards = R.rewards_of(rm, [chosen_ids[i] for i in train_idx] + [rejected_ids[i] for i in train_idx],
-                                 2 * cfg.batch_size, pad_id)
+    train_rewards = rewards(0, train_idx) + rewards(1, train_idx)
     mean = sum(train_rewards) / len(train_rewards)
     std = math.sqrt(sum((v - mean) ** 2 for v in train_rewards) / max(1, len(train_rewards) - 1))
     summary = {
