@@ -100,14 +100,16 @@ def test_training_learns_the_rule(trained):
     out, summary, events = trained
     history = summary["history"]
     assert summary["train_pairs"] == 36 and summary["eval_pairs"] == 12
-    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert history[0]["step"] == 0 and "loss" not in history[0]  # the untrained model, held out
+    assert history[-1]["loss"] < 0.5 * history[1]["loss"]
     assert history[-1]["eval_loss"] < 0.5 * history[0]["eval_loss"]
     assert summary["final"]["eval_accuracy"] >= 0.9 and summary["final"]["eval_margin"] > 1.0
     # reported every eval_every steps and at each epoch's end, with progress in between
     from tui_trainer import events as ev
 
     reported = [e.step for e in events if isinstance(e, ev.StepMetrics)]
-    assert reported == [h["step"] for h in history] and 2 in reported and summary["steps"] in reported
+    assert reported == [h["step"] for h in history] and reported[:3] == [0, 2, 4]
+    assert reported[-1] == summary["steps"]
     steps = [e.done for e in events if isinstance(e, ev.Progress) and e.phase == "reward"]
     assert steps[:3] == [1, 2, 3] and max(steps) == summary["steps"]
 

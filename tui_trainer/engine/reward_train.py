@@ -3,9 +3,10 @@
 Each optimizer step takes ``batch_size`` pairs, runs their chosen and rejected conversations
 as one left-padded batch, and minimises ``reward.reward_loss`` (BT, optional margin and
 centring term) over the adapter (or every weight) and the head, with Adam and gradient
-clipping. A seeded share of the pairs is held out; at the end of each epoch (and every
-``eval_every`` steps) the held-out loss, accuracy (share of pairs ranked right) and mean
-margin are reported. At the end the rewards of every training completion give the mean / std
+clipping. A seeded share of the pairs is held out; before training, at the end of each epoch
+(and every ``eval_every`` steps) the held-out loss, accuracy (share of pairs ranked right) and
+mean margin are reported. When the adapter leaves leading blocks frozen (llama family), their
+output for every input is computed once and the steps run the adapted blocks only. At the end the rewards of every training completion give the mean / std
 stored for normalised scores, and the directory is written atomically.
 
 It reports through an observer, like the PPO trainer: ``Progress`` (phase "reward", steps done
@@ -156,6 +157,8 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
         emit(ev.StepMetrics(step, values))
         return values
 
+    if eval_idx:
+        report(0)  # the untrained model, for comparison
     for epoch in range(1, cfg.epochs + 1):
         order = list(train_idx)
         random.Random(f"tui-trainer-reward-order:{cfg.seed}:{epoch}").shuffle(order)
