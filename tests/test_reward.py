@@ -196,3 +196,42 @@ def test_frozen_prefix_path_equals_the_full_forward(tiny_dir):
     full = rm(tokens, left_pad)
     cached = rm.from_prefix(rm.prefix_states(rows, batch_size=1))
     assert mx.abs(full - cached).max().item() <= 64 * F32 * max(1.0, mx.abs(full).max().item())
+
+
+def test_ppo_run_with_the_reward_judge(trained, tiny_dir, tmp_path):
+    """A PPO step on the tiny policy scored by the reward judge alone (from a run config): each
+    sample's score is the reward model's normalised score of (prompt, completion)."""
+    from tui_trainer import events as ev
+    from tui_trainer.config import Config, DataConfig, JudgeSpec
+    from tui_trainer.run import build_run
+
+    out, _, _ = trained
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in ["cat", "dog", "sun", "tree"]))
+    cfg = Config(model=str(tiny_dir), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=1,
+                 batch_size=2, num_samples=2, max_new_tokens=6, minibatch_size=4, ppo_epochs=1, save_every=0,
+                 adapter=AdapterConfig(rank=4, layers=1), judges=[JudgeSpec("reward", 1.0, {"path": str(out)})])
+    events: list = []
+    build_run(cfg, observer=events.append).run()
+    samples = [e for batch in events if isinstance(batch, list) for e in batch if isinstance(e, ev.Sample)]
+    metrics = [e.values for e in events if isinstance(e, ev.StepMetrics)]
+    assert len(samples) == 4 and metrics and math.isfinite(metrics[0]["score/reward"])
+    scorer = R.RewardScorer.load(out)
+    expected = scorer.rewards([s.prompt for s in samples], [s.completion for s in samples], normalised=True)
+    assert [s.scores["reward"] for s in samples] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_full_fine_tuning_and_plain_text(tiny_dir, tmp_path):
+    """adapter_type full writes every weight (model.safetensors) and reloads to the same scores;
+    chat_template false scores the plain text "prompt\\n\\ncompletion"."""
+    cfg = RewardTrainConfig(model=str(tiny_dir), adapter_type="full", epochs=1, batch_size=8, learning_rate=1e-4,
+                            eval_fraction=0.25, chat_template=False)
+    summary = train_reward_model(cfg, keyword_pairs(16), tmp_path / "full")
+    assert (tmp_path / "full" / R.WEIGHTS_FILE).is_file() and not (tmp_path / "full" / R.ADAPTER_FILE).exists()
+    scorer = R.RewardScorer.load(tmp_path / "full")
+    _, held = split_pairs(16, 0.25, 0)
+    pairs = keyword_pairs(16)
+    rc = scorer.rewards([pairs[i].prompt_text for i in held], [pairs[i].chosen for i in held])
+    rr = scorer.rewards([pairs[i].prompt_text for i in held], [pairs[i].rejected for i in held])
+    assert np.mean(np.array(rc) - np.array(rr)) == pytest.approx(summary["final"]["eval_margin"], rel=1e-4)
+    assert scorer.ids("say cat", "dog yes") == scorer.tokenizer.encode("say cat\n\ndog yes")
