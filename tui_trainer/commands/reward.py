@@ -95,7 +95,9 @@ def _train(args: argparse.Namespace) -> int:
                                 description="loading" if event.phase == "loading" else "reward model")
             elif (event.phase, event.detail if event.phase == "loading" else "") != shown["phase"]:
                 shown["phase"] = (event.phase, event.detail if event.phase == "loading" else "")
-                console.print(progress_text(event), markup=False, highlight=False)
+                text = progress_text(event) if event.phase == "loading" else \
+                    f"training: step {event.done}/{event.total} · {event.detail}"
+                console.print(text, markup=False, highlight=False)
         elif isinstance(event, ev.StepMetrics):
             progress.console.print(metrics_line(event.step, event.values), markup=False, highlight=False,
                                    soft_wrap=True)
