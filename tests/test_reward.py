@@ -235,3 +235,31 @@ def test_full_fine_tuning_and_plain_text(tiny_dir, tmp_path):
     rr = scorer.rewards([pairs[i].prompt_text for i in held], [pairs[i].rejected for i in held])
     assert np.mean(np.array(rc) - np.array(rr)) == pytest.approx(summary["final"]["eval_margin"], rel=1e-4)
     assert scorer.ids("say cat", "dog yes") == scorer.tokenizer.encode("say cat\n\ndog yes")
+
+
+def test_reward_adapter_switched_in_on_the_policy_base(trained, tiny_dir):
+    """A LoRA reward model on the policy's own base: the same scores as the reward model loaded
+    on its own copy, no base layer copied (the reward's adapter layers wrap the very base layers
+    the policy's wrap), and the policy's forward unchanged after scoring."""
+    from tui_trainer.engine.policy import Policy
+
+    out, _, _ = trained
+    model, tok = load_policy(str(tiny_dir))
+    policy = Policy(model, AdapterConfig(rank=4, layers=2))
+    policy.model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), policy.model.trainable_parameters()))
+    prompts, completions = ["say cat", "say a longer thing", "say dog"], ["tree yes", "book car no", "milk"]
+    probe = mx.array([R.encode(tok, [{"role": "user", "content": "hi"}], "there")])
+    logits_before = policy.model(probe)
+    shared = R.SharedBaseReward(policy.model, out)
+    scores = shared.scorer(tok).rewards(prompts, completions, normalised=True)
+    alone = R.RewardScorer.load(out).rewards(prompts, completions, normalised=True)
+    assert scores == pytest.approx(alone, rel=1e-5, abs=1e-5)
+    # no second copy: every reward adapter layer wraps the policy's own base layer
+    policy_layers = dict(policy.model.named_modules())
+    for name, layer in shared.reward_layers:
+        assert layer.linear is policy_layers[name].linear
+    assert mx.abs(policy.model(probe) - logits_before).max().item() == 0.0
+    # a reward model trained on another base is refused
+    other, _ = load_policy(str(make_tiny_model_dir(tiny_dir.parent / "other_base", seed=9)))
+    with pytest.raises(ModelError, match="not on the policy's base"):
+        R.SharedBaseReward(Policy(other, AdapterConfig(rank=4, layers=1)).model, out)

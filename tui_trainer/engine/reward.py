@@ -409,3 +409,85 @@ class RewardScorer:
 def _pad_id(tokenizer) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     return int(pad) if pad is not None else 0
+
+
+# ----------------------------------------------------------------------------- on the policy's own base
+
+class SharedBaseReward:
+    """A LoRA / DoRA reward model run on a base already in memory under another adapter (the
+    policy's): no second copy of the base weights.
+
+    Its adapter layers are built around the same base layers the policy's adapter wraps (mlx-lm's
+    ``linear_to_lora_layers`` run with the policy's adapter switched off, so it finds the base
+    layers, then the policy's layers put back). For scoring, every adapted layer is switched to
+    its base and the reward's adapter layers are switched in, the way ``policy.adapter_off``
+    switches the policy's adapter off for the reference; everything is put back on exit.
+    Callable like a RewardModel: ``self(tokens, left_pad) -> rewards``. The caller keeps MLX on
+    one thread (the engine's) while it scores.
+    """
+
+    def __init__(self, model: nn.Module, path: str | os.PathLike):
+        from mlx.utils import tree_unflatten
+        from mlx_lm.tuner.utils import linear_to_lora_layers
+
+        from tui_trainer.engine.policy import ADAPTER_TYPES
+
+        root = Path(path)
+        cfg = read_reward_config(root)
+        if cfg.get("adapter_type") not in ("lora", "dora"):
+            raise ModelError(f"{root}: a {cfg.get('adapter_type')} reward model has its own weights; only a LoRA or "
+                             "DoRA reward model can share the policy's base")
+        why = same_base(cfg.get("base_signature") or {}, base_signature(model))
+        if why is not None:
+            raise ModelError(f"{root}: trained on {cfg.get('base_model') or 'the embedded model'}, not on the "
+                             f"policy's base ({why})")
+        self.model, self.cfg = model, cfg
+        self._unflatten = tree_unflatten
+        policy = [(name, m) for name, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)]
+        self._bases = {name: _base_of(m) for name, m in policy}
+        model.update_modules(tree_unflatten(list(self._bases.items())))
+        try:
+            linear_to_lora_layers(model, int(cfg.get("adapter_layers", 0)), dict(cfg.get("lora_parameters") or {}),
+                                  use_dora=cfg["adapter_type"] == "dora")
+            self._reward = [(name, m) for name, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)]
+            for name, m in self._reward:
+                self._bases.setdefault(name, _base_of(m))
+            adapters = mx.load(str(root / ADAPTER_FILE))
+            mine = {name for name, _ in self._reward}
+            if not all(k.rpartition(".")[0] in mine for k in adapters):
+                raise ModelError(f"{root}: its adapter does not fit the layers its adapter_config.json names")
+            model.load_weights(list(adapters.items()), strict=False)
+            mx.eval([m.parameters() for _, m in self._reward])
+        finally:
+            model.update_modules(tree_unflatten(list(self._bases.items())))
+            if policy:
+                model.update_modules(tree_unflatten(policy))
+        self.head = RewardHead(hidden_size(model))
+        self.head.load_weights(str(root / HEAD_FILE))
+        self.head.freeze()
+
+    @property
+    def reward_layers(self) -> list[tuple[str, nn.Module]]:
+        return list(self._reward)
+
+    def __call__(self, tokens: mx.array, left_pad: mx.array) -> mx.array:
+        model = self.model
+        current = dict(model.named_modules())
+        saved = [(name, current[name]) for name in self._bases]
+        model.update_modules(self._unflatten(list(self._bases.items())))
+        model.update_modules(self._unflatten(self._reward))
+        try:
+            hidden = mx.stop_gradient(padded_forward(model, tokens, left_pad)[:, -1])
+            rewards = self.head(hidden.astype(mx.float32))
+            mx.eval(rewards)
+            return rewards
+        finally:
+            model.update_modules(self._unflatten(saved))
+
+    def scorer(self, tokenizer, batch_size: int = 8) -> "RewardScorer":
+        """A RewardScorer (text in, scores out) that scores through this shared base."""
+        return RewardScorer(self, tokenizer, self.cfg, batch_size=batch_size)
+
+
+def _base_of(module: nn.Module) -> nn.Module:
+    return module.linear if hasattr(module, "linear") else module.embedding
