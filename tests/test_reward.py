@@ -198,9 +198,12 @@ def test_frozen_prefix_path_equals_the_full_forward(tiny_dir):
     assert mx.abs(full - cached).max().item() <= 64 * F32 * max(1.0, mx.abs(full).max().item())
 
 
-def test_ppo_run_with_the_reward_judge(trained, tiny_dir, tmp_path):
+@pytest.mark.parametrize("share", [True, False])
+def test_ppo_run_with_the_reward_judge(trained, tiny_dir, tmp_path, share):
     """A PPO step on the tiny policy scored by the reward judge alone (from a run config): each
-    sample's score is the reward model's normalised score of (prompt, completion)."""
+    sample's score is the reward model's normalised score of (prompt, completion), whether the
+    reward adapter is switched in on the policy's own base (the default: same base, LoRA policy)
+    or the reward model has its own copy (share_base: false)."""
     from tui_trainer import events as ev
     from tui_trainer.config import Config, DataConfig, JudgeSpec
     from tui_trainer.run import build_run
@@ -208,14 +211,26 @@ def test_ppo_run_with_the_reward_judge(trained, tiny_dir, tmp_path):
     out, _, _ = trained
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in ["cat", "dog", "sun", "tree"]))
-    cfg = Config(model=str(tiny_dir), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=1,
+    cfg = Config(model=str(tiny_dir), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=2,
                  batch_size=2, num_samples=2, max_new_tokens=6, minibatch_size=4, ppo_epochs=1, save_every=0,
-                 adapter=AdapterConfig(rank=4, layers=1), judges=[JudgeSpec("reward", 1.0, {"path": str(out)})])
+                 actor_lr=1e-2, adapter=AdapterConfig(rank=4, layers=2),
+                 judges=[JudgeSpec("reward", 1.0, {"path": str(out), "share_base": share})])
     events: list = []
-    build_run(cfg, observer=events.append).run()
+    trainer = build_run(cfg, observer=events.append)
+    trainer.run()
+    judge = trainer.judges.members[0].judge
+    assert isinstance(judge.scorer.rm, R.SharedBaseReward if share else R.RewardModel)
+    assert trainer.judges.members[0].interactive is share  # on the policy's weights: the engine thread
+    logs = " ".join(e.message for e in events if isinstance(e, ev.LogMessage))
+    assert ("switched in on the policy's base" in logs) is share
     samples = [e for batch in events if isinstance(batch, list) for e in batch if isinstance(e, ev.Sample)]
     metrics = [e.values for e in events if isinstance(e, ev.StepMetrics)]
-    assert len(samples) == 4 and metrics and math.isfinite(metrics[0]["score/reward"])
+    assert len(samples) == 8 and len(metrics) == 2 and math.isfinite(metrics[1]["score/reward"])
+    # step 2 ran after an update moved the policy's adapter: the scores are still the reward model's
+    from mlx.utils import tree_flatten
+
+    lora_b = [v for k, v in tree_flatten(trainer.policy.model.trainable_parameters()) if k.endswith("lora_b")]
+    assert max(mx.abs(v).max().item() for v in lora_b) > 0
     scorer = R.RewardScorer.load(out)
     expected = scorer.rewards([s.prompt for s in samples], [s.completion for s in samples], normalised=True)
     assert [s.scores["reward"] for s in samples] == pytest.approx(expected, rel=1e-4, abs=1e-5)

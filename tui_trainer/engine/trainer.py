@@ -177,6 +177,7 @@ class Trainer:
         model, self.tokenizer = load_policy(cfg.model, quantized=cfg.quantized_base)
         loaded(3, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
+        self.judges.share_policy(self.policy, self.tokenizer)  # a reward adapter on this base scores on it
         self.reference = None
         if cfg.reference_model:
             self.reference, _ = load_policy(cfg.reference_model, quantized=cfg.quantized_base)
