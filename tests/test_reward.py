@@ -278,3 +278,41 @@ def test_reward_adapter_switched_in_on_the_policy_base(trained, tiny_dir):
     other, _ = load_policy(str(make_tiny_model_dir(tiny_dir.parent / "other_base", seed=9)))
     with pytest.raises(ModelError, match="not on the policy's base"):
         R.SharedBaseReward(Policy(other, AdapterConfig(rank=4, layers=1)).model, out)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tiny_dir, tmp_path):
+    """A run interrupted at step 5 (checkpoint at step 4, save_every 2) and resumed ends with the
+    same weights, history and statistics as the run that was never interrupted."""
+    from tui_trainer import events as ev
+    from tui_trainer.engine.reward_train import checkpoint_dir
+    from tui_trainer.errors import TrainerError
+
+    pairs = keyword_pairs(24)
+    cfg = RewardTrainConfig(model=str(tiny_dir), epochs=2, batch_size=4, learning_rate=3e-4, eval_fraction=0.25,
+                            layers=1, save_every=2, eval_every=3)
+    whole = train_reward_model(cfg, pairs, tmp_path / "whole")
+
+    def stop_at_5(event):
+        if isinstance(event, ev.Progress) and event.phase == "reward" and event.done == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_reward_model(cfg, pairs, tmp_path / "cut", observer=stop_at_5)
+    assert checkpoint_dir(tmp_path / "cut").is_dir() and not (tmp_path / "cut").exists()
+    with pytest.raises(TrainerError, match="--resume"):
+        train_reward_model(cfg, pairs, tmp_path / "cut")
+    with pytest.raises(TrainerError, match="other pairs or settings"):
+        train_reward_model(cfg, pairs[:-1], tmp_path / "cut", resume=True)
+    resumed = train_reward_model(cfg, pairs, tmp_path / "cut", resume=True)
+    assert not checkpoint_dir(tmp_path / "cut").exists()
+    strip = [{k: v for k, v in h.items() if k != "time"} for h in whole["history"]]
+    assert [{k: v for k, v in h.items() if k != "time"} for h in resumed["history"]] == strip
+    for name in (R.ADAPTER_FILE, R.HEAD_FILE):
+        a, b = mx.load(str(tmp_path / "whole" / name)), mx.load(str(tmp_path / "cut" / name))
+        assert all(mx.array_equal(a[k], b[k]).item() for k in a)
+    stats = [json.loads((tmp_path / d / R.REWARD_CONFIG).read_text())["score_stats"] for d in ("whole", "cut")]
+    assert stats[0] == stats[1]

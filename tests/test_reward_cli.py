@@ -104,5 +104,8 @@ def test_bad_input_exits_2_with_one_line(trained, tiny_dir, tmp_path, capsys):
         ["reward", "score", str(other), "--prompt", "p", "--completion", "c"], capsys)
     assert "not a reward model" in run_bad(
         ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(other), "--model", str(tiny_dir)], capsys)
+    assert "no checkpoint to resume from" in run_bad(
+        ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(tmp_path / "z"), "--model", str(tiny_dir),
+         "--resume"], capsys)
     assert "--epochs: must be >= 1" in run_bad(
         ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(tmp_path / "y"), "--epochs", "0"], capsys)

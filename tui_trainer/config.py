@@ -149,6 +149,7 @@ class RewardTrainConfig:
     max_length: int = key(1024, 'longest input in tokens; longer ones lose their start', check=at_least(2), flag='--max-length')
     chat_template: bool = key(True, "format [prompt, completion] with the tokenizer's chat template (false = plain text)", flag='--chat-template')
     max_grad_norm: float = key(1.0, 'gradient clipping norm', check=above(0), flag='--max-grad-norm')
+    save_every: int = key(0, 'checkpoint (to resume from) every N steps too; 0 = at the end of each epoch only', check=at_least(0), flag='--save-every')
     seed: int = key(0, 'random seed (head initialisation, split, order)', check=at_least(0), flag='--seed')
 
 

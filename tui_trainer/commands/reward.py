@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="{prompt, chosen, rejected} file (.jsonl .json .parquet .csv), a run directory or its "
                         "labels.jsonl (repeatable)")
     t.add_argument("-o", "--output", required=True, metavar="DIR", help="reward-model directory to write")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from DIR.checkpoint "
+                   "(same --data and flags; --epochs may grow)")
     dataclass_arguments(t, RewardTrainConfig)
 
     e = sub.add_parser("eval", help="accuracy and mean margin of a reward model on preference pairs",
@@ -107,8 +109,17 @@ def _train(args: argparse.Namespace) -> int:
 
     from tui_trainer.engine.reward_train import train_reward_model
 
-    with progress:
-        summary = train_reward_model(cfg, data.pairs, args.output, observer=observe)
+    try:
+        with progress:
+            summary = train_reward_model(cfg, data.pairs, args.output, observer=observe, resume=args.resume)
+    except KeyboardInterrupt:
+        from tui_trainer.engine.reward_train import checkpoint_dir
+
+        where = checkpoint_dir(args.output)
+        saved = f"the last checkpoint is in {where}; continue with --resume" if where.exists() else \
+            "no checkpoint yet (one is written at the end of each epoch, or every --save-every steps)"
+        console.print(f"interrupted; {saved}", markup=False, highlight=False, soft_wrap=True)
+        return 130
     final = summary["final"]
     held = (f"held-out accuracy {final['eval_accuracy']:.3f}, margin {final['eval_margin']:.3g} on "
             f"{summary['eval_pairs']} pair(s)") if "eval_accuracy" in final else "no held-out pairs"

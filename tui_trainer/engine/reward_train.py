@@ -11,13 +11,20 @@ stored for normalised scores, and the directory is written atomically.
 
 It reports through an observer, like the PPO trainer: ``Progress`` (phase "reward", steps done
 of all steps, ``detail`` "epoch e/E"), ``StepMetrics`` (one per evaluation) and ``LogMessage``.
-No resume: a run is short, and the directory is written once, at the end.
+A checkpoint (adapter, head, optimizer state, position, reports so far) is written beside the
+output as ``DIR.checkpoint`` at the end of each epoch and every ``save_every`` steps; ``resume``
+continues from it exactly (same pairs and settings; the batch order is a function of seed and
+epoch), and it is removed once the directory is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,11 +32,13 @@ from typing import Any, Callable, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
 
 from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, RewardTrainConfig
 from tui_trainer.engine import reward as R
-from tui_trainer.errors import DataError
+from tui_trainer.errors import DataError, TrainerError, one_line
+from tui_trainer.fileio import atomic_write_json
 from tui_trainer.preferences import Pair
 
 PHASE = "reward"
@@ -64,13 +73,21 @@ def evaluate(chosen: Sequence[float], rejected: Sequence[float], cfg: RewardTrai
 
 
 def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str | Path,
-                       observer: Callable[[Any], None] | None = None, loaded: tuple | None = None) -> dict:
+                       observer: Callable[[Any], None] | None = None, loaded: tuple | None = None,
+                       resume: bool = False) -> dict:
     """Train on ``pairs``, write the directory ``out_dir``; returns the final summary (what
-    reward_config.json's "train" holds). ``loaded``: an already loaded ``(model, tokenizer)``."""
+    reward_config.json's "train" holds). ``loaded``: an already loaded ``(model, tokenizer)``.
+    ``resume``: continue from the checkpoint ``checkpoint_dir(out_dir)`` of an interrupted run."""
     emit = observer or (lambda event: None)
     R.check_output_dir(out_dir)
     if not pairs:
         raise DataError("no preference pairs to train on")
+    ckpt_dir = checkpoint_dir(out_dir)
+    fingerprint = run_fingerprint(cfg, pairs)
+    checkpoint = read_checkpoint(ckpt_dir, fingerprint) if resume else None
+    if not resume and ckpt_dir.exists():
+        raise TrainerError(f"{ckpt_dir}: an interrupted reward training left this checkpoint; continue it with "
+                           "--resume, or delete it to start again")
     mx.random.seed(cfg.seed)
     emit(ev.Progress(0, "loading", 0, 3, "parts", detail="model"))
     if loaded is None:
@@ -141,7 +158,23 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
     history: list[dict] = []
     step = 0
     since = {"loss": 0.0, "correct": 0.0, "pairs": 0}
-    t0 = time.perf_counter()
+    first_epoch, first_start = 1, 0
+    if checkpoint is not None:
+        state = checkpoint["state"]
+        rm.model.load_weights(list(checkpoint["adapter"].items()), strict=cfg.adapter_type == "full")
+        rm.head.load_weights(list(checkpoint["head"].items()))
+        opt.init(rm.trainable_parameters())
+        opt.state = tree_unflatten(list(checkpoint["optimizer"].items()))
+        mx.eval(rm.parameters(), opt.state)
+        step, history, since = state["step"], state["history"], state["since"]
+        first_epoch, first_start = state["epoch"], state["start"]
+        emit(ev.LogMessage("info", f"resuming at step {step} (epoch {first_epoch}) from {ckpt_dir}"))
+    t0 = time.perf_counter() - (history[-1]["time"] if history else 0.0)
+
+    def save(epoch: int, start: int) -> None:
+        """A checkpoint from which the run continues exactly: next batch = ``start`` of ``epoch``."""
+        write_checkpoint(ckpt_dir, rm, opt, {"fingerprint": fingerprint, "step": step, "epoch": epoch,
+                                             "start": start, "since": since, "history": history})
 
     def report(epoch: int) -> dict:
         values: dict[str, float] = {"epoch": epoch, "pairs_seen": step * cfg.batch_size}
@@ -157,12 +190,13 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
         emit(ev.StepMetrics(step, values))
         return values
 
-    if eval_idx:
+    if eval_idx and checkpoint is None:
         report(0)  # the untrained model, for comparison
-    for epoch in range(1, cfg.epochs + 1):
+    final = history[-1] if history else {}
+    for epoch in range(first_epoch, cfg.epochs + 1):
         order = list(train_idx)
         random.Random(f"tui-trainer-reward-order:{cfg.seed}:{epoch}").shuffle(order)
-        for start in range(0, len(order), cfg.batch_size):
+        for start in range(first_start if epoch == first_epoch else 0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
             (loss, r), grads = loss_and_grad(rm, batch)
             grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
@@ -177,7 +211,10 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
                              elapsed=time.perf_counter() - t0))
             if cfg.eval_every and step % cfg.eval_every == 0 and start + cfg.batch_size < len(order):
                 report(epoch)
+            if cfg.save_every and step % cfg.save_every == 0 and start + cfg.batch_size < len(order):
+                save(epoch, start + cfg.batch_size)
         final = report(epoch)
+        save(epoch + 1, 0)
 
     emit(ev.Progress(step, PHASE, step, total, "steps", detail="score statistics"))
     train_rewards = rewards(0, train_idx) + rewards(1, train_idx)
@@ -195,5 +232,60 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
         "train": summary,
     }
     R.save_reward_model(out_dir, rm, config)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     emit(ev.LogMessage("info", f"reward model written to {out_dir}"))
     return summary
+
+
+# ----------------------------------------------------------------------------- resume
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where an unfinished run keeps its checkpoint: beside the output, ``DIR.checkpoint``."""
+    out = Path(out_dir)
+    return out.parent / f"{out.name}.checkpoint"
+
+
+def run_fingerprint(cfg: RewardTrainConfig, pairs: list[Pair]) -> str:
+    """What must be the same to continue a run: the pairs and every setting but the number of
+    epochs and how often it reports or saves."""
+    h = hashlib.sha256()
+    fixed = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("epochs", "eval_every", "save_every")}
+    h.update(json.dumps(fixed, sort_keys=True).encode())
+    for p in pairs:
+        h.update(json.dumps([p.prompt, p.chosen, p.rejected]).encode())
+    return h.hexdigest()[:16]
+
+
+def write_checkpoint(path: Path, rm: R.RewardModel, opt: optim.Optimizer, state: dict) -> None:
+    """adapter + head + optimizer state + position, written under a temporary name and renamed."""
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(str(tmp / "adapter.safetensors"), rm.adapter_weights())
+    mx.save_safetensors(str(tmp / "head.safetensors"), rm.head_weights())
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"),
+                        {k: v for k, v in tree_flatten(opt.state) if isinstance(v, mx.array)})
+    atomic_write_json(tmp / "state.json", state)
+    if path.exists():
+        old = path.parent / f".old-{path.name}-{os.getpid()}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, fingerprint: str) -> dict:
+    if not (path / "state.json").is_file():
+        raise TrainerError(f"{path}: no checkpoint to resume from (a run that was interrupted leaves one)")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        out = {"state": state, "adapter": mx.load(str(path / "adapter.safetensors")),
+               "head": mx.load(str(path / "head.safetensors")),
+               "optimizer": mx.load(str(path / "optimizer.safetensors"))}
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise TrainerError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
+    if state.get("fingerprint") != fingerprint:
+        raise TrainerError(f"{path}: the checkpoint was made with other pairs or settings; resume with the same "
+                           "--data and flags (only --epochs, --eval-every and --save-every may change)")
+    return out
