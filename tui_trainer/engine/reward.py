@@ -402,11 +402,11 @@ class RewardScorer:
 
     def rewards(self, prompts: Sequence[Any], completions: Sequence[str], normalised: bool = False) -> list[float]:
         rows = [self.ids(p, c) for p, c in zip(prompts, completions)]
-        values = rewards_of(self.rm, rows, self.batch_size, pad_id=_pad_id(self.tokenizer))
+        values = rewards_of(self.rm, rows, self.batch_size, pad_id=pad_id_of(self.tokenizer))
         return [normalise(v, self.mean, self.std) for v in values] if normalised else values
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id_of(tokenizer) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     return int(pad) if pad is not None else 0
 

@@ -104,7 +104,7 @@ def train_reward_model(cfg: RewardTrainConfig, pairs: list[Pair], out_dir: str |
     chat = cfg.chat_template
     if chat and not R.has_chat_template(tokenizer):
         raise DataError("the tokenizer has no chat template; use --chat-template false")
-    pad_id = R._pad_id(tokenizer)
+    pad_id = R.pad_id_of(tokenizer)
     chosen_ids, rejected_ids = [], []
     cut = 0
     for p in pairs:
