@@ -169,7 +169,7 @@ def test_plugins_screen_lists_judges_and_a_broken_plugin(monkeypatch):
             await pilot.pause()
             assert type(app.screen).__name__ == "SetupScreen"
             # the broken plugin does not stop the rest: the working plugin's judges are offered
-            assert set(app.screen.catalog) == {"rules", "answer", "reward_function", "human", "llama"}
+            assert set(app.screen.catalog) == {"rules", "answer", "reward_function", "human", "llama", "reward"}
     run(go())
 
 

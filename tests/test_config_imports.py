@@ -152,7 +152,8 @@ def test_trl_ppo_tldr_example_flags(tmp_path):
     assert sorted(ignored_keys(cfg)) == ["dataset_test_split", "eval_steps", "eval_strategy",
                                          "local_rollout_forward_batch_size", "stop_token"]
     assert cfg.report_to == ["tensorboard"]
-    assert "reward models are not supported yet" in error_of(tmp_path, {**flags, "reward_model_path": "rm"})
+    cfg = load_config(write(tmp_path, {**flags, "reward_model_path": "rm"}))
+    assert [(j.name, j.options) for j in cfg.judges] == [("reward", {"path": "rm"})]
     cfg = load_config(write(tmp_path, {"total_episodes": 100, "iters": 3, "num_train_epochs": 2}))
     assert (cfg.steps, cfg.epochs) == (3, None) and sorted(ignored_keys(cfg)) == ["num_train_epochs", "total_episodes"]
     cfg = load_config(write(tmp_path, {"total_episodes": 10, "batch_size": 4, "num_train_epochs": 2}))
@@ -182,10 +183,13 @@ def test_the_explicit_key_wins_as_in_trl(tmp_path):
     assert "(max_steps (= steps) is given and wins)" in cfg.load_warnings[0]
 
 
-def test_reward_model_paths_are_refused(tmp_path):
+def test_reward_model_paths_become_the_reward_judge(tmp_path):
     for key in ("rl_reward_model_path", "reward_model_path"):
-        message = error_of(tmp_path, {key: "some/rm"})
-        assert f"{key}: reward models are not supported yet" in message
+        cfg = load_config(write(tmp_path, {key: "some/rm"}))
+        assert [(j.name, j.weight, j.options) for j in cfg.judges] == [("reward", 1.0, {"path": "some/rm"})]
+    message = error_of(tmp_path, {"reward_model_path": "some/rm", "judges": ["rules"]})
+    assert "judges is given twice, as judges and reward_model_path" in message
+    assert "reward_model_path: expected a reward-model directory" in error_of(tmp_path, {"reward_model_path": [1]})
 
 
 def test_mlx_lm_hf_dataset_points_to_data(tmp_path):
@@ -221,11 +225,11 @@ def test_warnings_come_through_the_command_line_loader(tmp_path):
 def test_refused_key_exits_2_with_one_line(tmp_path):
     err = io.StringIO()
     with redirect_stderr(err):
-        code = main(["train", "--headless", "--config", str(write(tmp_path, {"rl_reward_model_path": "rm"})),
+        code = main(["train", "--headless", "--config", str(write(tmp_path, {"hf_dataset": {"path": "billsum"}})),
                      "--run-dir", str(tmp_path / "run")])
     assert code == 2
     lines = err.getvalue().strip().splitlines()
-    assert len(lines) == 1 and "rl_reward_model_path: reward models are not supported yet" in lines[0]
+    assert len(lines) == 1 and "hf_dataset: not read; give the dataset as data:" in lines[0]
     assert not (tmp_path / "run").exists()
 
 

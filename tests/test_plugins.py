@@ -90,7 +90,7 @@ def test_each_plugin_loads_on_its_own(plugin_dir):
     assert status["wrong_arg"][0] == "broken" and "invalid plugin" in status["wrong_arg"][1]
     assert status["exits"][0] == "broken" and "SystemExit" in status["exits"][1]
     # what loaded is usable; a broken plugin leaves nothing half-registered
-    assert set(reg.judges) == {"rules", "answer", "reward_function", "human", "llama", "echo"}
+    assert set(reg.judges) == {"rules", "answer", "reward_function", "human", "llama", "reward", "echo"}
     assert "half" not in reg.judges
     assert reg.get("echo").description == "returns a constant"
     assert [p.judges for p in reg.plugins if p.name == "good_plug"] == [["echo"]]

@@ -1,5 +1,5 @@
 """Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`,
-`chat`, `eval`, `export`, `metrics`, `install`, `uninstall`.
+`chat`, `eval`, `export`, `metrics`, `install`, `uninstall`, `reward`.
 
 Each subcommand lives in ``tui_trainer/commands/<name>.py`` as ``add_arguments(parser)``
 and ``run(args) -> int``. Bad input ends in one line on stderr and exit code 2.
@@ -27,6 +27,7 @@ COMMANDS = {
     "install": "install a judge plugin package into tui-trainer's own environment (pip)",
     "uninstall": "uninstall a judge plugin package from tui-trainer's environment (pip)",
     "export": "export a checkpoint: a llama.cpp LoRA GGUF, a merged GGUF (+ Ollama Modelfile), a fused mlx-lm model",
+    "reward": "reward models: train (Bradley-Terry), eval, score",
 }
 
 

@@ -9,7 +9,7 @@ problem is a ``ConfigError`` whose text is one line, naming the file, the line
 and the key. Keys of those tools that PPO has no use for (mlx-lm's ``val_batches``,
 TRL's ``report_to``, ...: ``IGNORED_KEYS``) are accepted with one warning line each, kept
 in ``Config.load_warnings`` and logged by the trainer when the run starts; what we cannot
-do yet (``REFUSED_KEYS``: reward models) is an error. An mlx-lm ``lora_config.yaml``
+do yet (``REFUSED_KEYS``) is an error; a reward-model path becomes the ``reward`` judge. An mlx-lm ``lora_config.yaml``
 loads as it is.
 
 LoRA scale: mlx-lm multiplies the adapter output by ``scale``; PEFT and TRL
@@ -170,6 +170,58 @@ class DataConfig:
 
 
 @dataclass
+class RewardTrainConfig:
+    """`tui-trainer reward train`: a Bradley-Terry reward model (its own flags, not a run-config section)."""
+
+    model: str | None = key(None, 'base model: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct', check=optional(not_empty()), flag='--model')
+    adapter_type: str = key('lora', 'lora | dora | full (full trains every weight)', check=one_of(ADAPTER_TYPES), flag='--adapter')
+    rank: int = key(8, 'adapter rank', check=at_least(1), flag='--rank')
+    scale: float = key(20.0, 'mlx-lm scale multiplying the adapter output', check=above(0), flag='--scale')
+    layers: int = key(16, 'number of last transformer blocks that get adapters; -1 = all', check=_all_or_positive, flag='--layers')
+    epochs: int = key(2, 'passes over the training pairs', check=at_least(1), flag='--epochs')
+    batch_size: int = key(8, 'pairs per optimizer step', check=at_least(1), flag='--batch-size')
+    learning_rate: float = key(5e-05, 'Adam learning rate (adapter and head)', check=above(0), flag='--lr')
+    margin: float = key(0.0, 'Bradley-Terry margin m in -log sigmoid(r_c - r_r - m)', check=at_least(0), flag='--margin')
+    center_coef: float = key(0.0, 'coefficient of the centring term (r_c + r_r)^2; 0 = off (TRL: 0.01)', check=at_least(0), flag='--center-coef')
+    eval_fraction: float = key(0.1, 'share of the pairs held out for evaluation (at least one pair when > 0)', check=within(0, 1, "[)"), flag='--eval-fraction')
+    eval_every: int = key(0, 'evaluate on the held-out pairs every N steps too; 0 = at the end of each epoch only', check=at_least(0), flag='--eval-every')
+    max_length: int = key(1024, 'longest input in tokens; longer ones lose their start', check=at_least(2), flag='--max-length')
+    chat_template: bool = key(True, "format [prompt, completion] with the tokenizer's chat template (false = plain text)", flag='--chat-template')
+    max_grad_norm: float = key(1.0, 'gradient clipping norm', check=above(0), flag='--max-grad-norm')
+    save_every: int = key(0, 'checkpoint (to resume from) every N steps too; 0 = at the end of each epoch only', check=at_least(0), flag='--save-every')
+    seed: int = key(0, 'random seed (head initialisation, split, order)', check=at_least(0), flag='--seed')
+
+
+def dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A flag for each key of ``cls`` that declares one (default None: the declared default applies)."""
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("flag")
+        if flag:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` with the flags given in ``args`` (checked, converted with values.convert); ConfigError."""
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("flag")
+        raw = getattr(args, f.name, None) if flag else None
+        if raw is None:
+            continue
+        try:
+            value = convert(raw, hints[f.name], text=True)
+        except WrongValue as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+        problem = f.metadata.get("check") and f.metadata["check"](value)
+        if problem:
+            raise ConfigError(f"{flag}: {problem}")
+        values[f.name] = value
+    return cls(**values)
+
+
+@dataclass
 class Config:
     model: str | None = key(None, 'policy: mlx-lm model directory, Hugging Face repo id or .gguf file; null = embedded SmolLM2-135M-Instruct', aliases=('model_name_or_path',), check=optional(not_empty("must not be empty (null = embedded model)")), flag='--model')
     reference_model: str | None = key(None, 'KL reference: null = the policy with its adapter switched off (no second model in memory)', aliases=('ref_model',))
@@ -281,11 +333,12 @@ IGNORED_KEYS: dict[str, str] = {
 }
 # Keys of other tools for what tui-trainer cannot do yet: one line, exit 2.
 REFUSED_KEYS: dict[str, str] = {
-    "rl_reward_model_path": "reward models are not supported yet; score with judges: (rules, llama, human or a plugin)",
-    "reward_model_path": "reward models are not supported yet; score with judges: (rules, llama, human or a plugin)",
     "hf_dataset": "not read; give the dataset as data: {path: NAME or folder, split: train, prompt_field: prompt} "
                   "(a datasets dataset already in the local cache)",
 }
+# autotrain's / Tunix's reward-model path: the run's judge becomes the reward model in that directory
+# (judges: [{name: reward, options: {path: ...}}]); given with judges: too, it is "given twice"
+REWARD_MODEL_KEYS = ("rl_reward_model_path", "reward_model_path")
 # TRL's num_mini_batches: not a key of its own, it sets minibatch_size = batch_size * num_samples / N
 NUM_MINI_BATCHES = "num_mini_batches"
 # TRL's total_episodes (prompts to train on): not a key of its own, it sets steps = ceil(N / batch_size)
@@ -413,12 +466,16 @@ def _flatten(raw: dict, source: _Source, warnings: list[str] | None = None) -> d
                 warnings.append(f"{source.where(key_s)}: {key_s}: ignored by PPO ({IGNORED_KEYS[key_s]})")
         elif key_s in REFUSED_KEYS:
             raise _fail(source.where(key_s), key_s, REFUSED_KEYS[key_s])
+        elif key_s in REWARD_MODEL_KEYS:
+            if not isinstance(value, str) or not value.strip():
+                raise _fail(source.where(key_s), key_s, f"expected a reward-model directory, got {short(value)}")
+            put("judges", [{"name": "reward", "options": {"path": value}}], key_s, key_s)
         elif key_s in top:
             put(key_s, value, key_s, key_s)
         elif key_s in ALIASES:
             put(ALIASES[key_s], value, key_s, key_s)
         else:
-            choices = set(top) | set(ALIASES) | set(IGNORED_KEYS) | set(_DERIVED) | {
+            choices = set(top) | set(ALIASES) | set(IGNORED_KEYS) | set(_DERIVED) | set(REWARD_MODEL_KEYS) | {
                 f"{s}.{f}" for s, cls in SECTIONS.items() for f in _fields(cls)}
             raise _fail(source.where(key_s), key_s, f"unknown key{_did_you_mean(key_s, sorted(choices))}")
     return out

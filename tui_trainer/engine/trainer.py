@@ -205,6 +205,7 @@ class Trainer:
             n = load_init_adapter(self.policy, cfg.init_adapter, gguf_policy=locate_model(cfg.model)[0] == "gguf",
                                   log=self.log)
             self.log(f"adapter initialised from {cfg.init_adapter} ({n} tensors); the reference is the base model")
+        self.judges.share_policy(self.policy, self.tokenizer)  # a reward adapter on this base scores on it
         self.reference = None
         if cfg.reference_model:
             self.reference, _ = load_policy(cfg.reference_model, quantized=cfg.quantized_base)

@@ -108,6 +108,18 @@ class JudgeSet:
         """judge -> the dataset columns every row must have for it (only judges that need some)."""
         return {m.key: m.columns.required for m in self.members if m.columns is not None and m.columns.required}
 
+    def share_policy(self, policy: Any, tokenizer: Any) -> list[str]:
+        """Offer the run's policy to judges that can score on its weights (``share_policy(policy,
+        tokenizer) -> bool``: the ``reward`` judge). Those that take it are called on the caller's
+        (the engine's) thread from then on, never abandoned mid-call. Returns their names."""
+        taken = []
+        for m in self.members:
+            share = getattr(m.judge, "share_policy", None)
+            if share is not None and share(policy, tokenizer):
+                m.interactive = True  # in the caller's thread, no time limit: it runs on the policy's weights
+                taken.append(m.key)
+        return taken
+
     # -- pointwise -------------------------------------------------------------------
 
     def score(self, prompts: list[str], completions: list[str], step: int = 0,

@@ -13,6 +13,7 @@ from tui_trainer.plugins.builtin.answer import OPTIONS as ANSWER_OPTIONS
 from tui_trainer.plugins.builtin.human import OPTIONS as HUMAN_OPTIONS
 from tui_trainer.plugins.builtin.llama_options import OPTIONS as LLAMA_OPTIONS
 from tui_trainer.plugins.builtin.reward_function import OPTIONS as REWARD_FUNCTION_OPTIONS
+from tui_trainer.plugins.builtin.reward import OPTIONS as REWARD_OPTIONS
 from tui_trainer.plugins.builtin.rules import OPTIONS as RULES_OPTIONS
 from tui_trainer.plugins.hookspecs import hookimpl
 from tui_trainer.plugins.judge import JudgeContext
@@ -48,6 +49,12 @@ def _llama(options: dict[str, Any], context: JudgeContext):
     return LlamaJudge(options, context)
 
 
+def _reward(options: dict[str, Any], context: JudgeContext):
+    from tui_trainer.plugins.builtin.reward import RewardJudge
+
+    return RewardJudge(options, context)
+
+
 @hookimpl
 def register_judges(register) -> None:
     register("rules", _rules, kind="pointwise", options=RULES_OPTIONS,
@@ -61,3 +68,5 @@ def register_judges(register) -> None:
              description="a person answers: 1/2 (a/b), t tie, s skip, or a 0-9 rating; labels.jsonl")
     register("llama", _llama, kind="both", options=LLAMA_OPTIONS,
              description="a local LLM via llama.cpp: rating / A-B read from the next-token distribution")
+    register("reward", _reward, kind="both", options=REWARD_OPTIONS,
+             description="a reward model from `tui-trainer reward train`: r(prompt, completion); pairwise sigma(r_a - r_b)")

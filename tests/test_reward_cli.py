@@ -1,0 +1,111 @@
+"""`tui-trainer reward train|eval|score` end to end (main(argv), a tiny random model), and exit
+code 2 with one line for bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tui_trainer.cli import main
+
+from helpers import make_tiny_model_dir
+
+WORDS = ["cat", "dog", "sun", "tree", "car", "book", "rain", "milk"]
+
+
+def write_pairs(path, n, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = (" ".join(rng.choice(WORDS) for _ in range(3)) for _ in range(2))
+        rows.append({"prompt": f"say {rng.choice(WORDS)}", "chosen": f"{a} yes", "rejected": f"{b} no"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_pairs(root / "pairs.jsonl", 40)
+    out = root / "rm"
+    code = main(["reward", "train", "--data", str(data), "-o", str(out), "--model", str(tiny_dir),
+                 "--epochs", "3", "--lr", "3e-4", "--layers", "-1", "--eval-fraction", "0.25"])
+    return code, root, out
+
+
+def test_train_writes_a_reward_model(trained, capsys):
+    code, root, out = trained
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"adapters.safetensors", "adapter_config.json",
+                                               "reward_head.safetensors", "reward_config.json"}
+    cfg = json.loads((out / "reward_config.json").read_text())
+    assert cfg["train"]["final"]["eval_accuracy"] >= 0.9 and cfg["train"]["eval_pairs"] == 10
+
+
+def test_eval_json_and_score(trained, capsys):
+    _, root, out = trained
+    held = write_pairs(root / "fresh.jsonl", 16, seed=7)  # pairs never seen in training
+    assert main(["reward", "eval", str(out), "--data", str(held), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"accuracy", "margin", "pairs"}
+    assert result["pairs"] == 16 and result["accuracy"] >= 0.9 and result["margin"] > 0
+    assert main(["reward", "score", str(out), "--prompt", "say cat", "--completion", "tree dog yes", "--raw"]) == 0
+    good = float(capsys.readouterr().out)
+    assert main(["reward", "score", str(out), "--prompt", "say cat", "--completion", "tree dog no", "--raw"]) == 0
+    bad = float(capsys.readouterr().out)
+    assert good > bad
+    stats = json.loads((out / "reward_config.json").read_text())["score_stats"]
+    assert main(["reward", "score", str(out), "--prompt", "say cat", "--completion", "tree dog yes"]) == 0
+    assert float(capsys.readouterr().out) == pytest.approx((good - stats["mean"]) / stats["std"], rel=1e-4, abs=1e-5)
+
+
+def test_train_from_a_run_directory_of_labels(tiny_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    labels = [{"kind": "pairwise", "prompt": "p", "a": "x yes", "b": "y no", "shown": ["b", "a"], "choice": "a"},
+              {"kind": "pairwise", "prompt": "p", "a": "z no", "b": "w yes", "shown": ["a", "b"], "choice": "b"},
+              {"kind": "pairwise", "prompt": "p", "a": "z", "b": "w", "shown": ["a", "b"], "choice": "tie"}]
+    (run / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    out = tmp_path / "rm"
+    assert main(["reward", "train", "--data", str(run), "-o", str(out), "--model", str(tiny_dir),
+                 "--epochs", "1", "--eval-fraction", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 preference pair(s)" in printed and "1 tie" in printed and "no held-out pairs" in printed
+    assert json.loads((out / "reward_config.json").read_text())["train"]["train_pairs"] == 2
+
+
+def run_bad(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("tui-trainer: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_exits_2_with_one_line(trained, tiny_dir, tmp_path, capsys):
+    _, root, out = trained
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
+                   + json.dumps({"prompt": "a", "chosen": "b"}) + "\n")
+    assert "bad.jsonl line 2: no field 'rejected'" in run_bad(
+        ["reward", "train", "--data", str(bad), "-o", str(tmp_path / "x"), "--model", str(tiny_dir)], capsys)
+    assert not (tmp_path / "x").exists()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "labels.jsonl").write_text(json.dumps(
+        {"kind": "pairwise", "prompt": "p", "a": "x", "b": "y", "shown": ["a", "b"], "choice": "skip"}) + "\n")
+    assert "no usable pairs" in run_bad(
+        ["reward", "train", "--data", str(run_dir), "-o", str(tmp_path / "x"), "--model", str(tiny_dir)], capsys)
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    assert "is a different model" in run_bad(
+        ["reward", "eval", str(out), "--data", str(root / "pairs.jsonl"), "--model", str(other)], capsys)
+    assert "not a reward-model directory" in run_bad(
+        ["reward", "score", str(other), "--prompt", "p", "--completion", "c"], capsys)
+    assert "not a reward model" in run_bad(
+        ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(other), "--model", str(tiny_dir)], capsys)
+    assert "no checkpoint to resume from" in run_bad(
+        ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(tmp_path / "z"), "--model", str(tiny_dir),
+         "--resume"], capsys)
+    assert "--epochs: must be >= 1" in run_bad(
+        ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(tmp_path / "y"), "--epochs", "0"], capsys)
