@@ -70,7 +70,7 @@ def embedded_prompts_path():
 # ----------------------------------------------------------------------------- reading rows
 
 @dataclass
-class _Rows:
+class Rows:
     rows: list[Any]  # str or dict per row
     name: str  # for messages: the file or dataset
     line_numbers: list[int] | None = None  # JSONL / TXT: the file line of each row
@@ -81,11 +81,11 @@ class _Rows:
             return f"{self.name} line {self.line_numbers[i]}"
         return f"{self.name} row {self.row_numbers[i] if self.row_numbers is not None else i + 1}"
 
-    def sliced(self, start: int, stop: int) -> "_Rows":
+    def sliced(self, start: int, stop: int) -> "Rows":
         lines = self.line_numbers[start:stop] if self.line_numbers is not None else None
         numbers = (self.row_numbers[start:stop] if self.row_numbers is not None
                    else list(range(start + 1, stop + 1)))
-        return _Rows(self.rows[start:stop], self.name, lines, numbers if lines is None else None)
+        return Rows(self.rows[start:stop], self.name, lines, numbers if lines is None else None)
 
 
 def _plain(value: Any) -> Any:
@@ -99,7 +99,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _read_jsonl(path: Path, name: str) -> _Rows:
+def read_jsonl(path: Path, name: str) -> Rows:
     rows, lines = [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -110,10 +110,10 @@ def _read_jsonl(path: Path, name: str) -> _Rows:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{name} line {n}: not valid JSON ({exc.msg}, column {exc.colno})") from None
             lines.append(n)
-    return _Rows(rows, name, lines)
+    return Rows(rows, name, lines)
 
 
-def _read_json(path: Path, name: str) -> _Rows:
+def read_json(path: Path, name: str) -> Rows:
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -121,10 +121,10 @@ def _read_json(path: Path, name: str) -> _Rows:
             raise DataError(f"{name} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(data, list):
         raise DataError(f"{name}: expected a JSON list of objects or of strings, got a {type(data).__name__}")
-    return _Rows(data, name)
+    return Rows(data, name)
 
 
-def _read_csv(path: Path, name: str, delimiter: str) -> _Rows:
+def read_csv(path: Path, name: str, delimiter: str) -> Rows:
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         try:
@@ -133,17 +133,17 @@ def _read_csv(path: Path, name: str, delimiter: str) -> _Rows:
             raise DataError(f"{name} line {reader.line_num}: not valid CSV ({exc})") from None
         if reader.fieldnames is None:
             rows = []
-    return _Rows(rows, name)
+    return Rows(rows, name)
 
 
-def _read_txt(path: Path, name: str) -> _Rows:
+def _read_txt(path: Path, name: str) -> Rows:
     rows, lines = [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 rows.append(line.rstrip("\r\n"))
                 lines.append(n)
-    return _Rows(rows, name, lines)
+    return Rows(rows, name, lines)
 
 
 def _pick_column(columns: list[str], field: str, name: str) -> str:
@@ -154,7 +154,7 @@ def _pick_column(columns: list[str], field: str, name: str) -> str:
     raise DataError(f"{name}: no field {field!r} (fields: {', '.join(columns) or 'none'}); set data.prompt_field")
 
 
-def _read_parquet(path: Path, name: str, field: str) -> _Rows:
+def _read_parquet(path: Path, name: str, field: str) -> Rows:
     import pyarrow.parquet as pq
 
     try:
@@ -162,7 +162,7 @@ def _read_parquet(path: Path, name: str, field: str) -> _Rows:
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends with long texts
         raise DataError(f"{name}: not a readable parquet file ({one_line(exc)[:200]})") from None
     _pick_column(pf.schema_arrow.names, field, name)
-    return _Rows([_plain(r) for r in pf.read().to_pylist()], name)
+    return Rows([_plain(r) for r in pf.read().to_pylist()], name)
 
 
 def _split_spec(split: str, sizes: dict[str, int], name: str):
@@ -180,7 +180,7 @@ def _split_spec(split: str, sizes: dict[str, int], name: str):
                         f"test[10%:] ({text})") from None
 
 
-def _slice_file(table: _Rows, split: str) -> _Rows:
+def _slice_file(table: Rows, split: str) -> Rows:
     """A single file is the split ``train`` (as datasets calls it); ``train[:500]`` slices it."""
     if split == "train":
         return table
@@ -188,7 +188,7 @@ def _slice_file(table: _Rows, split: str) -> _Rows:
     if parts is None:
         raise DataError(f"{table.name}: a single file is the split 'train', so data.split {split!r} does not "
                         "apply; use train or a slice of it, e.g. train[:500]")
-    out = _Rows([], table.name, [] if table.line_numbers is not None else None, None)
+    out = Rows([], table.name, [] if table.line_numbers is not None else None, None)
     for _, start, stop in parts:
         piece = table.sliced(start, stop)
         out.rows += piece.rows
@@ -199,7 +199,7 @@ def _slice_file(table: _Rows, split: str) -> _Rows:
     return out
 
 
-def _rows_of_dataset(ds, name: str, field: str, split: str) -> _Rows:
+def _rows_of_dataset(ds, name: str, field: str, split: str) -> Rows:
     from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
     if isinstance(ds, (IterableDataset, IterableDatasetDict)):
@@ -217,7 +217,7 @@ def _rows_of_dataset(ds, name: str, field: str, split: str) -> _Rows:
         _pick_column(list(part.column_names), field, name)
         rows += [_plain(r) for r in part.select(range(start, stop))]
         numbers += list(range(start + 1, stop + 1))
-    return _Rows(rows, where, None, numbers)
+    return Rows(rows, where, None, numbers)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -388,7 +388,7 @@ def _download(ref: str, progress: Progress | None, log: Log | None) -> Path:
     return Path(box["path"])
 
 
-def _read_hub_dataset(ref: str, data_cfg: "DataConfig", progress: Progress | None, log: Log | None) -> _Rows:
+def _read_hub_dataset(ref: str, data_cfg: "DataConfig", progress: Progress | None, log: Log | None) -> Rows:
     """A hub dataset id: the cached copy when there is one (no network), else a download."""
     field, subset, split = data_cfg.prompt_field, data_cfg.subset, data_cfg.split
     snapshot = _cached_snapshot(ref)
@@ -404,7 +404,7 @@ def _read_hub_dataset(ref: str, data_cfg: "DataConfig", progress: Progress | Non
     return _rows_of_dataset(_load_local_dataset(snapshot, ref, subset), ref, field, split)
 
 
-def read_rows(data_cfg: "DataConfig", *, progress: Progress | None = None, log: Log | None = None) -> _Rows:
+def read_rows(data_cfg: "DataConfig", *, progress: Progress | None = None, log: Log | None = None) -> Rows:
     """The raw rows (strings or dicts, every column kept) of the configured source, with
     ``data.subset`` and ``data.split`` applied. A hub dataset that is not cached is downloaded:
     ``log`` announces it, ``progress(done, total, unit, detail)`` follows it."""
@@ -412,7 +412,7 @@ def read_rows(data_cfg: "DataConfig", *, progress: Progress | None = None, log: 
     if data_cfg.path is None:
         resource = embedded_prompts_path()
         with importlib.resources.as_file(resource) as path:
-            return _slice_file(_read_jsonl(Path(path), EMBEDDED_NAME), data_cfg.split)
+            return _slice_file(read_jsonl(Path(path), EMBEDDED_NAME), data_cfg.split)
     ref = str(data_cfg.path)
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -427,17 +427,17 @@ def read_rows(data_cfg: "DataConfig", *, progress: Progress | None = None, log: 
     return _read_hub_dataset(ref, data_cfg, progress, log)
 
 
-def _read_file(path: Path, ref: str, field: str) -> _Rows:
+def _read_file(path: Path, ref: str, field: str) -> Rows:
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson"):
-            return _read_jsonl(path, ref)
+            return read_jsonl(path, ref)
         if suffix == ".json":
-            return _read_json(path, ref)
+            return read_json(path, ref)
         if suffix == ".parquet":
             return _read_parquet(path, ref, field)
         if suffix in (".csv", ".tsv"):
-            return _read_csv(path, ref, "\t" if suffix == ".tsv" else ",")
+            return read_csv(path, ref, "\t" if suffix == ".tsv" else ",")
         if suffix == ".txt":
             return _read_txt(path, ref)
     except UnicodeDecodeError:
@@ -464,7 +464,7 @@ def row_columns(row: Any, field: str) -> dict[str, Any]:
     return {str(k): v for k, v in row.items() if k != key}
 
 
-def require_columns(table: _Rows, field: str, needs: dict[str, tuple[str, ...]]) -> None:
+def require_columns(table: Rows, field: str, needs: dict[str, tuple[str, ...]]) -> None:
     """Every row has each column a judge needs (``needs``: judge -> column names), with a value;
     else one line naming the judge, the column and the first row without it."""
     for judge, names in needs.items():
@@ -480,7 +480,7 @@ def require_columns(table: _Rows, field: str, needs: dict[str, tuple[str, ...]])
                             f"({len(missing)} of {len(table.rows)} rows lack it)")
 
 
-def _messages_of(row: Any, where: str, field: str) -> list[dict]:
+def messages_of(row: Any, where: str, field: str) -> list[dict]:
     if isinstance(row, str):
         value = row
     elif isinstance(row, dict):
@@ -552,7 +552,7 @@ class PromptSet:
 
     @classmethod
     def load(cls, data_cfg: "DataConfig", tokenizer, max_prompt_tokens: int | None = None,
-             seed: int = 0, table: "_Rows | None" = None) -> "PromptSet":
+             seed: int = 0, table: "Rows | None" = None) -> "PromptSet":
         """Tokenized prompts of ``data_cfg``; ``table``: its rows, already read by ``read_rows``."""
         table = table if table is not None else read_rows(data_cfg)
         if not table.rows:
@@ -561,7 +561,7 @@ class PromptSet:
         dropped = 0
         for i, row in enumerate(table.rows):
             where = table.where(i)
-            messages = _messages_of(row, where, data_cfg.prompt_field)
+            messages = messages_of(row, where, data_cfg.prompt_field)
             text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
             if not text.strip():
                 raise DataError(f"{where}: the prompt is empty")

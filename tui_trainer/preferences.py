@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.data import _messages_of, _read_csv, _read_json, _read_jsonl, _Rows
+from tui_trainer.data import messages_of, read_csv, read_json, read_jsonl, Rows
 from tui_trainer.errors import DataError, one_line
 
 LABELS_FILE = "labels.jsonl"  # the human judge's file (plugins/builtin/labels.py writes it)
@@ -91,9 +91,9 @@ def pair_of_row(row: Any, where: str) -> Pair:
     chosen, before = _reply(row["chosen"], "chosen", where)
     rejected, _ = _reply(row["rejected"], "rejected", where)
     if row.get("prompt") is not None:
-        messages = _messages_of(row, where, "prompt")
+        messages = messages_of(row, where, "prompt")
     elif before:
-        messages = _messages_of({"prompt": before}, where, "prompt")
+        messages = messages_of({"prompt": before}, where, "prompt")
     else:
         fields = ", ".join(map(str, row))
         raise DataError(f"{where}: no field 'prompt' (fields: {fields}), and 'chosen' is not a conversation "
@@ -103,27 +103,27 @@ def pair_of_row(row: Any, where: str) -> Pair:
     return Pair(tuple((m["role"], m["content"]) for m in messages), chosen, rejected, where)
 
 
-def _read_parquet_rows(path: Path, name: str) -> _Rows:
+def _read_parquet_rows(path: Path, name: str) -> Rows:
     import pyarrow.parquet as pq
 
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends with long texts
         raise DataError(f"{name}: not a readable parquet file ({one_line(exc)[:200]})") from None
-    return _Rows(rows, name)
+    return Rows(rows, name)
 
 
-def _read_rows(path: Path, name: str) -> _Rows:
+def _read_rows(path: Path, name: str) -> Rows:
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson"):
-            return _read_jsonl(path, name)
+            return read_jsonl(path, name)
         if suffix == ".json":
-            return _read_json(path, name)
+            return read_json(path, name)
         if suffix == ".parquet":
             return _read_parquet_rows(path, name)
         if suffix in (".csv", ".tsv"):
-            return _read_csv(path, name, "\t" if suffix == ".tsv" else ",")
+            return read_csv(path, name, "\t" if suffix == ".tsv" else ",")
     except UnicodeDecodeError:
         raise DataError(f"{name}: not UTF-8 text") from None
     except OSError as exc:
