@@ -1,9 +1,11 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then os.replace."""
+"""Atomic file writes: a temp file in the same folder, fsync, then os.replace (and the same for
+whole folders: ``replace_path``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -45,3 +47,30 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
     atomic_write_text(path, "".join(lines))
     return len(lines)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a link or a folder tree, if there is one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_path(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the finished ``tmp`` (a file or folder written beside ``final``) in place of ``final``.
+
+    A new ``final`` appears in one rename. An existing one is renamed aside first and removed
+    after, so at every moment ``final`` is either the old whole thing or the new one (a crash
+    between the two renames leaves the old one under a ``.old-`` name, never a half-written one).
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists() or final.is_symlink():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        remove_path(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        remove_path(old)
+    else:
+        os.replace(tmp, final)

@@ -19,7 +19,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from tui_trainer.errors import TrainerError, one_line
-from tui_trainer.fileio import atomic_write_json
+from tui_trainer.fileio import atomic_write_json, replace_path
 
 
 def _flat(tree) -> dict[str, mx.array]:
@@ -61,13 +61,7 @@ def save_checkpoint(run_dir: Path, step: int, *, adapter_weights: dict, adapter_
     if opt:
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
     atomic_write_json(tmp / "state.json", state)
-    if final.exists():  # same step saved twice (e.g. save_every and stop): replace it
-        old = root / f".old-{step:06d}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_path(tmp, final)  # the same step saved twice (e.g. save_every and stop) replaces it
     return final
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from tui_trainer.errors import ConfigError, ModelError, one_line
+from tui_trainer.fileio import remove_path, replace_path
 
 FORMATS = ("gguf-lora", "gguf", "mlx")
 # --outtype per format; "base": each tensor in the base GGUF's own type where the gguf package can write it
@@ -160,26 +161,8 @@ def _prepare(out: Path, force: bool) -> Path:
         raise ConfigError(f"{out} already exists; choose another -o or add --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    _remove(tmp)
+    remove_path(tmp)
     return tmp
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        _remove(old)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        _remove(old)
-    else:
-        os.replace(tmp, out)
 
 
 # --------------------------------------------------------------------------- GGUF tensors
@@ -325,9 +308,9 @@ def export_gguf_lora(src: Source, out: Path, *, outtype: str = "f32", force: boo
             progress("writing LoRA tensors", i + 1, len(layers))
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, scale * rank)  # llama.cpp scales by alpha / r
         _write_gguf(writer)
-        _commit(tmp, out)
+        replace_path(tmp, out)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
     return out
 
 
@@ -385,9 +368,9 @@ def export_gguf(src: Source, out: Path, *, outtype: str = "f16", force: bool = F
             progress("writing tensors", i + 1, len(base_names))
         _write_gguf(writer)
         (tmp / "Modelfile").write_text(modelfile(), encoding="utf-8")
-        _commit(tmp, out)
+        replace_path(tmp, out)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
     return out
 
 
@@ -465,9 +448,9 @@ def export_mlx(src: Source, out: Path, *, outtype: str = "f16", force: bool = Fa
                 if extra.is_file():
                     shutil.copy(extra, tmp)
         progress("writing the model", 1, 1)
-        _commit(tmp, out)
+        replace_path(tmp, out)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
     return out
 
 

@@ -32,7 +32,7 @@ from mlx.utils import tree_flatten
 from tui_trainer.config import AdapterConfig
 from tui_trainer.engine.family import Positions, backbone_of, check, family, padded_forward
 from tui_trainer.errors import DataError, ModelError, one_line
-from tui_trainer.fileio import atomic_write_json
+from tui_trainer.fileio import atomic_write_json, replace_path
 
 FORMAT = "tui-trainer-reward-model"
 REWARD_CONFIG = "reward_config.json"
@@ -298,13 +298,7 @@ def save_reward_model(out_dir: str | os.PathLike, rm: RewardModel, config: dict)
         atomic_write_json(tmp / ADAPTER_CONFIG, rm.adapter_config(config.get("base_model")))
         mx.save_safetensors(str(tmp / HEAD_FILE), rm.head_weights())
         atomic_write_json(tmp / REWARD_CONFIG, {"format": FORMAT, "version": 1, **config})
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_path(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -38,7 +38,7 @@ from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, RewardTrainConfig
 from tui_trainer.engine import reward as R
 from tui_trainer.errors import DataError, TrainerError, one_line
-from tui_trainer.fileio import atomic_write_json
+from tui_trainer.fileio import atomic_write_json, replace_path
 from tui_trainer.preferences import Pair
 
 PHASE = "reward"
@@ -266,13 +266,7 @@ def write_checkpoint(path: Path, rm: R.RewardModel, opt: optim.Optimizer, state:
     mx.save_safetensors(str(tmp / "optimizer.safetensors"),
                         {k: v for k, v in tree_flatten(opt.state) if isinstance(v, mx.array)})
     atomic_write_json(tmp / "state.json", state)
-    if path.exists():
-        old = path.parent / f".old-{path.name}-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    replace_path(tmp, path)
 
 
 def read_checkpoint(path: Path, fingerprint: str) -> dict:
