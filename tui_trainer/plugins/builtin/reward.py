@@ -45,6 +45,10 @@ OPTIONS = [
     Option("refit_every", int, 4, "learn_from: refit the reward model on all labels every N new labels"),
     Option("epochs", int, 4, "learn_from: epochs of each refit"),
     Option("learning_rate", float, 1e-3, "learn_from: Adam learning rate of each refit"),
+    Option("adapter", str, "lora", "learn_from: lora | dora | full (full trains every weight of its own copy)",
+           choices=("lora", "dora", "full")),
+    Option("chat_template", bool, True, "learn_from: format [prompt, completion] with the chat template "
+                                        "(false = plain text)"),
     Option("layers", int, 16, "learn_from: last blocks that get the reward LoRA; -1 = all"),
     Option("eval_fraction", float, 0.2, "learn_from: share of the labels held out at each refit (held-out accuracy)"),
     Option("agreement_window", int, 20, "learn_from: agreement is measured over the last N answered questions"),
@@ -97,6 +101,7 @@ class RewardJudge:
         self.normalise = bool(options["normalise"])
         self.human = HumanJudge({o.name: o.default for o in HUMAN_OPTIONS}, context)
         cfg = RewardTrainConfig(model=options.get("model") or context.extra.get("model"), epochs=options["epochs"],
+                                adapter_type=options["adapter"], chat_template=bool(options["chat_template"]),
                                 learning_rate=options["learning_rate"], layers=options["layers"],
                                 eval_fraction=options["eval_fraction"], batch_size=options["batch_size"],
                                 seed=context.seed)
