@@ -143,3 +143,30 @@ def test_dashboard_and_headless_line_show_the_learning_numbers():
             assert "labels 12 · RM acc 0.75 · agrees 0.62" in text.splitlines()[0], text
 
     asyncio.run(go())
+
+
+def test_resumed_run_counts_earlier_answers_and_a_bad_path_is_refused(tmp_path):
+    from tui_trainer.errors import ConfigError, ModelError
+    from tui_trainer.plugins.manager import build_judge_set
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"kind": "pairwise", "prompt": "p", "a": "x", "b": "y", "shown": ["a", "b"], "choice": c,
+             "judge": "reward", "step": 1} for c in ("a", "b", "tie", "skip", "a")]
+    (run / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judges = build_judge_set([{"name": "reward", "options": {"learn_from": "human", "refit_every": 3}}],
+                             prompter=ScriptedPerson(), run_dir=run)
+    online = judges.members[0].judge.online
+    assert [(p.chosen, p.rejected) for p in online.pairs] == [("x", "y"), ("y", "x"), ("x", "y")]
+    assert online.refit_due and judges.members[0].interactive
+    assert judges.metrics() == pytest.approx({"reward/labels": 3.0, "reward/heldout_accuracy": math.nan,
+                                              "reward/agreement": math.nan}, nan_ok=True)
+    assert online.out_dir == run / "reward_model"
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ModelError, match="not a directory"):
+        build_judge_set([{"name": "reward", "options": {"learn_from": "human", "path": str(tmp_path / "a-file")}}],
+                        prompter=ScriptedPerson(), run_dir=run)
+    with pytest.raises(ConfigError, match="learn_from must be 'human'"):
+        build_judge_set([{"name": "reward", "options": {"learn_from": "llama"}}], prompter=ScriptedPerson(),
+                        run_dir=run)

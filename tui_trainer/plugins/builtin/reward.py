@@ -89,6 +89,8 @@ class RewardJudge:
                 raise ConfigError(f"judge {self.name}: {name} must be >= 1, got {options[name]}")
         if not 0 <= options["eval_fraction"] < 1:
             raise ConfigError(f"judge {self.name}: eval_fraction must be in [0, 1), got {options['eval_fraction']}")
+        from tui_trainer.engine.reward import check_output_dir
+
         if options.get("path"):
             out = options["path"]
         elif context.run_dir is not None:
@@ -96,6 +98,7 @@ class RewardJudge:
         else:
             raise ConfigError(f"judge {self.name}: learn_from needs a run directory or a path to write the "
                               "reward model to")
+        check_output_dir(out)  # a file or another directory there is refused now, not at the first refit
         self.interactive = True  # the engine thread: it trains MLX models and asks a person
         self.questions = options["questions"]
         self.normalise = bool(options["normalise"])
@@ -107,6 +110,23 @@ class RewardJudge:
                                 seed=context.seed)
         self.online = OnlineReward(cfg, out, refit_every=options["refit_every"], window=options["agreement_window"],
                                    log=self.log)
+        self._resume_labels()
+
+    def _resume_labels(self) -> None:
+        """A resumed run: the answers already in labels.jsonl count; the first step refits on them."""
+        from tui_trainer.errors import DataError
+        from tui_trainer.preferences import pairs_of_labels
+
+        if self.human.labels is None or not self.human.labels.is_file():
+            return
+        try:
+            pairs, _ = pairs_of_labels(self.human.labels, str(self.human.labels))
+        except DataError:  # no usable pair yet (only ties / skips)
+            return
+        self.online.pairs += pairs
+        self.online.new = len(pairs)
+        self.log(f"judge {self.name}: {len(pairs)} earlier answer(s) from {self.human.labels}; refitting at the "
+                 "first step")
 
     def metrics(self) -> dict[str, float]:
         """The online loop's numbers (labels, held-out accuracy, agreement); none otherwise."""
