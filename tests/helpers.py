@@ -23,9 +23,11 @@ def tiny_args(vocab_size: int, **over) -> dict:
     return args
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, **over) -> Path:
+def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, alphabet: str | None = None,
+                        **over) -> Path:
     """A random 2-layer llama (or another mlx-lm family: ``model_type=``, with that family's extra
-    arguments in ``over``) + a byte-level BPE tokenizer, loadable by mlx_lm.load(path)."""
+    arguments in ``over``) + a byte-level BPE tokenizer, loadable by mlx_lm.load(path).
+    ``alphabet``: only these (ASCII) characters in the vocabulary, so the model writes only them."""
     import importlib
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -33,6 +35,11 @@ def make_tiny_model_dir(path: Path, seed: int = 0, eos_is_pad: bool = False, **o
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     byte_chars = list(pre_tokenizers.ByteLevel.alphabet())
+    if alphabet is not None:
+        # GPT-2's byte -> symbol map (what ByteLevel uses): printable bytes are themselves
+        shown = [*range(33, 127), *range(161, 173), *range(174, 256)]
+        symbol = {b: chr(b) for b in shown} | {b: chr(256 + i) for i, b in enumerate(sorted(set(range(256)) - set(shown)))}
+        byte_chars = [symbol[b] for b in sorted(set(alphabet.encode("ascii")))]
     vocab = {t: i for i, t in enumerate(SPECIALS + sorted(byte_chars))}
     tok = Tokenizer(models.BPE(vocab, [], fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

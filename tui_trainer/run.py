@@ -33,7 +33,8 @@ def build_run(config: Config, *, observer: Callable[[Any], None] | None = None, 
                                failure=config.judge_failure, retries=config.judge_retries,
                                timeout=config.judge_timeout, log=log,
                                # score_clip bounds the scores itself; else |score| > 1e6 is a judge failure
-                               max_abs_score=None if config.score_clip is not None else MAX_ABS_SCORE)
+                               max_abs_score=None if config.score_clip is not None else MAX_ABS_SCORE,
+                               extra={"model": config.model})
 
     def prompts():
         # a hub dataset that is not cached yet is downloaded here, at start-up: announced, with progress

@@ -34,6 +34,9 @@ LINE_KEYS = [("score", "score_mean"), ("kl", "kl"), ("clip", "clip_fraction"), (
 def metrics_line(values: dict) -> str:
     parts = [f"step {values['step']:>4}"]
     parts += [f"{label} {_fmt(values[key])}" for label, key in LINE_KEYS if key in values]
+    # a reward model learning from the person (reward judge, learn_from: human)
+    parts += [f"{key.replace('/heldout_accuracy', ' rm acc').replace('/', ' ')} {_fmt(v)}" for key, v in values.items()
+              if key.endswith(("/labels", "/heldout_accuracy", "/agreement"))]
     parts.append(f"t {values.get('time_rollout', 0):.1f}/{values.get('time_judge', 0):.1f}/"
                  f"{values.get('time_update', 0):.1f}s")
     return "  ".join(parts)

@@ -514,6 +514,7 @@ class Trainer:
         for name, vals in per_judge.items():
             v = [x for x in vals if x is not None]
             metrics[f"score/{name}"] = float(sum(v) / len(v)) if v else float("nan")
+        metrics.update(self.judges.metrics())  # e.g. reward/labels, reward/agreement (a reward model learning online)
         if cfg.kl_target:
             self.beta = ppo.adaptive_kl_beta(self.beta, stats["kl"], cfg.kl_target,
                                              cfg.batch_size * cfg.num_samples, cfg.kl_horizon)

@@ -120,6 +120,20 @@ class JudgeSet:
                 taken.append(m.key)
         return taken
 
+    def metrics(self) -> dict[str, float]:
+        """Numbers judges report about themselves (``metrics() -> {name: value}``, e.g. the
+        ``reward`` judge learning online: labels, heldout_accuracy, agreement), as
+        ``<judge>/<name>`` for the step's metrics."""
+        out: dict[str, float] = {}
+        for m in self.members:
+            get = getattr(m.judge, "metrics", None)
+            if callable(get):
+                try:
+                    out.update({f"{m.key}/{k}": float(v) for k, v in get().items()})
+                except Exception as exc:  # noqa: BLE001  a plugin's numbers must not stop the run
+                    self.log(f"judge {m.key}: metrics() failed: {one_line(exc)}")
+        return out
+
     # -- pointwise -------------------------------------------------------------------
 
     def score(self, prompts: list[str], completions: list[str], step: int = 0,

@@ -274,9 +274,10 @@ def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | o
                     log: Callable[[str], None] | None = None, *, seed: int = 0,
                     registry: JudgeRegistry | None = None,
                     max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
-                    max_abs_score: float | None = MAX_ABS_SCORE) -> JudgeSet:
+                    max_abs_score: float | None = MAX_ABS_SCORE, extra: dict[str, Any] | None = None) -> JudgeSet:
     """The judges of a run from ``cfg.judges`` (JudgeSpec objects or dicts with name,
-    weight, options). Raises ConfigError for an unknown judge or a bad option."""
+    weight, options). Raises ConfigError for an unknown judge or a bad option.
+    ``extra``: facts of the run every judge's context carries (``model``: the policy's model)."""
     specs = judge_specs(list(specs))
     reg = registry if registry is not None else get_plugin_manager()
     log = log or (lambda message: None)
@@ -288,7 +289,7 @@ def build_judge_set(specs: Iterable[Any], prompter: Any = None, run_dir: str | o
             counts[name] = counts.get(name, 0) + 1
             key = name if counts[name] == 1 else f"{name}_{counts[name]}"
             context = JudgeContext(name=key, run_dir=Path(run_dir) if run_dir is not None else None,
-                                   prompter=prompter, log=log, seed=seed + i)
+                                   prompter=prompter, log=log, seed=seed + i, extra=dict(extra or {}))
             judge = reg.create(name, options, context)
             members.append(Member(key, reg.get(name), judge, weight, context,
                                   interactive=bool(getattr(judge, "interactive", False))))

@@ -13,6 +13,8 @@ engine state. Keys go up as a :class:`DashboardScreen.Command` message, readines
 
 from __future__ import annotations
 
+import math
+
 from collections import deque
 
 from textual.app import ComposeResult
@@ -34,6 +36,23 @@ from tui_trainer.widgets.stats import Stat, StepTimeSplit
 MAIN_PANELS = (("score_mean", "reward"), ("kl", "KL"), ("clip_fraction", "clip fraction"))
 SECONDARY = (("entropy", "entropy"), ("value_loss", "value loss"), ("approx_kl", "approx KL"),
              ("response_length", "resp len"), ("generation_tokens_per_second", "gen tok/s"))
+# a reward judge learning from the person (learn_from: human) reports <judge>/<name>; shown on the step line
+# (labels so far, the reward model's held-out accuracy on them, its agreement with new answers)
+LEARNING = (("labels", "labels"), ("heldout_accuracy", "RM acc"), ("agreement", "agrees"))
+
+
+def learning_parts(values: dict) -> list[str]:
+    """['labels 12', 'RM acc 0.75', 'agrees 0.62'] for each judge that learns online (named unless
+    it is the one reward judge), for the status line."""
+    parts = []
+    for judge in sorted({k.rpartition("/")[0] for k in values if k.endswith("/labels")}):
+        prefix = "" if judge == "reward" else f"{judge} "
+        for name, label in LEARNING:
+            v = values.get(f"{judge}/{name}")
+            if v is not None:
+                shown = f"{v:.0f}" if name == "labels" else "-" if not math.isfinite(v) else f"{v:.2f}"
+                parts.append(f"{prefix}{label} {shown}")
+    return parts
 
 
 class DashboardScreen(Screen):
@@ -202,6 +221,7 @@ class DashboardScreen(Screen):
             parts.append(f"judge: {waiting} waiting (j)")
         if self.last_checkpoint is not None:
             parts.append(f"ckpt {self.last_checkpoint}")
+        parts += learning_parts(self.metrics)  # a reward model learning from the person
         parts.append(self.config.run_dir)
         return " · ".join(parts)
 
