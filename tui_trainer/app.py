@@ -29,6 +29,7 @@ from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 
 from tui_trainer.config import Config
@@ -187,7 +188,10 @@ class TrainerApp(App[int]):
         dash = self.dashboard
         if dash is not None and dash.ready:
             self.drain_events()
-            dash.flush()
+            try:
+                dash.flush()
+            except NoMatches:  # the timer fired while Textual removes the dashboard's widgets (exit):
+                pass           # they go before the screen's unmount clears `ready`
 
     def drain_events(self) -> None:
         """Apply the events the engine has handed over since the last call (UI thread)."""
