@@ -510,6 +510,19 @@ def messages_of(row: Any, where: str, field: str) -> list[dict]:
     raise DataError(f"{where}: the prompt must be text or a messages list of {{role, content}}, got {shown}")
 
 
+def template_ids(tokenizer, messages: list[dict], *, add_generation_prompt: bool, where: str = "") -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template; a template error is one
+    line (DataError). The prompts (``add_generation_prompt``) and the reward model both use it."""
+    try:
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    except Exception as exc:  # jinja errors for roles a template refuses, and the like
+        prefix = f"{where}: " if where else ""
+        raise DataError(f"{prefix}the chat template failed ({one_line(exc)[:200]})") from None
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    return [int(t) for t in out]
+
+
 def _encode(tokenizer, messages: list[dict], data_cfg: "DataConfig", where: str) -> list[int]:
     system = data_cfg.system_prompt
     if data_cfg.chat_template:
@@ -517,12 +530,7 @@ def _encode(tokenizer, messages: list[dict], data_cfg: "DataConfig", where: str)
             raise DataError("the tokenizer has no chat template; set data.chat_template: false")
         if system is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system}, *messages]
-        try:
-            out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        except Exception as exc:  # jinja errors for roles a template refuses, and the like
-            raise DataError(f"{where}: the chat template failed ({one_line(exc)[:200]})") from None
-        if hasattr(out, "keys"):
-            out = out["input_ids"]
+        return template_ids(tokenizer, messages, add_generation_prompt=True, where=where)
     else:
         parts = [m["content"] for m in messages]
         if system is not None and messages[0]["role"] != "system":

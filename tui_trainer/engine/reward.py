@@ -30,8 +30,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from tui_trainer.config import AdapterConfig
+from tui_trainer.data import template_ids
 from tui_trainer.engine.family import Positions, backbone_of, check, family, padded_forward
-from tui_trainer.errors import DataError, ModelError, one_line
+from tui_trainer.errors import ModelError, one_line
 from tui_trainer.fileio import atomic_write_json, replace_path
 
 FORMAT = "tui-trainer-reward-model"
@@ -210,12 +211,7 @@ def encode(tokenizer, messages: Sequence[dict], completion: str, chat_template: 
     the one the head reads. Too long: the start is cut (the completion's end is what is scored)."""
     if chat_template:
         conversation = [*messages, {"role": "assistant", "content": completion}]
-        try:
-            ids = tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=False)
-        except Exception as exc:  # jinja errors for roles a template refuses, and the like
-            raise DataError(f"the chat template failed ({one_line(exc)[:200]})") from None
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
+        ids = template_ids(tokenizer, conversation, add_generation_prompt=False)
     else:
         ids = tokenizer.encode("\n\n".join([m["content"] for m in messages] + [completion]))
     ids = [int(t) for t in ids]
