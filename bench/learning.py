@@ -8,7 +8,10 @@ the policy's entropy. A run passes when, as the issue "it must learn" asks:
 
 * the median approx_kl per step is <= 0.05 and the median clip fraction <= 0.15;
 * the score rises by more than twice its spread in the first window (mean of the last
-  ``--window`` steps minus mean of the first ``--window`` steps > 2 x std of the first window);
+  ``--window`` steps minus mean of the first ``--window`` steps > 2 x std of the first window).
+  The score is the trainer's fixed evaluation set (config ``eval_every: 1``: the first 16
+  prompts, one sample each, the same draw every step), so the bar follows the policy and not
+  the luck of the 4 prompts a step draws; the training samples' score is reported next to it;
 * the KL to the reference stays < 5 nats.
 
 Commands::
@@ -43,7 +46,7 @@ from results import write_section  # noqa: E402  bench/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "learning"
-KEYS = ("score_mean", "kl", "approx_kl", "clip_fraction", "entropy", "time_step")
+KEYS = ("score_mean", "eval_score", "kl", "approx_kl", "clip_fraction", "entropy", "time_step", "time_evaluation")
 MODES = {  # name -> config overrides
     "ppo": {},
     "pairwise (ppo objective)": {"mode": "pairwise"},
@@ -53,8 +56,9 @@ MODES = {  # name -> config overrides
 }
 
 
-def run_one(overrides: dict, steps: int, seed: int) -> dict:
-    """In the child: train ``steps`` steps of the default config + overrides; per-step records."""
+def run_one(overrides: dict, steps: int, seed: int, eval_every: int = 1) -> dict:
+    """In the child: train ``steps`` steps of the default config + overrides; per-step records.
+    ``eval_every``: the trainer's own fixed evaluation set (config ``eval_every``) every N steps."""
     from tui_trainer.engine.blas import ensure_fast_blas
 
     ensure_fast_blas()
@@ -62,7 +66,7 @@ def run_one(overrides: dict, steps: int, seed: int) -> dict:
     from tui_trainer.config import load_config
     from tui_trainer.run import build_run
 
-    cfg = load_config(None, {**overrides, "steps": steps, "seed": seed, "save_every": 0,
+    cfg = load_config(None, {"eval_every": eval_every, **overrides, "steps": steps, "seed": seed, "save_every": 0,
                              "run_dir": tempfile.mkdtemp(prefix="learning-")})
     records: list[dict] = []
 
@@ -74,7 +78,8 @@ def run_one(overrides: dict, steps: int, seed: int) -> dict:
             if "score/rules" in event.values and cfg.mode == "pairwise":
                 records[-1]["score_mean"] = float(event.values["score/rules"])
             r = records[-1]
-            print(f"{name_of(overrides, seed)} step {len(records)}/{steps}: score {r['score_mean']:.3f} "
+            ev_text = f"eval {r['eval_score']:.3f} " if "eval_score" in r else ""
+            print(f"{name_of(overrides, seed)} step {len(records)}/{steps}: score {r['score_mean']:.3f} {ev_text}"
                   f"approx_kl {r['approx_kl']:.3f} clip {r['clip_fraction']:.3f} kl {r['kl']:.2f} "
                   f"{r['time_step']:.0f}s", file=sys.stderr, flush=True)
 
@@ -127,34 +132,49 @@ def launch(jobs: list[tuple[dict, int]], steps: int, parallel: int) -> dict[str,
     return results
 
 
+def windows(values: list[float], window: int) -> dict:
+    """Mean of the first and last ``window`` values, the first window's spread (population std), the rise."""
+    first, last = values[:window], values[-window:]
+    out = {"first": statistics.fmean(first), "last": statistics.fmean(last),
+           "spread": statistics.pstdev(first) if len(first) > 1 else 0.0}
+    out["rise"] = out["last"] - out["first"]
+    return out
+
+
 def summary(res: dict, window: int) -> dict:
+    """The run's verdict. The rise bar is taken on the fixed evaluation set's score when the run
+    measured it every step (it moves with the policy only), else on the training score (which
+    also moves with the prompts each step draws); the training score is reported either way."""
     steps = res["steps"]
-    scores = [s["score_mean"] for s in steps]
-    first, last = scores[:window], scores[-window:]
-    spread = statistics.pstdev(first) if len(first) > 1 else 0.0
+    train = windows([s["score_mean"] for s in steps], window)
+    measured = all("eval_score" in s for s in steps)
+    bar = windows([s["eval_score"] for s in steps], window) if measured else train
     out = {
-        "steps": len(steps),
+        "steps": len(steps), "measure": "eval" if measured else "train", **bar,
+        "train": train,
         "approx_kl": statistics.median(s["approx_kl"] for s in steps),
         "clip_fraction": statistics.median(s["clip_fraction"] for s in steps),
-        "first": statistics.fmean(first), "last": statistics.fmean(last), "spread": spread,
         "kl_max": max(s["kl"] for s in steps), "kl_last": steps[-1]["kl"],
         "entropy_first": steps[0]["entropy"], "entropy_last": steps[-1]["entropy"],
         "step_seconds": statistics.median(s["time_step"] for s in steps),
     }
-    out["rise"] = out["last"] - out["first"]
-    out["pass"] = (out["approx_kl"] <= 0.05 and out["clip_fraction"] <= 0.15 and out["rise"] > 2 * spread
+    out["pass"] = (out["approx_kl"] <= 0.05 and out["clip_fraction"] <= 0.15 and out["rise"] > 2 * out["spread"]
                    and out["kl_max"] < 5.0)
     return out
 
 
+def _rise(w: dict) -> str:
+    return f"{w['first']:.3f} -> {w['last']:.3f} ({w['rise']:+.3f} / {2 * w['spread']:.3f})"
+
+
 def table(rows: list[tuple[str, dict]]) -> list[str]:
     lines = ["| run | median approx_kl | median clip | score first -> last (rise / 2x first spread) | "
-             "KL to ref, max / last | entropy first -> last | s/step | pass |",
-             "|---|---:|---:|---|---|---|---:|---|"]
+             "training score, the same | KL to ref, max / last | entropy first -> last | s/step | pass |",
+             "|---|---:|---:|---|---|---|---|---:|---|"]
     for label, s in rows:
-        lines.append(f"| {label} | {s['approx_kl']:.3f} | {s['clip_fraction']:.3f} | {s['first']:.3f} -> "
-                     f"{s['last']:.3f} ({s['rise']:+.3f} / {2 * s['spread']:.3f}) | {s['kl_max']:.2f} / "
-                     f"{s['kl_last']:.2f} | {s['entropy_first']:.2f} -> {s['entropy_last']:.2f} | "
+        scored = f"{_rise(s)} {'eval set' if s['measure'] == 'eval' else 'training'}"
+        lines.append(f"| {label} | {s['approx_kl']:.3f} | {s['clip_fraction']:.3f} | {scored} | {_rise(s['train'])} | "
+                     f"{s['kl_max']:.2f} / {s['kl_last']:.2f} | {s['entropy_first']:.2f} -> {s['entropy_last']:.2f} | "
                      f"{s['step_seconds']:.1f} | {'yes' if s['pass'] else 'no'} |")
     return lines
 
@@ -173,12 +193,12 @@ def plot(curves: dict[str, dict], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'): no picture", file=sys.stderr)
         return False
-    panels = [("score_mean", "judge score"), ("kl", "KL to reference (nats)"), ("approx_kl", "approx_kl of the update"),
+    panels = [("eval_score", "judge score, fixed evaluation set"), ("score_mean", "judge score, training samples"), ("kl", "KL to reference (nats)"), ("approx_kl", "approx_kl of the update"),
               ("clip_fraction", "clip fraction"), ("entropy", "entropy")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
         for label, res in curves.items():
-            ys = [s[key] for s in res["steps"]]
+            ys = [s.get(key, float("nan")) for s in res["steps"]]
             ax.plot(range(1, len(ys) + 1), ys, label=label, linewidth=1.2)
         if key == "approx_kl":
             ax.axhline(0.05, color="grey", linestyle="--", linewidth=0.8)

@@ -11,6 +11,7 @@ from mlx.utils import tree_flatten
 
 from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
+from tui_trainer.errors import ConfigError
 from tui_trainer.engine.models import load_policy
 from tui_trainer.engine.policy import Policy, adapter_off, evaluate, forward, token_logprobs
 from tui_trainer.engine.rollout import sample
@@ -23,6 +24,14 @@ from helpers import step0_kl_bound
 def char_length(prompt: str, completion: str) -> float:
     """Rule used by these tests: characters / 20 (varies between samples from the first step)."""
     return len(completion) / 20
+
+
+SEEN: list[str] = []  # the prompts seen_length was asked about
+
+
+def seen_length(prompt: str, completion: str) -> float:
+    SEEN.append(prompt)
+    return char_length(prompt, completion)
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +242,35 @@ def test_no_signal_no_update(tiny_dir, prompts_file, tmp_path):
     lora_b = [v for k, v in tree_flatten(trainer.policy.model.trainable_parameters()) if k.endswith("lora_b")]
     assert max(float(mx.abs(b).max().item()) for b in lora_b) == 0.0
     assert metrics[0]["policy_loss"] == 0.0
+
+
+def test_evaluation_set_is_fixed_and_leaves_training_alone(tiny_dir, prompts_file, tmp_path):
+    """eval_every: the policy scored on the first eval_prompts prompts with the same draw each time;
+    training with it equals training without it (its randomness is reseeded every step)."""
+    plain = make_config(tiny_dir, prompts_file, tmp_path / "plain", steps=3)
+    t_plain, _, m_plain, _ = run(plain)
+    evald = make_config(tiny_dir, prompts_file, tmp_path / "eval", steps=3, eval_every=2, eval_prompts=5,
+                        judges=[JudgeSpec("rules", 1.0, {"callable": "test_trainer:seen_length"})])
+    t_eval, state, m_eval, events = run(evald)
+    assert state.status == "finished"
+    assert ["eval_score" in m for m in m_eval] == [False, True, False]
+    for a, b in zip(m_plain, m_eval):  # the same training, step by step
+        for key in ("score_mean", "kl", "policy_loss", "clip_fraction"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    a = dict(tree_flatten(t_plain.policy.trainable_parameters()))
+    b = dict(tree_flatten(t_eval.policy.trainable_parameters()))
+    assert all(mx.array_equal(a[k], b[k]).item() for k in a)
+    phases = {e.phase for e in events if isinstance(e, ev.Progress) and e.step == 2}
+    assert "evaluation" in phases
+    # the set: the first 5 prompts in file order, one sample each; two evaluations of one policy agree
+    SEEN.clear()
+    first = t_eval.evaluate(3)
+    assert SEEN == [f"say {w} {i}" for i, w in enumerate(["alpha", "beta", "gamma", "delta", "kappa"])]
+    assert t_eval.evaluate(3) == first and math.isfinite(first)
+
+
+def test_evaluation_refuses_a_judge_that_asks_a_person(tiny_dir, prompts_file, tmp_path):
+    cfg = make_config(tiny_dir, prompts_file, tmp_path / "human", eval_every=1,
+                      judges=[JudgeSpec("human", 1.0, {})])
+    with pytest.raises(ConfigError, match="eval_every: judge human asks a person"):
+        run(cfg, prompter=lambda *a, **k: None)

@@ -49,7 +49,7 @@ class StepMetrics:
         return {"step": self.step, **self.values}
 
 
-PHASES = ("rollout", "judging", "reference", "update")
+PHASES = ("rollout", "judging", "reference", "update", "evaluation")
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Progress:
     rollout: tokens generated of the most the batch can generate (``rate``: generation tok/s);
     judging: samples judged (``detail`` names the judge); reference: minibatches of the
     reference / value pass; update: minibatches over all epochs (``detail``: "epoch e/E,
-    minibatch m/M"). ``elapsed`` is the step's time so far; ``eta`` the seconds it still needs,
+    minibatch m/M"); evaluation (only on ``eval_every`` steps): tokens generated for the fixed
+    evaluation prompts, then their judging. ``elapsed`` is the step's time so far; ``eta`` the seconds it still needs,
     estimated from the previous step's phases (None until one step has finished).
     """
 

@@ -26,7 +26,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-LINE_KEYS = [("score", "score_mean"), ("kl", "kl"), ("clip", "clip_fraction"), ("akl", "approx_kl"),
+LINE_KEYS = [("score", "score_mean"), ("eval", "eval_score"), ("kl", "kl"), ("clip", "clip_fraction"), ("akl", "approx_kl"),
              ("ent", "entropy"), ("vloss", "value_loss"), ("len", "response_length"), ("eos", "eos_rate"),
              ("gen tok/s", "generation_tokens_per_second"), ("samples/s", "samples_per_second")]
 

@@ -184,6 +184,10 @@ class Trainer:
             self._set_state("starting", "reading the prompts")
         loaded(1, "starting the judges")
         self.judges = self._make_judges(lambda m: self.log(m, "warning"))
+        asking = [m.key for m in self.judges.members if getattr(m.judge, "interactive", False)]
+        if cfg.eval_every and asking:
+            raise ConfigError(f"eval_every: judge {', '.join(asking)} asks a person, and the evaluation set is "
+                              "scored without one; use judges that score on their own, or eval_every: 0")
         # a judge that needs a column (the answer judge's `answer`) finds it in every row, or the run stops here
         require_columns(self._table, cfg.data.prompt_field, self.judges.required_columns())
         ckpt = self._take_run_dir()
@@ -484,6 +488,7 @@ class Trainer:
                      "warning")
             stats = {**exc.stats, "skipped_update": 1.0}
         t3 = time.perf_counter()
+        eval_score = self.evaluate(step) if cfg.eval_every and step % cfg.eval_every == 0 else None
 
         self.step = step
         self._phase_times = dict(self._phase_now)
@@ -514,6 +519,9 @@ class Trainer:
         for name, vals in per_judge.items():
             v = [x for x in vals if x is not None]
             metrics[f"score/{name}"] = float(sum(v) / len(v)) if v else float("nan")
+        if eval_score is not None:
+            metrics["eval_score"] = eval_score
+            metrics["time_evaluation"] = self._phase_now["evaluation"]
         metrics.update(self.judges.metrics())  # e.g. reward/labels, reward/agreement (a reward model learning online)
         if cfg.kl_target:
             self.beta = ppo.adaptive_kl_beta(self.beta, stats["kl"], cfg.kl_target,
@@ -523,6 +531,45 @@ class Trainer:
         self.emit([ev.Sample(step, p, c, s, {k: v[i] for k, v in per_judge.items()}, f)
                    for i, (p, c, s, f) in enumerate(zip(texts, completions, scores, roll.finished))])
         return metrics
+
+    def evaluate(self, step: int) -> float:
+        """The judges' mean score of the policy on the fixed evaluation set (``eval_every``).
+
+        The set is the first ``eval_prompts`` prompts of the data (file order), one sample each,
+        drawn with the same random seed every time; so two evaluations differ only by what the
+        policy learned, never by which prompts a step happened to draw. The judges score it
+        pointwise (a person is never asked). Training randomness is untouched: every step
+        reseeds from (seed, step) when it starts. NaN when every sample was dropped."""
+        cfg = self.cfg
+        prompts = self.prompts.prompts[:cfg.eval_prompts]
+        self._begin_phase("evaluation")
+        t0 = time.perf_counter()
+        expected = len(prompts) * cfg.max_new_tokens
+
+        def on_token(t: int) -> None:
+            self._progress("evaluation", t * len(prompts), expected, "tokens",
+                           rate=t * len(prompts) / max(time.perf_counter() - t0, 1e-9))
+
+        mx.random.seed(cfg.seed * 1000003 + 999_999_937)  # the same draw at every evaluation
+        roll = sample(self.policy.model, [p.ids for p in prompts], num_samples=1,
+                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                      on_token=on_token, should_stop=self._abort.is_set)
+        self._check_abort()
+        completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
+                       for r in roll.responses]
+        self._progress("evaluation", expected, expected, "tokens")
+        shown, self.judges.progress = self.judges.progress, (
+            lambda judge, done, total: self._progress("evaluation", done, total, "samples", detail=judge))
+        try:
+            res = self.judges.score([p.text for p in prompts], completions, step=step,
+                                    columns=[p.columns for p in prompts])
+        finally:
+            self.judges.progress = shown
+        self._check_abort()
+        self._end_phase("evaluation")
+        valid = [s for s in res.scores if s is not None]
+        return float(sum(valid) / len(valid)) if valid else float("nan")
 
     def _judge(self, texts: list[str], completions: list[str], step: int, columns: list[dict] | None = None):
         cfg = self.cfg

@@ -86,6 +86,7 @@ class DashboardScreen(Screen):
         self.config = config
         self.history = list(history or [])  # metrics of the steps a resumed run already made
         self.metrics: dict[str, float] = {}
+        self.eval_score: tuple[int, float] | None = None  # (step, score) of the last evaluation
         self.steps_seen = 0
         self.last_checkpoint: int | None = None
         self.ready = False  # mounted and not yet unmounted: widgets can be updated
@@ -137,6 +138,8 @@ class DashboardScreen(Screen):
     def on_step(self, event: StepMetrics) -> None:
         values = event.values
         self.metrics = dict(values)
+        if "eval_score" in values:  # eval_every: the policy on the fixed evaluation set
+            self.eval_score = (event.step, values["eval_score"])
         self.steps_seen += 1
         for key, _ in MAIN_PANELS:
             self.panel(key).push(event.step, values.get(key))
@@ -221,6 +224,8 @@ class DashboardScreen(Screen):
             parts.append(f"judge: {waiting} waiting (j)")
         if self.last_checkpoint is not None:
             parts.append(f"ckpt {self.last_checkpoint}")
+        if self.eval_score is not None:
+            parts.append(f"eval {self.eval_score[1]:.3f} (step {self.eval_score[0]})")
         parts += learning_parts(self.metrics)  # a reward model learning from the person
         parts.append(self.config.run_dir)
         return " · ".join(parts)

@@ -60,7 +60,7 @@ def one_line(text: str, width: int) -> str:
 
 
 PHASE_LABELS = {"loading": "loading", "rollout": "rollout", "judging": "judging", "reference": "reference + values",
-                "update": "update"}
+                "update": "update", "evaluation": "evaluation"}
 
 
 def progress_text(p) -> str:
