@@ -11,6 +11,7 @@ import pytest
 from tui_trainer.cli import main
 
 from helpers import make_tiny_model_dir
+from test_data import hub_cache  # noqa: F401  (fixture: empty hub and datasets caches)
 
 WORDS = ["cat", "dog", "sun", "tree", "car", "book", "rain", "milk"]
 
@@ -109,3 +110,57 @@ def test_bad_input_exits_2_with_one_line(trained, tiny_dir, tmp_path, capsys):
          "--resume"], capsys)
     assert "--epochs: must be >= 1" in run_bad(
         ["reward", "train", "--data", str(root / "pairs.jsonl"), "-o", str(tmp_path / "y"), "--epochs", "0"], capsys)
+
+
+PREFS_README = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train_prefs
+    path: data/train_prefs-*
+  - split: test_prefs
+    path: data/test_prefs-*
+---
+"""
+
+
+def test_eval_and_train_read_a_hub_dataset_and_a_saved_one(trained, hub_cache, monkeypatch, tmp_path, capsys):
+    """A hub id (UltraFeedback-binarized layout: train_prefs / test_prefs splits, message-list replies)
+    is downloaded once through the data loader, with --split; a save_to_disk folder reads the same."""
+    import datasets
+    import huggingface_hub.constants as hconst
+
+    from hub_server import HubServer
+
+    _, root, out = trained
+    rows = [json.loads(line) for line in write_pairs(tmp_path / "held.jsonl", 12, seed=7).read_text().splitlines()]
+    as_messages = [{"prompt": r["prompt"],
+                    "chosen": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}],
+                    "rejected": [{"role": "user", "content": r["prompt"]},
+                                 {"role": "assistant", "content": r["rejected"]}]} for r in rows]
+    body = "".join(json.dumps(r) + "\n" for r in as_messages).encode()
+    server = HubServer("someone/prefs", {"README.md": PREFS_README.encode(),
+                                         "data/train_prefs-00000-of-00001.jsonl": body[: body.index(b"\n") + 1],
+                                         "data/test_prefs-00000-of-00001.jsonl": body})
+    monkeypatch.setattr(hconst, "ENDPOINT", server.url)
+    monkeypatch.setattr(hconst, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hconst, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        assert main(["reward", "eval", str(out), "--data", str(tmp_path / "held.jsonl"), "--json"]) == 0
+        from_file = json.loads(capsys.readouterr().out)
+        assert main(["reward", "eval", str(out), "--data", "someone/prefs", "--split", "test_prefs", "--json"]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out) == pytest.approx(from_file, rel=1e-5)
+        assert "downloading dataset someone/prefs" in captured.err
+        assert main(["reward", "eval", str(out), "--data", "someone/prefs", "--split", "test_prefs[:4]", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["pairs"] == 4
+        assert main(["reward", "eval", str(out), "--data", "someone/prefs", "--split", "nope", "--json"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no split 'nope'" in err and "test_prefs" in err
+    finally:
+        server.close()
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"test_prefs": datasets.Dataset.from_list(as_messages)}).save_to_disk(str(saved))
+    assert main(["reward", "eval", str(out), "--data", str(saved), "--split", "test_prefs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(from_file, rel=1e-5)

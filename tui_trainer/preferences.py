@@ -13,6 +13,9 @@ Sources (each ``reward train --data`` argument, repeatable):
   record's ``choice`` is already given in terms of ``a`` / ``b`` whatever order the person saw
   them in (``shown``), so both shown orders read the same; ties, skips and ratings are left
   out (counted in ``PreferenceData.notes``), and so are lines cut short by a crash.
+- a dataset: a Hugging Face hub id (``mlx-community/Human-Like-DPO``; downloaded once, then read
+  from the cache, like the training data) or a folder written by ``datasets``' ``save_to_disk``,
+  with ``split`` (datasets' slicing: ``train_prefs[:2000]``) and ``subset``; rows as in a file.
 
 Plain Python at the bottom of the import graph: no MLX. Rows are read with data.py's readers.
 """
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.data import messages_of, read_csv, read_json, read_jsonl, Rows
+from tui_trainer.config import DataConfig
+from tui_trainer.data import messages_of, read_csv, read_json, read_jsonl, read_rows, Rows
 from tui_trainer.errors import DataError, one_line
 
 LABELS_FILE = "labels.jsonl"  # the human judge's file (plugins/builtin/labels.py writes it)
@@ -179,16 +183,37 @@ def pairs_of_labels(path: Path, name: str) -> tuple[list[Pair], str]:
 
 # ----------------------------------------------------------------------------- sources
 
-def read_source(ref: str) -> tuple[list[Pair], str]:
-    """The pairs of one source (file, labels file or run directory), and a note (may be empty)."""
+def _looks_like_hub_id(ref: str) -> bool:
+    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and Path(ref).suffix.lower() not in \
+        PAIR_FILE_TYPES
+
+
+def _pairs_of_table(table: Rows, ref: str) -> list[Pair]:
+    if not table.rows:
+        raise DataError(f"{ref}: no pairs (the data is empty)")
+    return [pair_of_row(row, table.where(i)) for i, row in enumerate(table.rows)]
+
+
+def read_source(ref: str, split: str = "train", subset: str | None = None, *, progress=None,
+                log=None) -> tuple[list[Pair], str]:
+    """The pairs of one source (file, labels file, run directory, saved dataset folder or hub
+    dataset id), and a note (may be empty). ``split`` / ``subset`` apply to datasets only;
+    ``progress`` / ``log`` follow a hub download (data.read_rows)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         labels = path / LABELS_FILE
-        if not labels.is_file():
-            raise DataError(f"{ref}: a directory without {LABELS_FILE}; give a preference file "
-                            f"({', '.join(PAIR_FILE_TYPES)}) or a run directory whose human judge wrote labels")
-        return pairs_of_labels(labels, str(labels))
+        if labels.is_file():
+            return pairs_of_labels(labels, str(labels))
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            table = read_rows(DataConfig(path=ref, split=split, subset=subset))
+            return _pairs_of_table(table, ref), ""
+        raise DataError(f"{ref}: a directory without {LABELS_FILE}; give a preference file "
+                        f"({', '.join(PAIR_FILE_TYPES)}), a saved dataset, a hub dataset id or a run "
+                        "directory whose human judge wrote labels")
     if not path.is_file():
+        if _looks_like_hub_id(ref):
+            table = read_rows(DataConfig(path=ref, split=split, subset=subset), progress=progress, log=log)
+            return _pairs_of_table(table, ref), ""
         raise DataError(f"{ref}: no such file or directory")
     if path.name == LABELS_FILE:
         return pairs_of_labels(path, ref)
@@ -197,18 +222,20 @@ def read_source(ref: str) -> tuple[list[Pair], str]:
         raise DataError(f"{ref}: no pairs (the file is empty)")
     if path.suffix.lower() in (".jsonl", ".ndjson") and _is_label(table.rows[0]):
         return pairs_of_labels(path, ref)
-    return [pair_of_row(row, table.where(i)) for i, row in enumerate(table.rows)], ""
+    return _pairs_of_table(table, ref), ""
 
 
-def read_preferences(sources: list[str] | str) -> PreferenceData:
-    """Every pair of ``sources``, in order. DataError (one line) for a bad or empty source."""
+def read_preferences(sources: list[str] | str, split: str = "train", subset: str | None = None, *,
+                     progress=None, log=None) -> PreferenceData:
+    """Every pair of ``sources``, in order. DataError (one line) for a bad or empty source.
+    ``split`` / ``subset``: of the dataset sources (hub ids, saved datasets)."""
     refs = [sources] if isinstance(sources, str) else list(sources)
     if not refs:
         raise DataError("no preference data given (--data FILE_OR_RUN_DIR)")
     pairs: list[Pair] = []
     notes: list[str] = []
     for ref in refs:
-        got, note = read_source(str(ref))
+        got, note = read_source(str(ref), split, subset, progress=progress, log=log)
         pairs += got
         if note:
             notes.append(note)

@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a reward model on preference pairs",
                        description="Train a Bradley-Terry reward model: loss = -log sigmoid(r(chosen) - r(rejected)).")
     t.add_argument("--data", action="append", required=True, metavar="FILE_OR_RUN_DIR",
-                   help="{prompt, chosen, rejected} file (.jsonl .json .parquet .csv), a run directory or its "
-                        "labels.jsonl (repeatable)")
+                   help="{prompt, chosen, rejected} file (.jsonl .json .parquet .csv), a hub dataset id or a "
+                        "saved dataset folder, a run directory or its labels.jsonl (repeatable)")
+    _dataset_arguments(t)
     t.add_argument("-o", "--output", required=True, metavar="DIR", help="reward-model directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from DIR.checkpoint "
                    "(same --data and flags; --epochs may grow)")
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("path", metavar="DIR", help="reward-model directory")
     e.add_argument("--data", action="append", required=True, metavar="FILE_OR_RUN_DIR",
                    help="pairs to evaluate (same forms as for train; repeatable)")
+    _dataset_arguments(e)
     e.add_argument("--model", default=None, help="base model (default: the one recorded in DIR)")
     e.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass")
     e.add_argument("--json", action="store_true", help='print {"accuracy": ..., "margin": ..., "pairs": ...}')
@@ -43,6 +45,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--completion", required=True, help="the reply to score")
     s.add_argument("--model", default=None, help="base model (default: the one recorded in DIR)")
     s.add_argument("--raw", action="store_true", help="the raw reward, not normalised")
+
+
+def _dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="train", help="split of a dataset source (hub id or saved dataset), with "
+                                                   "datasets' slicing: train_prefs, train[:2000] (default: train)")
+    p.add_argument("--subset", default=None, help="subset (config name) of a dataset source; default: its own")
+
+
+def _read_pairs(args: argparse.Namespace):
+    """The pairs of ``--data``; a hub download is announced and followed on stderr."""
+    from tui_trainer.preferences import read_preferences
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def progress(done: int, total: int, unit: str, detail: str) -> None:
+        if total and done >= total:
+            print(f"{detail}: {done}/{total} {unit}", file=sys.stderr, flush=True)
+
+    return read_preferences(args.data, args.split, args.subset, progress=progress, log=log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +91,6 @@ def _train(args: argparse.Namespace) -> int:
     from tui_trainer.config import RewardTrainConfig, dataclass_from_args
     from tui_trainer.engine.models import locate_model
     from tui_trainer.engine.reward import check_output_dir
-    from tui_trainer.preferences import read_preferences
     from tui_trainer.text import printable
     from tui_trainer.widgets.format import progress_text
 
@@ -77,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     # cheap checks first: bad data or a bad model path fail before anything loads
     check_output_dir(args.output)
     locate_model(cfg.model)
-    data = read_preferences(args.data)
+    data = _read_pairs(args)
     console = Console()
     live = console.is_terminal
     for note in data.notes:
@@ -135,12 +156,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     from tui_trainer.engine import reward as R
     from tui_trainer.errors import ConfigError
-    from tui_trainer.preferences import read_preferences
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     R.read_reward_config(args.path)  # a bad directory fails before the data is read
-    data = read_preferences(args.data)
+    data = _read_pairs(args)
     scorer = R.RewardScorer.load(args.path, args.model, batch_size=args.batch_size)
     prompts = [p.messages for p in data.pairs]
     rc = mx.array(scorer.rewards(prompts, [p.chosen for p in data.pairs]))
