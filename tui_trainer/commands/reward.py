@@ -3,6 +3,9 @@
     reward train --data FILE_OR_RUN_DIR [--data ...] -o DIR [--model M] [--epochs N] ...
     reward eval DIR --data FILE_OR_RUN_DIR [--json]     accuracy, mean margin, pairs
     reward score DIR --prompt P --completion C [--raw]  the score (normalised unless --raw)
+
+DIR is a directory written by ``reward train`` or a Hugging Face *ForSequenceClassification reward
+model (a directory or a cached hub repo id).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     e = sub.add_parser("eval", help="accuracy and mean margin of a reward model on preference pairs",
                        description="Score every pair: accuracy (share ranked right), mean margin r_c - r_r.")
-    e.add_argument("path", metavar="DIR", help="reward-model directory")
+    e.add_argument("path", metavar="DIR", help="reward-model directory, or a Hugging Face reward model")
     e.add_argument("--data", action="append", required=True, metavar="FILE_OR_RUN_DIR",
                    help="pairs to evaluate (same forms as for train; repeatable)")
     _dataset_arguments(e)
@@ -40,11 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("score", help="score one completion with a reward model",
                        description="Print r(prompt, completion), normalised with the training statistics.")
-    s.add_argument("path", metavar="DIR", help="reward-model directory")
+    s.add_argument("path", metavar="DIR", help="reward-model directory, or a Hugging Face reward model")
     s.add_argument("--prompt", required=True, help="the user's prompt")
     s.add_argument("--completion", required=True, help="the reply to score")
     s.add_argument("--model", default=None, help="base model (default: the one recorded in DIR)")
-    s.add_argument("--raw", action="store_true", help="the raw reward, not normalised")
+    s.add_argument("--raw", action="store_true", help="the raw reward, not normalised (a Hugging Face reward "
+                                                       "model's is always raw)")
 
 
 def _dataset_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    R.read_reward_config(args.path)  # a bad directory fails before the data is read
+    R.reward_model_info(args.path)  # a bad directory fails before the data is read
     data = _read_pairs(args)
     scorer = R.RewardScorer.load(args.path, args.model, batch_size=args.batch_size)
     prompts = [p.messages for p in data.pairs]
@@ -177,9 +181,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from tui_trainer.engine.reward import RewardScorer, read_reward_config
+    from tui_trainer.engine.reward import RewardScorer
 
-    read_reward_config(args.path)
     scorer = RewardScorer.load(args.path, args.model)
     print(f"{scorer.rewards([args.prompt], [args.completion], normalised=not args.raw)[0]:.6g}")
     return 0

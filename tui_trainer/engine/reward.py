@@ -318,7 +318,8 @@ def read_reward_config(path: str | os.PathLike) -> dict:
         raise ModelError(f"{root}: no such reward-model directory")
     if not file.is_file():
         raise ModelError(f"{root}: not a reward-model directory (no {REWARD_CONFIG}; write one with "
-                         "`tui-trainer reward train`)")
+                         "`tui-trainer reward train`, or give a Hugging Face *ForSequenceClassification "
+                         "reward model)")
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -326,6 +327,27 @@ def read_reward_config(path: str | os.PathLike) -> dict:
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise ModelError(f"{file}: not a tui-trainer reward-model config")
     return cfg
+
+
+def reward_model_info(path: str | os.PathLike) -> dict:
+    """What ``path`` holds, checked without loading a model: the reward_config.json of a directory
+    written by ``reward train``, or the description of a Hugging Face sequence-classification reward
+    model (``format`` ``hf-sequence-classification``: a directory or a cached hub repo id, see
+    engine/hf_reward.py). ModelError (one line) for anything else."""
+    from tui_trainer.engine.hf_reward import hf_reward_info
+
+    if not (Path(path) / REWARD_CONFIG).is_file():
+        info = hf_reward_info(path)
+        if info is not None:
+            return info
+    return read_reward_config(path)
+
+
+def is_hf(cfg: dict) -> bool:
+    """Whether a ``reward_model_info`` is a Hugging Face reward model's."""
+    from tui_trainer.engine.hf_reward import FORMAT as HF_FORMAT
+
+    return cfg.get("format") == HF_FORMAT
 
 
 def load_reward_model(path: str | os.PathLike, model: str | None = None, loaded: tuple | None = None):
@@ -380,10 +402,16 @@ class RewardScorer:
         self.chat_template = bool(cfg.get("chat_template", True))
         self.max_length = cfg.get("max_length")
         stats = cfg.get("score_stats") or {}
+        self.has_stats = bool(stats)  # a Hugging Face reward model has none: its scores stay raw
         self.mean, self.std = float(stats.get("mean", 0.0)), float(stats.get("std", 1.0))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, batch_size: int = 8) -> "RewardScorer":
+        """The scorer of a directory written by ``reward train`` or of a Hugging Face reward model."""
+        if is_hf(reward_model_info(path)):
+            from tui_trainer.engine.hf_reward import HFRewardScorer
+
+            return HFRewardScorer.load(path, model, batch_size=batch_size)
         return cls(*load_reward_model(path, model), batch_size=batch_size)
 
     def ids(self, prompt: str | Sequence[dict], completion: str) -> list[int]:
@@ -393,7 +421,7 @@ class RewardScorer:
     def rewards(self, prompts: Sequence[Any], completions: Sequence[str], normalised: bool = False) -> list[float]:
         rows = [self.ids(p, c) for p, c in zip(prompts, completions)]
         values = rewards_of(self.rm, rows, self.batch_size, pad_id=pad_id_of(self.tokenizer))
-        return [normalise(v, self.mean, self.std) for v in values] if normalised else values
+        return [normalise(v, self.mean, self.std) for v in values] if normalised and self.has_stats else values
 
 
 def pad_id_of(tokenizer) -> int:

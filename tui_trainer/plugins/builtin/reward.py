@@ -1,8 +1,11 @@
-"""The ``reward`` judge: scores with a reward model written by ``tui-trainer reward train``.
+"""The ``reward`` judge: scores with a reward model written by ``tui-trainer reward train``, or
+with a Hugging Face sequence-classification reward model (``*ForSequenceClassification``, one
+score, e.g. Skywork-Reward-V2; engine/hf_reward.py), a directory or a cached hub repo id.
 
 Pointwise: ``score = r(prompt, completion)``, the reward model's scalar for the conversation
 ``[user: prompt, assistant: completion]``, normalised by default with the mean / std of the
-rewards over its training completions (``normalise: false`` gives the raw reward). Pairwise:
+rewards over its training completions (``normalise: false`` gives the raw reward; a Hugging Face
+reward model stores no statistics, so its scores are always raw). Pairwise:
 P(a > b) = sigma(r_a - r_b) (Bradley-Terry); the verdict is the likelier one with that
 probability as its confidence, a tie when the rewards are equal.
 
@@ -32,12 +35,16 @@ from tui_trainer.plugins.hookspecs import Option
 from tui_trainer.plugins.judge import JudgeContext, Verdict
 
 OPTIONS = [
-    Option("path", str, None, "reward-model directory written by `tui-trainer reward train` (required)"),
-    Option("normalise", bool, True, "score (r - mean) / std with the training set's statistics; false = raw reward",
+    Option("path", str, None, "reward-model directory written by `tui-trainer reward train`, or a Hugging Face "
+                              "*ForSequenceClassification reward model (directory or cached hub id) (required)"),
+    Option("normalise", bool, True, "score (r - mean) / std with the training set's statistics; false = raw reward "
+                                    "(a Hugging Face reward model has no statistics: always raw)",
            aliases=("normalize",)),
-    Option("model", str, None, "base model to load the reward model on; null = the one recorded in the directory"),
+    Option("model", str, None, "base model to load the reward model on; null = the one recorded in the directory "
+                               "(not for a Hugging Face reward model: it has its own backbone)"),
     Option("share_base", bool, True, "in a run on the same base with a LoRA policy: score on the policy's weights "
-                                     "with the reward adapter switched in (no second copy of the base)"),
+                                     "with the reward adapter switched in (no second copy of the base; not for a "
+                                     "Hugging Face reward model)"),
     Option("batch_size", int, 8, "completions scored per forward pass"),
     Option("learn_from", str, None, "'human': learn the reward model online from a person's answers (path = where "
                                     "it is written, default <run dir>/reward_model)"),
@@ -57,7 +64,7 @@ OPTIONS = [
 
 class RewardJudge:
     def __init__(self, options: dict[str, Any], context: JudgeContext) -> None:
-        from tui_trainer.engine.reward import read_reward_config
+        from tui_trainer.engine.reward import is_hf, reward_model_info
 
         self.name = context.name
         self.log = context.log
@@ -67,13 +74,17 @@ class RewardJudge:
             return
         if not options.get("path"):
             raise ConfigError(f"judge {self.name}: option 'path' is required (a directory written by "
-                              "`tui-trainer reward train`)")
+                              "`tui-trainer reward train`, or a Hugging Face reward model)")
         if options["batch_size"] < 1:
             raise ConfigError(f"judge {self.name}: batch_size must be >= 1, got {options['batch_size']}")
         self.path, self.model, self.batch_size = options["path"], options.get("model"), options["batch_size"]
         self.normalise = bool(options["normalise"])
         self.share_base = bool(options["share_base"])
-        self.config = read_reward_config(self.path)  # a bad directory fails now, before any model loads
+        self.config = reward_model_info(self.path)  # a bad directory fails now, before any model loads
+        self.hf = is_hf(self.config)
+        if self.hf and self.model is not None:
+            raise ConfigError(f"judge {self.name}: option 'model' does not apply to a Hugging Face reward model "
+                              f"({self.path}): it has its own backbone")
         self._scorer = None
 
     def _learn_from(self, options: dict[str, Any], context: JudgeContext) -> None:
@@ -139,7 +150,8 @@ class RewardJudge:
             from tui_trainer.engine.reward import RewardScorer
 
             self._scorer = RewardScorer.load(self.path, self.model, batch_size=self.batch_size)
-            self.log(f"judge {self.name}: reward model {self.path} loaded on its own copy of its base")
+            self.log(f"judge {self.name}: Hugging Face reward model {self.path} loaded" if self.hf else
+                     f"judge {self.name}: reward model {self.path} loaded on its own copy of its base")
         return self._scorer
 
     def share_policy(self, policy: Any, tokenizer: Any) -> bool:
@@ -158,7 +170,7 @@ class RewardJudge:
         from tui_trainer.engine.reward import SharedBaseReward, base_signature, same_base
         from tui_trainer.errors import ModelError
 
-        if not self.share_base or self._scorer is not None or self.model is not None:
+        if not self.share_base or self._scorer is not None or self.model is not None or self.hf:
             return False
         if getattr(policy, "adapter_type", None) not in ("lora", "dora"):
             return False
