@@ -42,6 +42,7 @@ def test_scores_equal_transformers_batched_and_alone(fixture):
     name, scorer, rec = fixture
     pairs = rec["pairs"]
     prompts, completions = [p["prompt"] for p in pairs], [p["completion"] for p in pairs]
+    assert any(not isinstance(p["prompt"], str) for p in pairs)  # a conversation as the prompt too
     # the model card's input ids: chat template as text, leading BOS stripped, tokenized
     assert [scorer.ids(p, c) for p, c in zip(prompts, completions)] == [p["input_ids"] for p in pairs]
     assert len({len(p["input_ids"]) for p in pairs}) >= 6  # mixed lengths: the batches are padded
@@ -52,7 +53,7 @@ def test_scores_equal_transformers_batched_and_alone(fixture):
     assert all(close(o, t) for o, t in zip(alone, theirs)), (name, alone, theirs)
     assert max(abs(t) for t in theirs) > 3  # O(1) scores, so 1e-3 relative is a real bound
     # no statistics: normalised scores are the raw ones
-    assert scorer.rewards(prompts[:2], completions[:2], normalised=True) == pytest.approx(batched[:2], rel=1e-6)
+    assert scorer.rewards(prompts[:2], completions[:2], normalised=True) == scorer.rewards(prompts[:2], completions[:2])
 
 
 def test_llama_template_bos_and_pad_pooling():
@@ -98,9 +99,20 @@ def test_backbone_is_mlx_lm_and_every_weight_loaded():
             assert rm.model.lm_head.weight is rm.model.model.embed_tokens.weight
 
 
+def test_a_score_bias_is_added(tmp_path):
+    """transformers' heads have no bias; a checkpoint whose head has one gets it added."""
+    path = copy_fixture(tmp_path)
+    weights = dict(mx.load(str(FIXTURES / "qwen3" / "model.safetensors")))
+    weights["score.bias"] = mx.array([2.5])
+    mx.save_safetensors(str(path / "model.safetensors"), weights)
+    rec = recorded("qwen3")["pairs"]
+    ours = HFRewardScorer.load(path).rewards([p["prompt"] for p in rec], [p["completion"] for p in rec])
+    assert all(close(o, p["score"] + 2.5) for o, p in zip(ours, rec))
+
+
 def test_live_transformers_scores_equal_ours():
     """When torch is here: transformers' scores recomputed now (the model card's code), on pairs that
-    are not in the recorded file, including a two-turn conversation as the prompt."""
+    are not in the recorded file, including a conversation as the prompt."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pairs = [("Tell me a joke.", "Why did the chicken cross the road?"), ("ok", "ok"),
