@@ -100,20 +100,18 @@ def hf_reward_info(path: str | os.PathLike) -> dict | None:
 
 
 def local_dir(path: str | os.PathLike) -> Path | None:
-    """``path`` as a local directory: itself, or the cached snapshot of a hub repo id (no network).
-    None when it is neither."""
+    """``path`` as a local directory: itself, or the cached snapshot of a hub repo id (no network,
+    as ``models.locate_model`` finds a policy). None when it is neither."""
+    from tui_trainer.engine.models import locate_model
+
     root = Path(path).expanduser()
     if root.is_dir():
         return root
-    text = str(path)
-    if not root.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, local_files_only=True))
-        except Exception:  # noqa: BLE001  not cached, a malformed id, ...
-            return None
-    return None
+    try:
+        _, target = locate_model(str(path))
+    except ModelError:  # no such path, a hub id not in the cache
+        return None
+    return target if target.is_dir() else None
 
 
 class HFRewardModel(nn.Module):
