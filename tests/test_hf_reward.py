@@ -264,3 +264,31 @@ def test_cli_score_and_eval(tmp_path, capsys):
     assert main(["reward", "eval", path, "--data", str(data), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == 1.0 and close(result["margin"], hi["score"] - lo["score"])
+
+
+def test_ppo_run_scored_by_a_hf_reward_model(tiny_dir, tmp_path):
+    """A PPO run (from a run config) with the Hugging Face reward model as its only judge: it loads
+    its own model at start-up (nothing to share with the policy, share_base left on) and every
+    sample's score is that model's score of (prompt, completion)."""
+    from tui_trainer import events as ev
+    from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
+    from tui_trainer.run import build_run
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in ["cat", "dog", "sun", "tree"]))
+    cfg = Config(model=str(tiny_dir), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=1,
+                 batch_size=2, num_samples=2, max_new_tokens=6, minibatch_size=4, ppo_epochs=1, save_every=0,
+                 adapter=AdapterConfig(rank=4, layers=2),
+                 judges=[JudgeSpec("reward", 1.0, {"path": str(FIXTURES / "qwen3")})])
+    events: list = []
+    trainer = build_run(cfg, observer=events.append)
+    trainer.run()
+    member = trainer.judges.members[0]
+    assert isinstance(member.judge.scorer, HFRewardScorer) and not member.interactive
+    logs = " ".join(e.message for e in events if isinstance(e, ev.LogMessage))
+    assert "Hugging Face reward model" in logs and "switched in" not in logs
+    samples = [e for batch in events if isinstance(batch, list) for e in batch if isinstance(e, ev.Sample)]
+    assert len(samples) == 4
+    expected = HFRewardScorer.load(FIXTURES / "qwen3").rewards([s.prompt for s in samples],
+                                                              [s.completion for s in samples])
+    assert [s.scores["reward"] for s in samples] == pytest.approx(expected, rel=1e-4, abs=1e-5)
