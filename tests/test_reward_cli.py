@@ -124,7 +124,7 @@ configs:
 """
 
 
-def test_eval_and_train_read_a_hub_dataset_and_a_saved_one(trained, hub_cache, monkeypatch, tmp_path, capsys):
+def test_eval_and_train_read_a_hub_dataset_and_a_saved_one(trained, hub_cache, monkeypatch, tmp_path, capsys):  # noqa: F811
     """A hub id (UltraFeedback-binarized layout: train_prefs / test_prefs splits, message-list replies)
     is downloaded once through the data loader, with --split; a save_to_disk folder reads the same."""
     import datasets
