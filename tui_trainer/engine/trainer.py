@@ -303,7 +303,7 @@ class Trainer:
         cfg = self.cfg
         adapter_config = checkpoint_adapter_config(self.policy, self._base, step=self.step, mode=cfg.mode)
         state = {"step": self.step, "beta": self.beta, "data": self.prompts.state(), "seed": cfg.seed,
-                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "shuffle_seed_rule": "seed * 7919 + step"}}
+                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "sample_rule": "rollout.row_keys(mlx seed, row)", "shuffle_seed_rule": "seed * 7919 + step"}}
         path = save_checkpoint(self.run_dir, self.step, adapter_weights=self.policy.adapter_weights(),
                                adapter_config=adapter_config, value_head=self.policy.value_head_weights(),
                                optimizers={"actor": self.actor_opt, "critic": self.critic_opt}, state=state)
@@ -436,7 +436,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         step = self.step + 1
-        mx.random.seed(cfg.seed * 1000003 + step)
+        sample_seed = cfg.seed * 1000003 + step  # each row's draw: (this, its index in the step's batch)
+        mx.random.seed(sample_seed)
         shuffle = random.Random(cfg.seed * 7919 + step)
         t0 = self._step_t0 = time.perf_counter()
         self._phase_now = {}
@@ -453,7 +454,7 @@ class Trainer:
         self._progress("rollout", 0, expected, "tokens")
         roll = sample(self.policy.model, [p.ids for p in batch], num_samples=cfg.num_samples,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id, seed=sample_seed,
                       on_token=on_token, should_stop=self._abort.is_set)
         texts = [batch[i].text for i in roll.prompt_index]
         columns = [batch[i].columns for i in roll.prompt_index]  # each sample's dataset row, for the judges
@@ -550,10 +551,10 @@ class Trainer:
             self._progress("evaluation", t * len(prompts), expected, "tokens",
                            rate=t * len(prompts) / max(time.perf_counter() - t0, 1e-9))
 
-        mx.random.seed(cfg.seed * 1000003 + 999_999_937)  # the same draw at every evaluation
         roll = sample(self.policy.model, [p.ids for p in prompts], num_samples=1,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                       top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                      seed=cfg.seed * 1000003 + 999_999_937,  # the same draw at every evaluation
                       on_token=on_token, should_stop=self._abort.is_set)
         self._check_abort()
         completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
