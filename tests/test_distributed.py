@@ -78,13 +78,15 @@ def assert_same_metrics(got: dict, want: dict) -> None:
 
 @needs_launch
 def test_two_ranks_train_what_one_process_trains_and_one_rank_resumes(tiny_dir, prompts_file, tmp_path):
-    lr = 1e-3
+    """8 rows a step (4 prompts x 2), minibatches of 2 rows: some minibatches lie on one rank only,
+    so the other adds nothing to them (and its collectives must still pair with rank 0's)."""
+    lr, over = 1e-3, dict(save_every=1, minibatch_size=2, grad_accum=2, whiten_rewards=True)
     one = tmp_path / "one"
-    build_run(make_config(tiny_dir, prompts_file, one, steps=3, save_every=1, actor_lr=lr)).run()
+    build_run(make_config(tiny_dir, prompts_file, one, steps=3, actor_lr=lr, **over)).run()
 
     two = tmp_path / "two"
     cfg = tmp_path / "two.yaml"
-    save_config(make_config(tiny_dir, prompts_file, two, steps=2, save_every=1, actor_lr=lr), cfg)
+    save_config(make_config(tiny_dir, prompts_file, two, steps=2, actor_lr=lr, **over), cfg)
     res = train_launch(cfg)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("finished at step 2") == 1  # rank 0 speaks; rank 1 is quiet
@@ -101,8 +103,7 @@ def test_two_ranks_train_what_one_process_trains_and_one_rank_resumes(tiny_dir, 
     assert samples == (one / "samples.jsonl").read_text().splitlines()[:len(samples)] and len(samples) == 16
 
     # the two-rank run goes on in one process: step 3 is the one-process step 3
-    state = build_run(make_config(tiny_dir, prompts_file, two, steps=3, save_every=1, actor_lr=lr),
-                      resume=True).run()
+    state = build_run(make_config(tiny_dir, prompts_file, two, steps=3, actor_lr=lr, **over), resume=True).run()
     assert state.status == "finished" and state.step == 3
     assert_same_weights(adapter(two, 3), adapter(one, 3), lr)
     got = records(two / "metrics.jsonl")

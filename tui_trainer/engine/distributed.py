@@ -14,8 +14,11 @@ collectives, all on this object:
 * :meth:`Ranks.raise_if_any` and :meth:`Ranks.check_same` — a failure or a different config /
   model on any rank stops every rank with the same one line, instead of a hang.
 
-Every rank must call the same collectives in the same order; the trainer's code paths only
-branch on values that are already global.
+Every rank must run the same collectives in the same order; the trainer's code paths only
+branch on values that are already global. MLX builds collectives lazily and runs them when a
+result is evaluated, in an order that follows each rank's own graph; so every method here
+evaluates its collective before it returns (two ranks whose graphs differ, e.g. one with no
+rows in a minibatch, would otherwise pair one rank's gradient sum with the other's statistics).
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class ReportedByRank0(TrainerError):
     (one line for the job, not one per rank)."""
 
     quiet = True
+
+
+def _now(x):
+    """``x`` (an array or a tree of them) evaluated: the collective behind it has run."""
+    mx.eval(x)
+    return x
 
 
 def world() -> "Ranks":
@@ -78,7 +87,7 @@ class Ranks:
         """``x`` summed over the ranks (the identity on one process)."""
         if not self.active:
             return x
-        return mx.distributed.all_sum(x, group=self.group)
+        return _now(mx.distributed.all_sum(x, group=self.group))
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         """Python numbers summed over the ranks, in one collective."""
@@ -89,14 +98,14 @@ class Ranks:
     def max_floats(self, values: Sequence[float]) -> list[float]:
         if not self.active or not values:
             return [float(v) for v in values]
-        return mx.distributed.all_max(mx.array([float(v) for v in values], dtype=mx.float32),
-                                      group=self.group).tolist()
+        return _now(mx.distributed.all_max(mx.array([float(v) for v in values], dtype=mx.float32),
+                                           group=self.group)).tolist()
 
     def gather(self, x: mx.array) -> mx.array:
         """Every rank's ``x`` (same shape on every rank) concatenated along axis 0, in rank order."""
         if not self.active:
             return x
-        return mx.distributed.all_gather(x, group=self.group)
+        return _now(mx.distributed.all_gather(x, group=self.group))
 
     def gather_json(self, obj: Any) -> list[Any]:
         """Every rank's JSON-able ``obj``, in rank order (bytes padded to the longest)."""
@@ -113,7 +122,7 @@ class Ranks:
         """``mlx.nn.average_gradients`` over the ranks (the identity on one process)."""
         if not self.active:
             return grads
-        return nn.average_gradients(grads, group=self.group)
+        return _now(nn.average_gradients(grads, group=self.group))
 
     # ------------------------------------------------------------- rank 0 -> all
     def broadcast_json(self, obj: Any) -> Any:
