@@ -77,12 +77,12 @@ def assert_same_metrics(got: dict, want: dict) -> None:
 
 
 @needs_launch
-def test_two_ranks_train_what_one_process_trains_and_one_rank_resumes(tiny_dir, prompts_file, tmp_path):
+def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny_dir, prompts_file, tmp_path):
     """8 rows a step (4 prompts x 2), minibatches of 2 rows: some minibatches lie on one rank only,
     so the other adds nothing to them (and its collectives must still pair with rank 0's)."""
     lr, over = 1e-3, dict(save_every=1, minibatch_size=2, grad_accum=2, whiten_rewards=True)
     one = tmp_path / "one"
-    build_run(make_config(tiny_dir, prompts_file, one, steps=3, actor_lr=lr, **over)).run()
+    build_run(make_config(tiny_dir, prompts_file, one, steps=4, actor_lr=lr, **over)).run()
 
     two = tmp_path / "two"
     cfg = tmp_path / "two.yaml"
@@ -109,6 +109,15 @@ def test_two_ranks_train_what_one_process_trains_and_one_rank_resumes(tiny_dir, 
     got = records(two / "metrics.jsonl")
     assert [m["step"] for m in got] == [1, 2, 3] and "ranks" not in got[2]
     assert_same_metrics(got[2], records(one / "metrics.jsonl")[2])
+
+    # and back on two ranks: rank 1 takes rank 0's checkpoint (adapter, value head, Adam moments, data position)
+    save_config(make_config(tiny_dir, prompts_file, two, steps=4, actor_lr=lr, **over), cfg)
+    res = train_launch(cfg, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert_same_weights(adapter(two, 4), adapter(one, 4), lr)
+    got = records(two / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    assert_same_metrics(got[3], records(one / "metrics.jsonl")[3])
     assert (two / "samples.jsonl").read_text() == (one / "samples.jsonl").read_text()
 
 

@@ -16,6 +16,11 @@ All MLX work runs on the thread that calls ``run()``. ``pause``/``resume``/
 ``request_checkpoint``/``stop`` are safe from any thread and act between steps;
 ``abort`` abandons the step in flight within a token, a judge poll or a minibatch.
 
+Data-parallel (``mlx.launch``, engine/distributed.py): each rank runs this loop on its share of
+the step's global batch; the statistics, the minibatch losses' normalisers and the gradients are
+summed over the ranks, so every rank applies the one-process update; rank 0 alone writes the run
+directory and reports.
+
 Progress inside a step goes out as ``events.Progress`` (phase, counts, rate, ETA).
 A checkpoint only ever holds the state at the end of a completed step: the trainer
 keeps that state (``_completed``: references to immutable MLX arrays, no copies) and
