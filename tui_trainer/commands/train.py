@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     ranks = world()  # started by mlx.launch: one rank of a data-parallel job
     if ranks.active and not ranks.is_main:  # the app and the console are rank 0's
         return run_headless(config, resume=args.resume, quiet=f"rank {ranks.rank}")
+    if ranks.active and not sys.stdout.isatty():  # mlx.launch pipes the ranks' output: no app there
+        args.headless = True
     if not args.headless:
         from tui_trainer.app import run_app
 
