@@ -184,8 +184,8 @@ class Trainer:
             self.dist.check_same("config, model or data", {"config": same, "model": self._base[1],
                                                             "prompts": self.prompts.fingerprint()})
             self._take_rank0_state()
-        # a resume without a checkpoint stopped in _take_run_dir
-        self.log(f"run directory: {self.run_dir}" + (f" (resumed at step {self.step})" if self.resume_requested else ""))
+        resumed = f" (resumed at step {self.step})" if self.resume_requested else ""  # (else _take_run_dir stopped)
+        self.log(f"run directory: {self.run_dir}{resumed}")
 
     def _setup_local(self) -> None:
         cfg = self.cfg
@@ -375,7 +375,8 @@ class Trainer:
         cfg = self.cfg
         adapter_config = checkpoint_adapter_config(self.policy, self._base, step=self.step, mode=cfg.mode)
         state = {"step": self.step, "beta": self.beta, "data": self.prompts.state(), "seed": cfg.seed,
-                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "sample_rule": "rollout.row_keys(mlx seed, row)", "shuffle_seed_rule": "seed * 7919 + step"}}
+                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "sample_rule": "rollout.row_keys(mlx seed, row)",
+                         "shuffle_seed_rule": "seed * 7919 + step"}}
         path = save_checkpoint(self.run_dir, self.step, adapter_weights=self.policy.adapter_weights(),
                                adapter_config=adapter_config, value_head=self.policy.value_head_weights(),
                                optimizers={"actor": self.actor_opt, "critic": self.critic_opt}, state=state)
@@ -588,9 +589,7 @@ class Trainer:
         # every rank's samples, in global row order (rank 0 reports and writes them all)
         shares = self.dist.gather_json({"texts": texts, "completions": completions, "scores": scores,
                                         "per_judge": per_judge, "finished": roll.finished, "lengths": roll.lengths,
-                                        "peak_memory_mb": _peak_memory_mb()}) if self.dist.active else [
-            {"texts": texts, "completions": completions, "scores": scores, "per_judge": per_judge,
-             "finished": roll.finished, "lengths": roll.lengths, "peak_memory_mb": _peak_memory_mb()}]
+                                        "peak_memory_mb": _peak_memory_mb()})
         texts, completions, scores, finished, lengths = ([x for part in shares for x in part[key]] for key in
                                                          ("texts", "completions", "scores", "finished", "lengths"))
         per_judge = {name: [x for part in shares for x in part["per_judge"][name]] for name in shares[0]["per_judge"]}
