@@ -122,6 +122,24 @@ def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny
 
 
 @needs_launch
+def test_two_ranks_pairwise_studio_is_the_one_process_update(tiny_dir, prompts_file, tmp_path):
+    """The studio objective normalises its pair advantages over the decided pairs of the whole batch
+    (grpo / rloo share its per-group code and the same summed statistics)."""
+    lr, over = 1e-3, dict(steps=2, save_every=1, mode="pairwise", pairwise_objective="studio")
+    one, two = tmp_path / "one", tmp_path / "two"
+    build_run(make_config(tiny_dir, prompts_file, one, actor_lr=lr, **over)).run()
+    cfg = tmp_path / "two.yaml"
+    save_config(make_config(tiny_dir, prompts_file, two, actor_lr=lr, **over), cfg)
+    res = train_launch(cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for step in (1, 2):
+        assert_same_weights(adapter(two, step), adapter(one, step), lr)
+    for g, w in zip(records(two / "metrics.jsonl"), records(one / "metrics.jsonl"), strict=True):
+        assert_same_metrics(g, w)
+    assert (two / "samples.jsonl").read_text() == (one / "samples.jsonl").read_text()
+
+
+@needs_launch
 def test_ranks_with_different_configs_stop_with_one_line(tiny_dir, prompts_file, tmp_path):
     run = tmp_path / "run"
     configs = []
