@@ -44,9 +44,10 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": path, "OPENBLAS_NUM_THREADS": "1"}
 
 
-def train_launch(config: Path, *extra: str, n: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "tui_trainer", "train", "--launch", str(n), "--backend", "ring",
-           "--config", str(config), *extra]
+def train_launch(config: Path, *extra: str, hosts: Path | None = None) -> subprocess.CompletedProcess:
+    """`tui-trainer train --launch 2` (or `--hosts FILE`) over the ring backend."""
+    where = ["--hosts", str(hosts)] if hosts else ["--launch", "2", "--backend", "ring"]
+    cmd = [sys.executable, "-m", "tui_trainer", "train", *where, "--config", str(config), *extra]
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
 
 
@@ -124,14 +125,17 @@ def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny
 @needs_launch
 def test_two_ranks_pairwise_studio_is_the_one_process_update(tiny_dir, prompts_file, tmp_path):
     """The studio objective normalises its pair advantages over the decided pairs of the whole batch
-    (grpo / rloo share its per-group code and the same summed statistics)."""
+    (grpo / rloo share its per-group code and the same summed statistics). Started with --hosts."""
     lr, over = 1e-3, dict(steps=2, save_every=1, mode="pairwise", pairwise_objective="studio")
     one, two = tmp_path / "one", tmp_path / "two"
     build_run(make_config(tiny_dir, prompts_file, one, actor_lr=lr, **over)).run()
     cfg = tmp_path / "two.yaml"
     save_config(make_config(tiny_dir, prompts_file, two, actor_lr=lr, **over), cfg)
-    res = train_launch(cfg)
+    hosts = tmp_path / "hosts.json"  # mlx.launch's hostfile: two ranks on this machine (no ssh for 127.0.0.1)
+    hosts.write_text(json.dumps({"backend": "ring", "hosts": [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2}))
+    res = train_launch(cfg, hosts=hosts)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("finished at step 2") == 1
     for step in (1, 2):
         assert_same_weights(adapter(two, step), adapter(one, step), lr)
     for g, w in zip(records(two / "metrics.jsonl"), records(one / "metrics.jsonl"), strict=True):
