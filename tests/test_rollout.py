@@ -112,7 +112,7 @@ def test_sampling_draws_from_the_tempered_softmax():
     r = sample(model, [prompt], num_samples=n, max_new_tokens=1, temperature=temperature, seed=3)
     counts = np.bincount(np.array(r.tokens[:, -1]), minlength=VOCAB) / n
     tv = 0.5 * np.abs(counts - p).sum()
-    assert tv < 0.04, tv  # sampling noise at n=4096 stays near 0.01; logits / T**2 would give > 0.1
+    assert tv < 0.07, tv  # sampling noise at n=4096 over 64 tokens: 0.03-0.05; logits / T**2 gives 0.55
     p_sq = np.array(mx.softmax(logits / temperature**2))
     assert 0.5 * np.abs(p_sq - p).sum() > 0.1  # the two distributions are far apart for this model
     assert np.allclose(np.array(r.logprobs[:, 0]), np.log(p[np.array(r.tokens[:, -1])]), atol=1e-4)
@@ -185,3 +185,23 @@ def test_sliding_window_model_logprobs_equal_a_full_forward():
     model.model.window_size = 1000
     far = log_softmax_at(model, PROMPTS[1] + r.responses[2], len(PROMPTS[1]), 1.0)
     assert np.abs(far - logprobs[2]).max() > 1e-2
+
+
+@pytest.mark.parametrize("top_p, top_k", [(1.0, 0), (0.9, 5)])
+def test_a_row_draws_the_same_completion_whatever_batch_it_is_in(model, top_p, top_k):
+    """The draw depends on (seed, global row index) only: the batch split in two, each half given its
+    row offset, gives the whole batch's tokens (what ranks sampling their shares rely on)."""
+    kw = dict(num_samples=2, max_new_tokens=9, temperature=1.0, top_p=top_p, top_k=top_k, seed=5, eos_ids={7})
+    whole = sample(model, PROMPTS, **kw)
+    first = sample(model, PROMPTS[:2], **kw)
+    second = sample(model, PROMPTS[2:], row_offset=4, **kw)
+    assert first.responses + second.responses == whole.responses
+    joined = first.logprobs.tolist() + second.logprobs.tolist()
+    for row in range(len(whole.lengths)):
+        n = whole.lengths[row]
+        assert np.allclose(joined[row][:n], np.array(whole.logprobs[row, :n]), atol=1e-5)
+    # the offset matters: the second half drawn as rows 0..3 is another draw
+    unshifted = sample(model, PROMPTS[2:], **kw)
+    assert unshifted.responses != second.responses
+    # and so does the seed
+    assert sample(model, PROMPTS, **{**kw, "seed": 6}).responses != whole.responses

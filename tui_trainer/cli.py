@@ -58,19 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     from tui_trainer.errors import TrainerError
 
     parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+        argv = ["train", *argv]
+        args = parser.parse_args(argv)
+    args.argv = argv  # as given (train --launch runs the same command on every rank)
+    code = 1
     try:
-        return int(args._module.run(args) or 0)
+        code = int(args._module.run(args) or 0)
     except TrainerError as exc:
         from tui_trainer.text import printable
 
         print(f"tui-trainer: error: {printable(exc)}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("tui-trainer: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    finally:
+        if args.command == "train":
+            from tui_trainer.commands.launch import record_exit
+
+            record_exit(code)  # a rank of `train --launch`: its exit code for the launcher
+    return code
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class RunResult:
     state: RunState | None
     error: str | None
     exit_code: int
+    quiet: bool = False  # an error another process reports (rank 0 of a data-parallel job)
 
 
 class Runner:
@@ -219,7 +220,8 @@ class Runner:
                 trainer.stop()
             return RunResult(trainer.run(), None, 0)
         except Exception as exc:  # reported as one line; the traceback (and its frames) go now
-            return RunResult(None, one_line(exc), 2 if isinstance(exc, TrainerError) else 1)
+            return RunResult(None, one_line(exc), 2 if isinstance(exc, TrainerError) else 1,
+                             quiet=bool(getattr(exc, "quiet", False)))
         finally:
             self.trainer = None
             del trainer

@@ -16,6 +16,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headless", action="store_true", help="train without the TUI (progress bar + metrics lines)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--start", action="store_true", help="app: skip the setup screen and start training")
+    p.add_argument("--launch", type=int, metavar="N", help="data-parallel: N processes on this machine "
+                   "(runs mlx.launch -n N; --headless)")
+    p.add_argument("--hosts", metavar="FILE", help="data-parallel: one process per host of an mlx.launch "
+                   "hostfile (JSON; runs mlx.launch --hostfile FILE; --headless)")
+    p.add_argument("--backend", choices=BACKENDS, help="with --launch / --hosts: mlx.launch's backend "
+                   "(default: the hostfile's, else nccl with CUDA, else ring)")
+
+
+BACKENDS = ("ring", "jaccl", "jaccl-ring", "mpi", "nccl")
+QUIET_GRACE = 10.0  # seconds a rank whose error rank 0 reports waits before it ends
 
 
 def _fmt(v: Any) -> str:
@@ -45,6 +55,10 @@ def metrics_line(values: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from tui_trainer.config import config_from_args
 
+    if args.launch is not None or args.hosts is not None:
+        from tui_trainer.commands.launch import launch
+
+        return launch(args)
     config = config_from_args(args)
     if args.resume:  # continue the run as it was configured; what the command line gives changes it
         from pathlib import Path
@@ -52,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
         saved = Path(config.run_dir) / "config.yaml"
         if saved.is_file():
             config = config_from_args(args, base=saved)
+    from tui_trainer.engine.distributed import world
+
+    ranks = world()  # started by mlx.launch: one rank of a data-parallel job
+    if ranks.active and not ranks.is_main:  # the app and the console are rank 0's
+        return run_headless(config, resume=args.resume, quiet=f"rank {ranks.rank}")
+    if ranks.active and not sys.stdout.isatty():  # mlx.launch pipes the ranks' output: no app there
+        args.headless = True
     if not args.headless:
         from tui_trainer.app import run_app
 
@@ -59,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     return run_headless(config, resume=args.resume)
 
 
-def run_headless(config, resume: bool = False) -> int:
+def run_headless(config, resume: bool = False, quiet: str | None = None) -> int:
+    """``quiet``: a rank other than 0, named so: no output but its own error (one line)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.text import Text
@@ -70,7 +92,7 @@ def run_headless(config, resume: bool = False) -> int:
     from tui_trainer.text import printable
     from tui_trainer.widgets.format import PHASE_LABELS, format_duration, progress_text
 
-    console = Console(stderr=False)
+    console = Console(stderr=False, quiet=quiet is not None)
     live = console.is_terminal
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
@@ -145,7 +167,13 @@ def run_headless(config, resume: bool = False) -> int:
         restore_signals()
     result = ended[0] if ended else RunResult(None, "the engine stopped", 1)
     if result.error is not None:
-        print(f"tui-trainer: error: {printable(result.error)}", file=sys.stderr)
+        if not result.quiet:
+            where = f"{quiet}: " if quiet else ""
+            print(f"tui-trainer: error: {where}{printable(result.error)}", file=sys.stderr)
+        else:  # rank 0 says it: mlx.launch stops every rank when one ends in error, so give it time to
+            import time
+
+            time.sleep(QUIET_GRACE)
         return result.exit_code
     state = result.state
     if state.message.startswith("interrupted"):

@@ -14,6 +14,9 @@ of clipped-surrogate minibatches); an :class:`Objective` supplies the part that 
   decided pair gives its winner +A and its loser -A from the rollout's log-probs
   (ppo.studio_advantages); ties and skips leave the update; KL as a k3 loss term.
 
+Each rank holds its share of the step's rows (whole prompt groups, whole pairs); statistics
+over the batch go through ``Batch.allsum``.
+
 Adding a mode adds a class here and one line in :func:`objective_for`. Formulas live in
 ppo.py; this file only chooses them.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Callable
 
 import mlx.core as mx
 
@@ -44,6 +48,9 @@ class Batch:
     kl_seq: mx.array  # the configured KL estimator, summed over each row
     beta: float
     values_old: mx.array | None = None  # the value head's V(s_t), when the objective has a critic
+    # a statistic summed over the ranks (distributed.Ranks.sum): every mean, variance and whitening
+    # is over the global batch, so the targets equal the one-process targets
+    allsum: Callable[[mx.array], mx.array] = lambda x: x
 
 
 @dataclass
@@ -76,7 +83,7 @@ class Objective(ABC):
 
 
 def _mean_over_kept(x: mx.array, b: Batch) -> float:
-    return float((x * b.keep).sum().item() / max(b.keep.sum().item(), 1.0))
+    return float(b.allsum((x * b.keep).sum()).item() / max(b.allsum(b.keep.sum()).item(), 1.0))
 
 
 class PPO(Objective):
@@ -87,16 +94,17 @@ class PPO(Objective):
         cfg = self.cfg
         rewards, non_score = ppo.compute_rewards(b.scores, b.logp_old, b.logp_ref, b.mask, b.beta, cfg.kl_estimator)
         if cfg.whiten_rewards:
-            rewards = ppo.whiten(rewards, b.mask, shift_mean=False)
+            rewards = ppo.whiten(rewards, b.mask, shift_mean=False, allsum=b.allsum)
         advantages, returns = ppo.gae(rewards, b.values_old, b.mask, cfg.gamma, cfg.lam)
         # whitening divides by the advantages' spread: when there is none (every score and
         # value the same), it would blow float noise up into a full-size Adam step
-        if float(ppo.masked_var(advantages, b.mask).item()) > 1e-12:
-            advantages = ppo.whiten(advantages, b.mask)
+        if float(ppo.masked_var(advantages, b.mask, allsum=b.allsum).item()) > 1e-12:
+            advantages = ppo.whiten(advantages, b.mask, allsum=b.allsum)
         else:
             advantages = mx.zeros_like(advantages)
-        n = max(b.keep.sum().item(), 1.0)
-        stats = {"reward_mean": float(rewards.sum().item() / n), "non_score_reward": float(non_score.sum().item() / n)}
+        n, reward_sum, non_score_sum = b.allsum(mx.stack([b.keep.sum(), rewards.sum(), non_score.sum()])).tolist()
+        n = max(n, 1.0)
+        stats = {"reward_mean": float(reward_sum / n), "non_score_reward": float(non_score_sum / n)}
         return Targets(advantages, returns, b.values_old, stats)
 
 
@@ -143,7 +151,7 @@ class Studio(Objective):
     def targets(self, b: Batch) -> Targets:
         seq_lp = (b.logp_old * b.response_mask).sum(axis=1)
         lengths = b.response_mask.sum(axis=1)
-        adv_seq = ppo.studio_advantages(seq_lp, lengths, self._first_won, self._decided, self.name)
+        adv_seq = ppo.studio_advantages(seq_lp, lengths, self._first_won, self._decided, self.name, b.allsum)
         kl3 = (ppo.kl_k3(b.logp_old, b.logp_ref) * b.mask).sum(axis=1)
         stats = {"reward_mean": _mean_over_kept(b.scores, b), "non_score_reward": -b.beta * _mean_over_kept(kl3, b)}
         return Targets(adv_seq[:, None] * b.mask, stats=stats)

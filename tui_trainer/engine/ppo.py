@@ -3,31 +3,46 @@
 Shapes: ``(N, R)`` arrays hold one row per sequence and one column per response
 token; ``mask`` is 1.0 on real response tokens (EOS included) and 0.0 on padding.
 Names follow TRL and "The N Implementation Details of RLHF with PPO".
+
+Data-parallel runs (engine/distributed.py): ``allsum`` sums a statistic over the ranks, so a
+mean / variance / whitening is over the global batch; ``count`` gives a loss its global
+normaliser, so the ranks' losses add up to the one-process loss.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import mlx.core as mx
 
-
-def masked_mean(x: mx.array, mask: mx.array, axis=None) -> mx.array:
-    """sum(x * mask) / sum(mask) (over ``axis``, or everything)."""
-    return (x * mask).sum(axis=axis) / mx.maximum(mask.sum(axis=axis), 1e-8)
+Sum = Callable[[mx.array], mx.array]  # a batch sum over the ranks (distributed.Ranks.sum); None: this process
 
 
-def masked_var(x: mx.array, mask: mx.array, unbiased: bool = True) -> mx.array:
+def masked_mean(x: mx.array, mask: mx.array, axis=None, *, count: mx.array | None = None,
+                allsum: Sum | None = None) -> mx.array:
+    """sum(x * mask) / sum(mask) (over ``axis``, or everything); ``count`` replaces sum(mask);
+    ``allsum``: both sums over the ranks."""
+    total = (x * mask).sum(axis=axis)
+    n = mask.sum(axis=axis) if count is None else count
+    if allsum is not None:
+        total = allsum(total)
+        n = allsum(n) if count is None else n  # a given count is global already
+    return total / mx.maximum(n, 1e-8)
+
+
+def masked_var(x: mx.array, mask: mx.array, unbiased: bool = True, allsum: Sum | None = None) -> mx.array:
     """Variance of x over mask: mean((x - mean)^2), times n/(n-1) when unbiased."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, allsum=allsum)
+    var = masked_mean((x - mean) ** 2, mask, allsum=allsum)
     if unbiased:
-        n = mask.sum()
+        n = mask.sum() if allsum is None else allsum(mask.sum())
         var = var * n / mx.maximum(n - 1, 1.0)
     return var
 
 
-def whiten(x: mx.array, mask: mx.array, shift_mean: bool = True) -> mx.array:
+def whiten(x: mx.array, mask: mx.array, shift_mean: bool = True, allsum: Sum | None = None) -> mx.array:
     """(x - mean) / sqrt(var + 1e-8) over masked entries; the mean is added back when not shift_mean."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = masked_mean(x, mask, allsum=allsum), masked_var(x, mask, allsum=allsum)
     out = (x - mean) * mx.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
@@ -92,7 +107,7 @@ def adaptive_kl_beta(beta: float, kl: float, target: float, n_steps: int, horizo
 
 
 def policy_loss(logp: mx.array, logp_old: mx.array, advantages: mx.array, mask: mx.array,
-                epsilon: float) -> tuple[mx.array, dict[str, mx.array]]:
+                epsilon: float, count: mx.array | None = None) -> tuple[mx.array, dict[str, mx.array]]:
     """Clipped surrogate: mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps))), r = exp(logp - logp_old).
 
     Stats (response tokens only): clip_fraction = share of tokens where the clipped
@@ -102,17 +117,17 @@ def policy_loss(logp: mx.array, logp_old: mx.array, advantages: mx.array, mask: 
     ratio = mx.exp(diff)
     pg1 = -advantages * ratio
     pg2 = -advantages * mx.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
-    loss = masked_mean(mx.maximum(pg1, pg2), mask)
+    loss = masked_mean(mx.maximum(pg1, pg2), mask, count=count)
     stats = {
-        "clip_fraction": masked_mean((pg2 > pg1).astype(mx.float32), mask),
-        "approx_kl": 0.5 * masked_mean(diff * diff, mask),
-        "ratio": masked_mean(ratio, mask),
+        "clip_fraction": masked_mean((pg2 > pg1).astype(mx.float32), mask, count=count),
+        "approx_kl": 0.5 * masked_mean(diff * diff, mask, count=count),
+        "ratio": masked_mean(ratio, mask, count=count),
     }
     return loss, stats
 
 
 def value_loss(values: mx.array, values_old: mx.array, returns: mx.array, mask: mx.array,
-               clip: float) -> tuple[mx.array, mx.array]:
+               clip: float, count: mx.array | None = None) -> tuple[mx.array, mx.array]:
     """Clipped value loss: 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)).
 
     Returns ``(loss, value_clip_fraction)``.
@@ -120,8 +135,8 @@ def value_loss(values: mx.array, values_old: mx.array, returns: mx.array, mask: 
     clipped = values_old + mx.clip(values - values_old, -clip, clip)
     l1 = (values - returns) ** 2
     l2 = (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(mx.maximum(l1, l2), mask)
-    return loss, masked_mean((l2 > l1).astype(mx.float32), mask)
+    loss = 0.5 * masked_mean(mx.maximum(l1, l2), mask, count=count)
+    return loss, masked_mean((l2 > l1).astype(mx.float32), mask, count=count)
 
 
 def entropy_from_logits(logits: mx.array) -> mx.array:
@@ -130,10 +145,10 @@ def entropy_from_logits(logits: mx.array) -> mx.array:
     return lse - (mx.softmax(logits, axis=-1) * logits).sum(axis=-1)
 
 
-def explained_variance(values: mx.array, returns: mx.array, mask: mx.array) -> mx.array:
+def explained_variance(values: mx.array, returns: mx.array, mask: mx.array, allsum: Sum | None = None) -> mx.array:
     """1 - Var(returns - values) / Var(returns) over response tokens."""
-    var_r = masked_var(returns, mask)
-    return 1.0 - masked_var(returns - values, mask) / mx.maximum(var_r, 1e-8)
+    var_r = masked_var(returns, mask, allsum=allsum)
+    return 1.0 - masked_var(returns - values, mask, allsum=allsum) / mx.maximum(var_r, 1e-8)
 
 
 def group_advantages(scores: mx.array, group_size: int, kind: str, keep: mx.array | None = None) -> mx.array:
@@ -182,7 +197,7 @@ def pair_winners(scores: mx.array) -> tuple[mx.array, mx.array]:
 
 
 def studio_advantages(seq_logp_old: mx.array, lengths: mx.array, first_won: mx.array, decided: mx.array,
-                      variant: str = "studio") -> mx.array:
+                      variant: str = "studio", allsum: Sum | None = None) -> mx.array:
     """Per-sequence advantages of the MLX-LoRA-Studio pairwise objective, shape (2P,).
 
     ``seq_logp_old`` is each sequence's summed log-prob under the rollout policy (a constant);
@@ -201,9 +216,10 @@ def studio_advantages(seq_logp_old: mx.array, lengths: mx.array, first_won: mx.a
         seq_logp_old = seq_logp_old / mx.maximum(lengths, 1.0)
     gap = sign * (seq_logp_old[0::2] - seq_logp_old[1::2])  # log pi(chosen) - log pi(rejected)
     if variant == "studio":
-        n = mx.maximum(decided.sum(), 1.0)
-        mean = (gap * decided).sum() / n
-        std = mx.sqrt(((gap - mean) ** 2 * decided).sum() / n)
+        total = (lambda x: x) if allsum is None else allsum  # over the decided pairs of every rank
+        n = mx.maximum(total(decided.sum()), 1.0)
+        mean = total((gap * decided).sum()) / n
+        std = mx.sqrt(total(((gap - mean) ** 2 * decided).sum()) / n)
         # no spread (one decided pair, or equal gaps): exactly 0, not float noise / 1e-8
         a = mx.where(std > 1e-6, (gap - mean) / (std + 1e-8), 0.0)
     elif variant == "studio_sigmoid":

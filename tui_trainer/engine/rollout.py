@@ -4,8 +4,12 @@ All ``B * n`` sequences run in one loop over the model's own caches as mlx-lm
 batch caches (``BatchKVCache``, ``BatchRotatingKVCache`` for sliding-window
 layers; engine/family.py): prompts are left-padded, and the cache gives every
 row its own RoPE offset and masks its padding, so a row decodes exactly as its
-prompt would alone. Sampling uses
-mlx-lm's ``make_sampler`` (temperature, top_p, top_k).
+prompt would alone. Sampling applies mlx-lm's top_p / top_k filters and draws with
+the Gumbel-max trick (what ``mx.random.categorical`` does) from noise keyed per row:
+row ``g`` of a draw with seed ``s`` uses the key of ``(s, g)``, split once per token
+(``row_keys``). So a row draws the same completion whatever batch it shares: rows
+3..5 sampled alone (``row_offset=3``) equal rows 3..5 of the whole batch, and ranks
+sampling their shares of a global batch draw what one process draws (engine/distributed.py).
 
 The log-prob kept for each sampled token is ``log_softmax(logits / T)`` at that
 token: the policy distribution at the sampling temperature, which is what the
@@ -15,12 +19,13 @@ sampler draws from a truncated version of it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 from tui_trainer.engine.blas import blas_threads, decode_threads
 from tui_trainer.engine.family import batch_caches
@@ -63,6 +68,21 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[mx.array, mx.array]:
     return mx.array(rows, dtype=mx.int32), mx.array(pads, dtype=mx.int32)
 
 
+def row_keys(seed: int, rows: range, steps: int) -> mx.array:
+    """``(len(rows), steps, 2)`` PRNG keys: row ``g`` gets the key of ``(seed, g)`` split into one per token."""
+    def key(g: int) -> mx.array:
+        digest = hashlib.blake2b(f"tui-trainer-sample:{seed}:{g}".encode(), digest_size=8).digest()
+        return mx.random.key(int.from_bytes(digest, "little"))
+
+    base = mx.stack([key(g) for g in rows])
+    return mx.vmap(lambda k: mx.random.split(k, steps))(base)
+
+
+def _gumbel(keys: mx.array, vocab: int) -> mx.array:
+    """One row of Gumbel noise per key: ``(N, vocab)``."""
+    return mx.vmap(lambda k: mx.random.gumbel(shape=(vocab,), key=k))(keys)
+
+
 def _sample(
     model: nn.Module,
     prompts: list[list[int]],
@@ -75,6 +95,7 @@ def _sample(
     eos_ids: set[int] | list[int] = (),
     pad_id: int = 0,
     seed: int | None = None,
+    row_offset: int = 0,
     on_token: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Rollout:
@@ -82,6 +103,8 @@ def _sample(
 
     ``temperature == 0`` is greedy decoding (log-probs then at T = 1).
     Rows are ordered prompt-major: row ``i * num_samples + j`` is sample j of prompt i.
+    The draw of each row depends on ``seed`` and its global index ``row_offset + row`` only
+    (``seed=None``: a seed taken from MLX's global generator).
     ``on_token(t)`` is called after each of the ``max_new_tokens`` decode positions;
     ``should_stop()`` is checked there too and raises ``StepInterrupted`` when true.
     """
@@ -89,25 +112,35 @@ def _sample(
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1 or num_samples < 1 or temperature < 0:
         raise ValueError("max_new_tokens and num_samples must be >= 1 and temperature >= 0")
-    if seed is not None:
-        mx.random.seed(seed)
+    if seed is None:
+        seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
     rows = [p for p in prompts for _ in range(num_samples)]
     prompt_index = [i for i in range(len(prompts)) for _ in range(num_samples)]
     tokens, pads = left_pad(rows, pad_id)
     n = tokens.shape[0]
     cache = batch_caches(model, pads)
-    # The sampler gets log_softmax(logits / T) and must draw from exactly that distribution
-    # (top_p / top_k applied to it): so it runs at temperature 1. Giving it T again would
-    # sample from logits / T**2 while the kept log-probs say logits / T.
-    sampler = make_sampler(temp=1.0 if temperature > 0 else 0.0, top_p=top_p, top_k=top_k)
+    # The draw is from log_softmax(logits / T) itself (top_p / top_k applied to it), at
+    # temperature 1: tempering again would sample from logits / T**2 while the kept log-probs
+    # say logits / T. The filters run in make_sampler's order (top_p, then top_k).
+    keys = row_keys(seed, range(row_offset, row_offset + n), max_new_tokens) if temperature > 0 else None
+
+    def sampler(logp_all: mx.array, t: int) -> mx.array:
+        if keys is None:
+            return mx.argmax(logp_all, axis=-1)
+        if 0 < top_p < 1.0:
+            logp_all = apply_top_p(logp_all, top_p)
+        if top_k > 0:
+            logp_all = apply_top_k(logp_all, top_k)
+        return mx.argmax(logp_all + _gumbel(keys[:, t], logp_all.shape[-1]), axis=-1)
+
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
 
-    def step(inputs: mx.array, done: mx.array):
+    def step(inputs: mx.array, done: mx.array, t: int):
         logits = model(inputs, cache=cache)[:, -1, :].astype(mx.float32)
         scaled = logits * inv_t
         logp_all = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-        tok = sampler(logp_all).astype(mx.int32)
+        tok = sampler(logp_all, t).astype(mx.int32)
         lp = mx.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
         ent = -(mx.exp(logp_all) * logp_all).sum(axis=-1)
         alive = mx.logical_not(done)
@@ -120,7 +153,7 @@ def _sample(
 
     done = mx.zeros((n,), dtype=mx.bool_)
     out_tok, out_lp, out_ent, out_mask = [], [], [], []
-    tok, lp, ent, alive, done = step(tokens, done)
+    tok, lp, ent, alive, done = step(tokens, done, 0)
     mx.async_eval(tok, lp, ent, alive, done)
     for t in range(max_new_tokens):
         out_tok.append(tok)
@@ -133,7 +166,7 @@ def _sample(
             on_token(t + 1)
         if t + 1 == max_new_tokens:
             break
-        nxt = step(tok[:, None], done)
+        nxt = step(tok[:, None], done, t + 1)
         mx.async_eval(*nxt)
         if t % 8 == 7 and bool(done.all()):  # check for the early stop every few tokens
             break

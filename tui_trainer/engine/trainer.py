@@ -16,6 +16,11 @@ All MLX work runs on the thread that calls ``run()``. ``pause``/``resume``/
 ``request_checkpoint``/``stop`` are safe from any thread and act between steps;
 ``abort`` abandons the step in flight within a token, a judge poll or a minibatch.
 
+Data-parallel (``mlx.launch``, engine/distributed.py): each rank runs this loop on its share of
+the step's global batch; the statistics, the minibatch losses' normalisers and the gradients are
+summed over the ranks, so every rank applies the one-process update; rank 0 alone writes the run
+directory and reports.
+
 Progress inside a step goes out as ``events.Progress`` (phase, counts, rate, ETA).
 A checkpoint only ever holds the state at the end of a completed step: the trainer
 keeps that state (``_completed``: references to immutable MLX arrays, no copies) and
@@ -37,7 +42,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from tui_trainer import events as ev
 from tui_trainer.config import Config, config_changes, config_to_dict, load_config, save_config
@@ -46,6 +51,7 @@ from tui_trainer.engine import ppo
 from tui_trainer.engine.adapters import adapter_files, load_init_adapter
 from tui_trainer.engine.checkpoints import adapter_config as checkpoint_adapter_config
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from tui_trainer.engine.distributed import Ranks, world
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import base_fingerprint, load_policy, locate_model, model_reference
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
@@ -86,10 +92,13 @@ def make_schedule(cfg: Config, lr: float, total_updates: int):
 
 class Trainer:
     def __init__(self, config: Config, observer: ev.Observer | None = None, resume: bool = False, *,
-                 judges: Callable[[Callable[[str], None]], Any], prompts: Callable[[], Any]):
+                 judges: Callable[[Callable[[str], None]], Any], prompts: Callable[[], Any],
+                 ranks: Ranks | None = None):
         """``judges(log)`` builds the run's JudgeSet, ``prompts()`` reads its prompt rows; both are
-        called in ``setup`` (``tui_trainer.run.build_run`` makes them from the config)."""
+        called in ``setup`` (``tui_trainer.run.build_run`` makes them from the config). ``ranks``:
+        the data-parallel job this process is a rank of (default: ``distributed.world()``)."""
         self.cfg = config
+        self.dist = ranks if ranks is not None else world()
         self._user_observer = observer
         self._observer = observer  # + the run files once setup has opened them
         self._make_judges, self._read_prompts = judges, prompts
@@ -158,8 +167,29 @@ class Trainer:
         Order matters for bad input: the data, the judges and the run directory are checked
         before anything is written and before the model loads (10-20 s), so a typo costs a
         second and leaves nothing behind.
+
+        Several ranks (engine/distributed.py): rank 0 alone takes the run directory and reads a
+        checkpoint; every rank then learns whether any rank failed (one line on all of them),
+        checks that all ranks have the same config, model and data, and takes rank 0's state.
         """
+        error: BaseException | None = None
+        try:
+            self._setup_local()
+        except Exception as exc:  # every rank hears of it before raising: no rank waits for a dead one
+            error = exc
+        self.dist.raise_if_any(error)
+        if self.dist.active:
+            cfg = self.cfg
+            same = {k: v for k, v in config_to_dict(cfg).items() if k not in ("run_dir", "load_warnings")}
+            self.dist.check_same("config, model or data", {"config": same, "model": self._base[1],
+                                                            "prompts": self.prompts.fingerprint()})
+            self._take_rank0_state()
+        resumed = f" (resumed at step {self.step})" if self.resume_requested else ""  # (else _take_run_dir stopped)
+        self.log(f"run directory: {self.run_dir}{resumed}")
+
+    def _setup_local(self) -> None:
         cfg = self.cfg
+        main = self.dist.is_main
         t_load = time.perf_counter()
 
         def loaded(done: int, detail: str) -> None:  # start-up, before step 1: the "loading" phase
@@ -170,7 +200,8 @@ class Trainer:
             self.log(line, "warning")
         loaded(0, "reading the prompts")
         check_trackers(cfg.report_to)  # a tracker's missing package: one line, before anything is written
-        check_run_dir(self.run_dir)
+        if main:
+            check_run_dir(self.run_dir)
         for ref in (cfg.model, cfg.reference_model) if cfg.reference_model else (cfg.model,):
             locate_model(ref)
         if cfg.init_adapter and not self.resume_requested:
@@ -182,21 +213,28 @@ class Trainer:
             self.log(f"num_train_epochs {cfg.epochs:g} over {n_rows} prompts, {cfg.batch_size} a step: {steps} steps")
             self.cfg = cfg = dataclasses.replace(cfg, steps=steps, epochs=None)
             self._set_state("starting", "reading the prompts")
+        self.dist.share(cfg.batch_size)  # batch_size is global: it must split evenly over the ranks
         loaded(1, "starting the judges")
         self.judges = self._make_judges(lambda m: self.log(m, "warning"))
         asking = [m.key for m in self.judges.members if getattr(m.judge, "interactive", False)]
         if cfg.eval_every and asking:
             raise ConfigError(f"eval_every: judge {', '.join(asking)} asks a person, and the evaluation set is "
                               "scored without one; use judges that score on their own, or eval_every: 0")
+        if self.dist.active and asking:
+            raise ConfigError(f"judge {', '.join(asking)} asks a person, which a run over {self.dist.size} ranks "
+                              "cannot do yet; use judges that score on their own, or one process")
         # a judge that needs a column (the answer judge's `answer`) finds it in every row, or the run stops here
         require_columns(self._table, cfg.data.prompt_field, self.judges.required_columns())
-        ckpt = self._take_run_dir()
-        self.files = RunFiles(self.run_dir)
-        self.trackers = Trackers(cfg.report_to, self.run_dir, config_to_dict(cfg),
-                                 log=lambda m: self.log(m, "warning"), start_step=int(ckpt.name) if ckpt else 0)
-        self._observer = ev.fan_out(self.files, self.trackers, self._user_observer)
+        ckpt = None
+        if main:  # rank 0 alone writes the run directory
+            ckpt = self._take_run_dir()
+            self.files = RunFiles(self.run_dir)
+            self.trackers = Trackers(cfg.report_to, self.run_dir, config_to_dict(cfg),
+                                     log=lambda m: self.log(m, "warning"), start_step=int(ckpt.name) if ckpt else 0)
+            self._observer = ev.fan_out(self.files, self.trackers, self._user_observer)
         self._set_state("starting", "loading model")
-        save_config(cfg, self.run_dir / "config.yaml")
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
 
         loaded(2, "reading the model")
         mx.random.seed(cfg.seed)
@@ -205,7 +243,8 @@ class Trainer:
         self._base = (model_reference(cfg.model), base_fingerprint(cfg.model))
         loaded(3, "adding the adapter")
         self.policy = Policy(model, cfg.adapter)
-        if cfg.init_adapter and ckpt is None:  # SFT -> PPO; a resume takes the checkpoint's adapter instead
+        if cfg.init_adapter and ckpt is None and not self.resume_requested:
+            # SFT -> PPO; a resume takes the checkpoint's adapter instead
             n = load_init_adapter(self.policy, cfg.init_adapter, gguf_policy=locate_model(cfg.model)[0] == "gguf",
                                   log=self.log)
             self.log(f"adapter initialised from {cfg.init_adapter} ({n} tensors); the reference is the base model")
@@ -241,7 +280,37 @@ class Trainer:
 
         if ckpt is not None:
             self._restore(ckpt)
-        self.log(f"run directory: {self.run_dir}" + (f" (resumed at step {self.step})" if ckpt else ""))
+
+    def _take_rank0_state(self) -> None:
+        """Every rank continues from rank 0's state: its checkpoint on a resume (only rank 0 reads the
+        run directory, which need not be shared), the same initial adapter otherwise."""
+        main = self.dist.is_main
+        snap = self._snapshot() if main else None
+        head = self.dist.broadcast_json(
+            {"step": snap["step"], "beta": snap["beta"], "data": snap["data"],
+             "initialized": {k: v[0] for k, v in snap["optimizers"].items()}} if main else None)
+        arrays: dict[str, mx.array] = {}
+        if main:
+            arrays.update({f"adapters\t{k}": v for k, v in snap["adapters"].items()})
+            arrays.update({f"value_head\t{k}": v for k, v in snap["value_head"].items()})
+            for name, (_, state) in snap["optimizers"].items():
+                arrays.update({f"opt.{name}\t{k}": v for k, v in tree_flatten(state)})
+        got = self.dist.broadcast_arrays(arrays)
+        if main:
+            return
+        parts: dict[str, dict[str, mx.array]] = {}
+        for key, value in got.items():
+            part, name = key.split("\t", 1)
+            parts.setdefault(part, {})[name] = value
+        self._load_trainable({
+            "adapters": parts.get("adapters", {}), "value_head": parts.get("value_head", {}),
+            "optimizers": {name: (head["initialized"][name], tree_unflatten(list(parts.get(f"opt.{name}", {}).items()))
+                                  if parts.get(f"opt.{name}") else {})
+                           for name in ("actor", "critic")},
+        })
+        self.step, self.beta = int(head["step"]), float(head["beta"])
+        self.prompts.set_state(head["data"])
+        mx.eval(self.policy.parameters())
 
     def _take_run_dir(self) -> Path | None:
         """Create and lock the run directory; check a resume; cut the jsonl files back to the
@@ -299,11 +368,15 @@ class Trainer:
         return {k: v for k, v in params.items() if k != "value_head"}
 
     # ----------------------------------------------------------------- checkpoints
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Checkpoint the trainable state (rank 0; the other ranks write nothing: None)."""
+        if not self.dist.is_main:
+            return None
         cfg = self.cfg
         adapter_config = checkpoint_adapter_config(self.policy, self._base, step=self.step, mode=cfg.mode)
         state = {"step": self.step, "beta": self.beta, "data": self.prompts.state(), "seed": cfg.seed,
-                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "shuffle_seed_rule": "seed * 7919 + step"}}
+                 "rng": {"mlx_seed_rule": "seed * 1000003 + step", "sample_rule": "rollout.row_keys(mlx seed, row)",
+                         "shuffle_seed_rule": "seed * 7919 + step"}}
         path = save_checkpoint(self.run_dir, self.step, adapter_weights=self.policy.adapter_weights(),
                                adapter_config=adapter_config, value_head=self.policy.value_head_weights(),
                                optimizers={"actor": self.actor_opt, "critic": self.critic_opt}, state=state)
@@ -319,8 +392,11 @@ class Trainer:
             self.judges.progress = self._judge_progress
             self._completed = self._snapshot()
             self._set_state("running")
-            while self.step < self.cfg.steps and not self._stop.is_set():
-                if self._pause.is_set():
+            while self.step < self.cfg.steps:
+                stop, pause = self._controls()
+                if stop:
+                    break
+                if pause:
                     if self.state.status != "paused":
                         self._set_state("paused")
                     self._stop.wait(0.05)
@@ -360,6 +436,16 @@ class Trainer:
                 self._lock.release()
         return self.state
 
+    def _controls(self) -> tuple[bool, bool]:
+        """(stop, pause) between steps; over several ranks, either on any rank holds for all
+        (each rank then takes the same branch, so the collectives stay in step)."""
+        if not self.dist.active:
+            return self._stop.is_set(), self._pause.is_set()
+        stop, pause = self.dist.sum_floats([self._stop.is_set(), self._pause.is_set()])
+        if stop > 0:
+            self._stop.set()
+        return stop > 0, pause > 0
+
     def _snapshot(self) -> dict:
         """The trainable state now (references: MLX arrays are immutable, updates replace them)."""
         return {
@@ -397,6 +483,8 @@ class Trainer:
             opt._initialized = initialized
 
     def _save_if_missing(self) -> None:
+        if not self.dist.is_main:
+            return
         last = latest_checkpoint(self.run_dir)
         if self.step > 0 and (last is None or int(last.name) != self.step):
             self.save()
@@ -436,13 +524,17 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         step = self.step + 1
-        mx.random.seed(cfg.seed * 1000003 + step)
+        sample_seed = cfg.seed * 1000003 + step  # each row's draw: (this, its index in the step's batch)
+        mx.random.seed(sample_seed)
         shuffle = random.Random(cfg.seed * 7919 + step)
         t0 = self._step_t0 = time.perf_counter()
         self._phase_now = {}
 
         self._begin_phase("rollout")
+        # the data position is global: every rank draws the step's global batch and rolls out its share
         batch = self.prompts.next_batch(cfg.batch_size)
+        share = self.dist.share(len(batch))
+        batch = batch[share]
         n_rows = len(batch) * cfg.num_samples
         expected = n_rows * cfg.max_new_tokens
 
@@ -453,8 +545,8 @@ class Trainer:
         self._progress("rollout", 0, expected, "tokens")
         roll = sample(self.policy.model, [p.ids for p in batch], num_samples=cfg.num_samples,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                      on_token=on_token, should_stop=self._abort.is_set)
+                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id, seed=sample_seed,
+                      row_offset=share.start * cfg.num_samples, on_token=on_token, should_stop=self._abort.is_set)
         texts = [batch[i].text for i in roll.prompt_index]
         columns = [batch[i].columns for i in roll.prompt_index]  # each sample's dataset row, for the judges
         completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
@@ -488,18 +580,28 @@ class Trainer:
                      "warning")
             stats = {**exc.stats, "skipped_update": 1.0}
         t3 = time.perf_counter()
-        eval_score = self.evaluate(step) if cfg.eval_every and step % cfg.eval_every == 0 else None
+        eval_score = None
+        if cfg.eval_every and step % cfg.eval_every == 0 and self.dist.is_main:  # rank 0 alone evaluates
+            eval_score = self.evaluate(step)
 
         self.step = step
         self._phase_times = dict(self._phase_now)
+        # every rank's samples, in global row order (rank 0 reports and writes them all)
+        shares = self.dist.gather_json({"texts": texts, "completions": completions, "scores": scores,
+                                        "per_judge": per_judge, "finished": roll.finished, "lengths": roll.lengths,
+                                        "peak_memory_mb": _peak_memory_mb()})
+        texts, completions, scores, finished, lengths = ([x for part in shares for x in part[key]] for key in
+                                                         ("texts", "completions", "scores", "finished", "lengths"))
+        per_judge = {name: [x for part in shares for x in part["per_judge"][name]] for name in shares[0]["per_judge"]}
+        n_tok = sum(lengths)
         valid = [s for s in scores if s is not None]
         metrics = {
             "step": step,
             "score_mean": float(sum(valid) / len(valid)) if valid else float("nan"),
             "score_std": float(_std(valid)),
             **stats,
-            "response_length": float(sum(roll.lengths) / len(roll.lengths)),
-            "eos_rate": float(sum(roll.finished) / len(roll.finished)),
+            "response_length": float(sum(lengths) / len(lengths)),
+            "eos_rate": float(sum(finished) / len(finished)),
             "beta": float(self.beta),
             "actor_lr": float(self.actor_opt.learning_rate.item()),
             "critic_lr": float(self.critic_opt.learning_rate.item()),
@@ -508,14 +610,16 @@ class Trainer:
             "time_reference": self._phase_now.get("reference", 0.0),
             "time_update": t3 - t2,
             "time_step": t3 - t0,
-            # generation speed: tokens sampled per second of the rollout phase
+            # generation speed: tokens sampled per second of the rollout phase (all ranks)
             "generation_tokens_per_second": n_tok / max(t1 - t0, 1e-9),
             # whole-step throughput: completions per second, steps per minute
-            "samples_per_second": len(roll.lengths) / max(t3 - t0, 1e-9),
+            "samples_per_second": len(lengths) / max(t3 - t0, 1e-9),
             "steps_per_minute": 60.0 / max(t3 - t0, 1e-9),
-            "peak_memory_mb": _peak_memory_mb(),
+            "peak_memory_mb": max(part["peak_memory_mb"] for part in shares),  # the fullest rank
             "dropped_samples": float(sum(s is None for s in scores)),
         }
+        if self.dist.active:
+            metrics["ranks"] = self.dist.size
         for name, vals in per_judge.items():
             v = [x for x in vals if x is not None]
             metrics[f"score/{name}"] = float(sum(v) / len(v)) if v else float("nan")
@@ -529,7 +633,7 @@ class Trainer:
         self.last_metrics = metrics
         self.emit(ev.StepMetrics(step, metrics))
         self.emit([ev.Sample(step, p, c, s, {k: v[i] for k, v in per_judge.items()}, f)
-                   for i, (p, c, s, f) in enumerate(zip(texts, completions, scores, roll.finished))])
+                   for i, (p, c, s, f) in enumerate(zip(texts, completions, scores, finished))])
         return metrics
 
     def evaluate(self, step: int) -> float:
@@ -550,10 +654,10 @@ class Trainer:
             self._progress("evaluation", t * len(prompts), expected, "tokens",
                            rate=t * len(prompts) / max(time.perf_counter() - t0, 1e-9))
 
-        mx.random.seed(cfg.seed * 1000003 + 999_999_937)  # the same draw at every evaluation
         roll = sample(self.policy.model, [p.ids for p in prompts], num_samples=1,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                       top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                      seed=cfg.seed * 1000003 + 999_999_937,  # the same draw at every evaluation
                       on_token=on_token, should_stop=self._abort.is_set)
         self._check_abort()
         completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
@@ -625,22 +729,25 @@ class Trainer:
         logp_ref, values_old = self._reference_pass(roll, chunks, prefix, with_values=obj.critic)
         kl_seq, stats = self._kl_stats(roll.logprobs, logp_ref, mask, keep)
         targets = obj.targets(Batch(scores, raw_scores, keep, mask, roll.response_mask, roll.logprobs, logp_ref,
-                                    kl_seq, self.beta, values_old * mask if obj.critic else None))
+                                    kl_seq, self.beta, values_old * mask if obj.critic else None,
+                                    allsum=self.dist.sum))
         stats.update(targets.stats)
         mx.eval(targets.advantages, logp_ref, *([targets.returns, targets.values_old] if obj.critic else []))
         self._end_phase("reference")
 
         self._begin_phase("update")
-        rows = [i for i in range(mask.shape[0]) if keep[i].item() > 0]
+        # the kept rows of the global batch (rank r holds rows offset .. offset + n - 1 of it)
+        keep_all = self.dist.gather(keep).tolist()
+        rows = [i for i in range(len(keep_all)) if keep_all[i] > 0]
         try:
             stats.update(self._fit(roll, rows, mask, logp_ref, targets, prefix, shuffle, stats))
         finally:
             prefix.clear()
         self._end_phase("update")
-        stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask).item())
+        stats["entropy"] = float(ppo.masked_mean(roll.entropy, mask, allsum=self.dist.sum).item())
         if obj.critic:
             stats["explained_variance"] = float(ppo.explained_variance(targets.values_old, targets.returns,
-                                                                       mask).item())
+                                                                       mask, allsum=self.dist.sum).item())
         return stats
 
     def _reference_pass(self, roll: Rollout, chunks, prefix: FrozenPrefix, with_values: bool):
@@ -668,10 +775,10 @@ class Trainer:
         controller) and the reported kl / kl_k1 / kl_k3: summed over a row, averaged over rows."""
         kl1 = ppo.kl_k1(logp_old, logp_ref) * mask
         kl3 = ppo.kl_k3(logp_old, logp_ref) * mask
-        n_kept = max(keep.sum().item(), 1.0)
         kl_seq = (kl3 if self.cfg.kl_estimator == "k3" else kl1).sum(axis=1)
-        return kl_seq, {"kl": float(kl_seq.sum().item() / n_kept), "kl_k1": float(kl1.sum().item() / n_kept),
-                        "kl_k3": float(kl3.sum().item() / n_kept)}
+        n_kept, kl, k1, k3 = self.dist.sum(mx.stack([keep.sum(), kl_seq.sum(), kl1.sum(), kl3.sum()])).tolist()
+        n_kept = max(n_kept, 1.0)  # over every rank's rows: the controller sees the global batch
+        return kl_seq, {"kl": float(kl / n_kept), "kl_k1": float(k1 / n_kept), "kl_k3": float(k3 / n_kept)}
 
     def _fit(self, roll: Rollout, rows: list[int], mask, logp_ref, t: Targets, prefix, shuffle: random.Random,
              stats: dict[str, float]) -> dict[str, float]:
@@ -679,30 +786,55 @@ class Trainer:
 
         ``target_kl`` stops early (SB3): a minibatch with approx_kl > 1.5 x target_kl is not applied
         and the rest of the step's update is skipped.
+
+        Several ranks: ``rows`` are the kept rows of the step's global batch. Every rank shuffles
+        them alike and cuts the same minibatches of ``minibatch_size`` global rows, then works on
+        the rows it holds (rank r holds global rows r x n .. r x n + n - 1, n rows each). A
+        minibatch's loss is divided by its global token count and the ranks' gradients are summed
+        (``average_gradients`` x ranks), so every optimizer step, gradient clipping included, is
+        the one-process step on that minibatch; the statistics are summed likewise.
         """
         cfg = self.cfg
+        n_local = mask.shape[0]
+        offset = self.dist.rank * n_local
         acc: dict[str, list[float]] = {}
         total = math.ceil(len(rows) / cfg.minibatch_size) * cfg.ppo_epochs
         ran, early_stop = 0, False
+        aux_keys = ["policy_loss", "clip_fraction", "approx_kl", "ratio"]
+        if t.values_old is not None:
+            aux_keys += ["value_loss", "value_clip_fraction"]
         self._progress("update", 0, total, "minibatches", detail=f"epoch 1/{cfg.ppo_epochs}")
         for epoch in range(cfg.ppo_epochs):
             order = list(rows)
             if not (epoch == 0 and cfg.ppo_epochs == 1):
                 shuffle.shuffle(order)
-            mbs = minibatches(order, cfg.minibatch_size)
+            mbs = [[g - offset for g in mb if offset <= g < offset + n_local]
+                   for mb in minibatches(order, cfg.minibatch_size)]
+            # each minibatch's token count over all ranks: its loss's normaliser
+            counts = self.dist.sum(mx.stack([mask[mx.array(mb)].sum() if mb else mx.array(0.0)
+                                             for mb in mbs])) if mbs else None
             grads_sum, n_acc = None, 0
             for j, mb in enumerate(mbs):
                 self._check_abort()
-                ids = mx.array(mb)
-                tok, lp, p_w, r_w = trim_rows(roll, mb)
-                batch = {
-                    "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w], "logp_old": roll.logprobs[ids, :r_w],
-                    "adv": t.advantages[ids, :r_w], "logp_ref": logp_ref[ids, :r_w],
-                    "values_old": t.values_old[ids, :r_w] if t.values_old is not None else None,
-                    "returns": t.returns[ids, :r_w] if t.returns is not None else None,
-                    "prefix": prefix.rows(mb),
-                }
-                (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
+                if mb:
+                    ids = mx.array(mb)
+                    tok, lp, p_w, r_w = trim_rows(roll, mb)
+                    batch = {
+                        "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w], "count": counts[j],
+                        "logp_old": roll.logprobs[ids, :r_w], "adv": t.advantages[ids, :r_w],
+                        "logp_ref": logp_ref[ids, :r_w],
+                        "values_old": t.values_old[ids, :r_w] if t.values_old is not None else None,
+                        "returns": t.returns[ids, :r_w] if t.returns is not None else None,
+                        "prefix": prefix.rows(mb),
+                    }
+                    (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
+                else:  # none of this minibatch's rows is on this rank: it adds nothing
+                    loss, aux = mx.array(0.0), {k: mx.array(0.0) for k in aux_keys}
+                    grads = tree_map(mx.zeros_like, self.policy.trainable_parameters())
+                if self.dist.active:
+                    grads = tree_map(lambda g: g * self.dist.size, self.dist.average_gradients(grads))
+                    summed = self.dist.sum(mx.stack([loss] + [aux[k] for k in aux_keys]))
+                    loss, aux = summed[0], {k: summed[i + 1] for i, k in enumerate(aux_keys)}
                 if not _all_finite(loss, grads):
                     raise _NonFinite(f"epoch {epoch + 1}, minibatch {j + 1}", stats)
                 if epoch == 0 and j == 0:  # before any update of this step: ratio 1 at step 0
@@ -754,19 +886,20 @@ class Trainer:
                                          with_values=critic, with_entropy=bonus, entropy_grad=bonus,
                                          prefix=b["prefix"])
         aux = {}
-        pg_loss, st = ppo.policy_loss(logp, b["logp_old"], b["adv"], mask, cfg.epsilon)
+        count = b["count"]  # the minibatch's tokens on every rank: the losses of the ranks add up
+        pg_loss, st = ppo.policy_loss(logp, b["logp_old"], b["adv"], mask, cfg.epsilon, count)
         loss = pg_loss
         aux.update(st)
         aux["policy_loss"] = pg_loss
         if critic:
-            vf_loss, vf_clip = ppo.value_loss(values, b["values_old"], b["returns"], mask, cfg.value_clip)
+            vf_loss, vf_clip = ppo.value_loss(values, b["values_old"], b["returns"], mask, cfg.value_clip, count)
             loss = loss + cfg.vf_coef * vf_loss
             aux["value_loss"] = vf_loss
             aux["value_clip_fraction"] = vf_clip
         if self.objective.kl_in_loss and self.beta > 0:
-            loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask)
+            loss = loss + self.beta * ppo.masked_mean(ppo.kl_k3(logp, b["logp_ref"]), mask, count=count)
         if bonus:  # entropy bonus; the reported entropy comes from the rollout
-            loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask)
+            loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask, count=count)
         return loss, aux
 
     def _apply(self, grads: dict) -> mx.array:

@@ -1,0 +1,207 @@
+"""Data-parallel PPO over MLX's distributed engine: `tui-trainer train --launch 2` (mlx.launch, ring
+backend on localhost, CPU) trains what one process trains, and bad input stops every rank with one line.
+
+The two-rank runs take ~10-15 s each (two processes loading MLX and the tiny model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlx.core as mx
+import pytest
+
+from tui_trainer.cli import main
+from tui_trainer.commands.launch import job_exit_code, rank_command
+from tui_trainer.config import save_config
+from tui_trainer.engine.distributed import Ranks
+from tui_trainer.errors import ConfigError
+from tui_trainer.run import build_run
+
+from test_trainer import make_config
+
+TESTS = Path(__file__).resolve().parent
+LAUNCH = Path(sys.executable).with_name("mlx.launch")
+needs_launch = pytest.mark.skipif(not LAUNCH.is_file() or not mx.distributed.is_available(),
+                                  reason="mlx.launch / mx.distributed not available")
+NOT_COMPARED = ("time_", "generation_tokens_per_second", "samples_per_second", "steps_per_minute", "peak_memory_mb")
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "kappa", "lambda", "sigma", "omega", "zeta", "theta"]
+    path.write_text("".join(json.dumps({"prompt": f"say {w} {i}"}) + "\n" for i, w in enumerate(words * 2)))
+    return path
+
+
+def env() -> dict:
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OPENBLAS_NUM_THREADS": "1"}
+
+
+def train_launch(config: Path, *extra: str, hosts: Path | None = None) -> subprocess.CompletedProcess:
+    """`tui-trainer train --launch 2` (or `--hosts FILE`) over the ring backend."""
+    where = ["--hosts", str(hosts)] if hosts else ["--launch", "2", "--backend", "ring"]
+    cmd = [sys.executable, "-m", "tui_trainer", "train", *where, "--config", str(config), *extra]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def adapter(run: Path, step: int) -> dict[str, mx.array]:
+    ckpt = run / "checkpoints" / f"{step:06d}"
+    return {**mx.load(str(ckpt / "adapters.safetensors")),
+            **{f"value_head.{k}": v for k, v in mx.load(str(ckpt / "value_head.safetensors")).items()}}
+
+
+def assert_same_weights(a: dict, b: dict, lr: float) -> None:
+    """Equal up to float32 rounding: within 1/1000 of one Adam step (lr) everywhere. A different
+    update (other prompts, other samples, a mean of the ranks' means) moves weights by ~lr."""
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = float(mx.abs(a[k] - b[k]).max().item())
+        assert diff < 1e-3 * lr, (k, diff)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_metrics(got: dict, want: dict) -> None:
+    for key, value in want.items():
+        if key.startswith(NOT_COMPARED) or not isinstance(value, (int, float)):
+            continue
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+
+
+@needs_launch
+def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny_dir, prompts_file, tmp_path):
+    """8 rows a step (4 prompts x 2), minibatches of 2 rows: some minibatches lie on one rank only,
+    so the other adds nothing to them (and its collectives must still pair with rank 0's)."""
+    lr, over = 1e-3, dict(save_every=1, minibatch_size=2, grad_accum=2, whiten_rewards=True)
+    one = tmp_path / "one"
+    build_run(make_config(tiny_dir, prompts_file, one, steps=4, actor_lr=lr, **over)).run()
+
+    two = tmp_path / "two"
+    cfg = tmp_path / "two.yaml"
+    save_config(make_config(tiny_dir, prompts_file, two, steps=2, actor_lr=lr, **over), cfg)
+    res = train_launch(cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("finished at step 2") == 1  # rank 0 speaks; rank 1 is quiet
+    for step in (1, 2):
+        assert_same_weights(adapter(two, step), adapter(one, step), lr)
+    moved = max(float(mx.abs(adapter(two, 2)[k] - adapter(two, 1)[k]).max().item()) for k in adapter(two, 1))
+    assert moved > 100 * 1e-3 * lr  # the tolerance is far below what a step changes
+    # rank 0 alone wrote the files: each step once, the global batch's 8 samples in the one-process order
+    got, want = records(two / "metrics.jsonl"), records(one / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2] and all(m["ranks"] == 2 for m in got)
+    for g, w in zip(got, want):
+        assert_same_metrics(g, w)
+    samples = (two / "samples.jsonl").read_text().splitlines()
+    assert samples == (one / "samples.jsonl").read_text().splitlines()[:len(samples)] and len(samples) == 16
+
+    # the two-rank run goes on in one process: step 3 is the one-process step 3
+    state = build_run(make_config(tiny_dir, prompts_file, two, steps=3, actor_lr=lr, **over), resume=True).run()
+    assert state.status == "finished" and state.step == 3
+    assert_same_weights(adapter(two, 3), adapter(one, 3), lr)
+    got = records(two / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2, 3] and "ranks" not in got[2]
+    assert_same_metrics(got[2], records(one / "metrics.jsonl")[2])
+
+    # and back on two ranks: rank 1 takes rank 0's checkpoint (adapter, value head, Adam moments, data position)
+    save_config(make_config(tiny_dir, prompts_file, two, steps=4, actor_lr=lr, **over), cfg)
+    res = train_launch(cfg, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert_same_weights(adapter(two, 4), adapter(one, 4), lr)
+    got = records(two / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    assert_same_metrics(got[3], records(one / "metrics.jsonl")[3])
+    assert (two / "samples.jsonl").read_text() == (one / "samples.jsonl").read_text()
+
+
+@needs_launch
+def test_two_ranks_pairwise_studio_is_the_one_process_update(tiny_dir, prompts_file, tmp_path):
+    """The studio objective normalises its pair advantages over the decided pairs of the whole batch
+    (grpo / rloo share its per-group code and the same summed statistics). Started with --hosts."""
+    lr, over = 1e-3, dict(steps=2, save_every=1, mode="pairwise", pairwise_objective="studio")
+    one, two = tmp_path / "one", tmp_path / "two"
+    build_run(make_config(tiny_dir, prompts_file, one, actor_lr=lr, **over)).run()
+    cfg = tmp_path / "two.yaml"
+    save_config(make_config(tiny_dir, prompts_file, two, actor_lr=lr, **over), cfg)
+    hosts = tmp_path / "hosts.json"  # mlx.launch's hostfile: two ranks on this machine (no ssh for 127.0.0.1)
+    hosts.write_text(json.dumps({"backend": "ring", "hosts": [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2}))
+    res = train_launch(cfg, hosts=hosts)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("finished at step 2") == 1
+    for step in (1, 2):
+        assert_same_weights(adapter(two, step), adapter(one, step), lr)
+    for g, w in zip(records(two / "metrics.jsonl"), records(one / "metrics.jsonl"), strict=True):
+        assert_same_metrics(g, w)
+    assert (two / "samples.jsonl").read_text() == (one / "samples.jsonl").read_text()
+
+
+@needs_launch
+def test_ranks_with_different_configs_stop_with_one_line(tiny_dir, prompts_file, tmp_path):
+    run = tmp_path / "run"
+    configs = []
+    for rank, lr in enumerate((1e-3, 2e-3)):
+        configs.append(tmp_path / f"rank{rank}.yaml")
+        save_config(make_config(tiny_dir, prompts_file, run, steps=1, actor_lr=lr), configs[-1])
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--python", sys.executable,
+           str(TESTS / "distributed_run.py"), *map(str, configs)]
+    res = subprocess.run(cmd, env={**env(), "TUI_TRAINER_EXIT_DIR": str(exits)}, capture_output=True, text=True,
+                         timeout=300)
+    errors = [line for line in (res.stdout + res.stderr).splitlines() if "error" in line]
+    assert errors == ["tui-trainer: error: rank(s) 1 have another config, model or data than rank 0; every rank "
+                      "needs the same config, model and data"], res.stderr[-2000:]
+    assert job_exit_code(exits, 0) == 2
+    assert not (run / "checkpoints").exists()
+
+
+def test_batch_size_splits_over_the_ranks():
+    def ranks(rank: int, size: int) -> Ranks:
+        return Ranks(SimpleNamespace(rank=lambda: rank, size=lambda: size))
+
+    assert ranks(1, 2).share(8) == slice(4, 8) and ranks(0, 2).share(8) == slice(0, 4)
+    assert ranks(2, 4).share(8) == slice(4, 6)
+    with pytest.raises(ConfigError, match="batch_size 6 does not split over 4 ranks"):
+        ranks(0, 4).share(6)
+    assert Ranks(None).share(5) == slice(0, 5)  # one process
+
+
+def test_launch_bad_input_is_one_line(tiny_dir, prompts_file, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    save_config(make_config(tiny_dir, prompts_file, tmp_path / "run"), cfg)  # batch_size 4
+    bad = tmp_path / "hosts.json"
+    bad.write_text("{not json")
+    cases = [
+        (["--hosts", str(bad)], f"--hosts {bad}: Failed to parse hostfile"),
+        (["--hosts", str(tmp_path / "none.json")], "doesn't exist"),
+        (["--launch", "3"], "batch_size 4 does not split over 3 ranks"),
+        (["--launch", "0"], "at least 1"),
+    ]
+    if not mx.cuda.is_available():
+        cases.append((["--launch", "2", "--backend", "nccl"], "--backend nccl needs CUDA GPUs"))
+    for extra, message in cases:
+        assert main(["train", "--config", str(cfg), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tui-trainer: error: ") and message in err[0], (extra, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rank_command_drops_the_launch_options():
+    argv = ["train", "--launch", "2", "--config", "c.yaml", "--backend=ring", "--hosts", "h.json", "--resume"]
+    assert rank_command(argv) == ["train", "--config", "c.yaml", "--resume", "--headless"]
+
+
+def test_job_exit_code_is_rank_0s(tmp_path):
+    assert job_exit_code(tmp_path, 0) == 0  # nothing written: mlx.launch's
+    (tmp_path / "rank-1").write_text("143")
+    assert job_exit_code(tmp_path, 0) == 143
+    (tmp_path / "rank-0").write_text("2")
+    assert job_exit_code(tmp_path, 0) == 2
