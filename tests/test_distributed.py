@@ -22,21 +22,13 @@ from tui_trainer.engine.distributed import Ranks
 from tui_trainer.errors import ConfigError
 from tui_trainer.run import build_run
 
-from test_trainer import make_config
+from test_trainer import make_config, prompts_file  # noqa: F401  (prompts_file: the same fixture)
 
 TESTS = Path(__file__).resolve().parent
 LAUNCH = Path(sys.executable).with_name("mlx.launch")
 needs_launch = pytest.mark.skipif(not LAUNCH.is_file() or not mx.distributed.is_available(),
                                   reason="mlx.launch / mx.distributed not available")
 NOT_COMPARED = ("time_", "generation_tokens_per_second", "samples_per_second", "steps_per_minute", "peak_memory_mb")
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
-    words = ["alpha", "beta", "gamma", "delta", "kappa", "lambda", "sigma", "omega", "zeta", "theta"]
-    path.write_text("".join(json.dumps({"prompt": f"say {w} {i}"}) + "\n" for i, w in enumerate(words * 2)))
-    return path
 
 
 def env() -> dict:
@@ -78,7 +70,7 @@ def assert_same_metrics(got: dict, want: dict) -> None:
 
 
 @needs_launch
-def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny_dir, prompts_file, tmp_path):
+def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny_dir, prompts_file, tmp_path):  # noqa: F811
     """8 rows a step (4 prompts x 2), minibatches of 2 rows: some minibatches lie on one rank only,
     so the other adds nothing to them (and its collectives must still pair with rank 0's)."""
     lr, over = 1e-3, dict(save_every=1, minibatch_size=2, grad_accum=2, whiten_rewards=True)
@@ -123,7 +115,7 @@ def test_two_ranks_train_what_one_process_trains_and_resume_with_one_or_two(tiny
 
 
 @needs_launch
-def test_two_ranks_pairwise_studio_is_the_one_process_update(tiny_dir, prompts_file, tmp_path):
+def test_two_ranks_pairwise_studio_is_the_one_process_update(tiny_dir, prompts_file, tmp_path):  # noqa: F811
     """The studio objective normalises its pair advantages over the decided pairs of the whole batch
     (grpo / rloo share its per-group code and the same summed statistics). Started with --hosts."""
     lr, over = 1e-3, dict(steps=2, save_every=1, mode="pairwise", pairwise_objective="studio")
@@ -144,7 +136,7 @@ def test_two_ranks_pairwise_studio_is_the_one_process_update(tiny_dir, prompts_f
 
 
 @needs_launch
-def test_ranks_with_different_configs_stop_with_one_line(tiny_dir, prompts_file, tmp_path):
+def test_ranks_with_different_configs_stop_with_one_line(tiny_dir, prompts_file, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     configs = []
     for rank, lr in enumerate((1e-3, 2e-3)):
@@ -174,7 +166,7 @@ def test_batch_size_splits_over_the_ranks():
     assert Ranks(None).share(5) == slice(0, 5)  # one process
 
 
-def test_launch_bad_input_is_one_line(tiny_dir, prompts_file, tmp_path, capsys):
+def test_launch_bad_input_is_one_line(tiny_dir, prompts_file, tmp_path, capsys):  # noqa: F811
     cfg = tmp_path / "cfg.yaml"
     save_config(make_config(tiny_dir, prompts_file, tmp_path / "run"), cfg)  # batch_size 4
     bad = tmp_path / "hosts.json"

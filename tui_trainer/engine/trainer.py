@@ -549,8 +549,7 @@ class Trainer:
                       row_offset=share.start * cfg.num_samples, on_token=on_token, should_stop=self._abort.is_set)
         texts = [batch[i].text for i in roll.prompt_index]
         columns = [batch[i].columns for i in roll.prompt_index]  # each sample's dataset row, for the judges
-        completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
-                       for r in roll.responses]
+        completions = self._texts(roll)
         t1 = time.perf_counter()
         n_tok = roll.num_tokens
         self._progress("rollout", expected, expected, "tokens", rate=n_tok / max(t1 - t0, 1e-9))
@@ -636,6 +635,11 @@ class Trainer:
                    for i, (p, c, s, f) in enumerate(zip(texts, completions, scores, finished))])
         return metrics
 
+    def _texts(self, roll: Rollout) -> list[str]:
+        """Each completion of ``roll`` as text, its EOS tokens left out."""
+        return [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
+                for r in roll.responses]
+
     def evaluate(self, step: int) -> float:
         """The judges' mean score of the policy on the fixed evaluation set (``eval_every``).
 
@@ -660,8 +664,7 @@ class Trainer:
                       seed=cfg.seed * 1000003 + 999_999_937,  # the same draw at every evaluation
                       on_token=on_token, should_stop=self._abort.is_set)
         self._check_abort()
-        completions = [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True)
-                       for r in roll.responses]
+        completions = self._texts(roll)
         self._progress("evaluation", expected, expected, "tokens")
         shown, self.judges.progress = self.judges.progress, (
             lambda judge, done, total: self._progress("evaluation", done, total, "samples", detail=judge))
