@@ -241,7 +241,20 @@ def test_warmup_ratio_counts_optimizer_updates():
     assert math.isclose(schedule(0).item(), 1e-8, rel_tol=1e-4)
     assert schedule(5).item() < 1e-3 * 0.6
     assert math.isclose(schedule(10).item(), 1e-3, rel_tol=1e-6)
-    assert make_schedule(Config(), 1e-3, total_updates=95) == 1e-3  # no warm-up: a constant
+    assert make_schedule(Config(warmup_ratio=0), 1e-3, total_updates=95) == 1e-3  # no warm-up: a constant
+    default = make_schedule(Config(), 1e-3, total_updates=40)  # the default ramps the first fifth: 8 updates
+    assert default(4).item() < 1e-3 * 0.6 and math.isclose(default(8).item(), 1e-3, rel_tol=1e-6)
+    assert make_schedule(Config(warmup_steps=3), 1e-3, total_updates=40)(3).item() == pytest.approx(1e-3)
+
+
+def test_warmup_steps_win_over_the_default_ratio_and_a_saved_config_keeps_both(tmp_path):
+    from tui_trainer.config import Config, save_config
+
+    assert load_config(write(tmp_path, {"warmup_steps": 4})).warmup_ratio is None
+    assert load_config(write(tmp_path, {"warmup_ratio": 0})).warmup_ratio == 0
+    save_config(Config(), tmp_path / "saved.yaml")
+    again = load_config(tmp_path / "saved.yaml")
+    assert (again.warmup_steps, again.warmup_ratio) == (0, 0.2) and not again.load_warnings
 
 
 # ----------------------------------------------------------------------------- in a run (tiny model)

@@ -48,6 +48,7 @@ def make_config(tiny_dir, prompts_file, run_dir, **over) -> Config:
         steps=3, batch_size=4, num_samples=2, max_new_tokens=10, minibatch_size=4, ppo_epochs=2,
         actor_lr=1e-3, critic_lr=1e-3, save_every=0, seed=1, adapter=AdapterConfig(rank=4, layers=1),
         judges=[JudgeSpec("rules", 1.0, {"callable": "test_trainer:char_length"})],
+        warmup_ratio=0,  # runs of 2 and 4 steps are compared: the default warm-up's length would differ
     )
     for k, v in over.items():
         setattr(cfg, k, v)

@@ -256,8 +256,8 @@ class Config:
     actor_lr: float = key(2e-05, 'policy (adapter) learning rate (alias learning_rate)', aliases=('learning_rate',), check=above(0), flag='--actor-lr')
     critic_lr: float = key(0.0001, 'value head learning rate', check=at_least(0), flag='--critic-lr')
     scheduler: str = key('constant', 'learning-rate schedule: constant | linear | cosine', aliases=('lr_scheduler_type',), check=one_of(SCHEDULERS))
-    warmup_steps: int = key(0, 'optimizer updates of linear learning-rate warm-up', check=at_least(0))
-    warmup_ratio: float | None = key(None, 'warm-up as a fraction of all optimizer updates, 0 <= ratio < 1 (TRL); warmup_steps wins when both are given', check=optional(within(0, 1, "[)")))
+    warmup_steps: int = key(0, 'optimizer updates of linear learning-rate warm-up; > 0 wins over warmup_ratio', check=at_least(0))
+    warmup_ratio: float | None = key(0.2, 'warm-up as a fraction of all optimizer updates, 0 <= ratio < 1 (TRL); 0 turns the warm-up off', check=optional(within(0, 1, "[)")))
     max_grad_norm: float = key(1.0, 'gradient clipping norm', check=above(0))
     whiten_rewards: bool = key(False, 'whiten rewards over the batch before GAE')
     score_scale: float = key(1.0, 'multiply judge scores by this before they become rewards', check=above(0))
@@ -358,8 +358,9 @@ FIELD_HELP: dict[str, str] = {k: f.metadata["help"] for k, f in DECLARED.items()
 
 # Why the learning defaults are what they are (`tui-trainer init` writes it into the config).
 DEFAULTS_REASON = ("Defaults from a measured sweep (bench/learning.py, bench/RESULTS.md): actor_lr 2e-5 with 4 "
-                   "samples per prompt keeps approx_kl near 0.01 and clip fraction under 0.1 per step; 5e-5 "
-                   "left the trust region (approx_kl 0.06-0.2, KL > 5 nats by step 8).")
+                   "samples per prompt keeps approx_kl near 0.01 and clip fraction under 0.1 per step (5e-5 left "
+                   "the trust region: approx_kl 0.06-0.2, KL > 5 nats by step 8); warmup_ratio 0.2 ramps the "
+                   "first fifth of the updates so the score rises after a steady start instead of jumping.")
 
 _SECTION_ORDER_HEADERS = {"model": "model", "mode": "algorithm", "seed": "run"}
 
@@ -609,11 +610,16 @@ def _build(merged: dict[str, _Value], warnings: list[str] | None = None) -> Conf
                 v = merged["epochs"]
                 cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({episodes.key} is given and wins)")
                 cfg.epochs = None
-    for given, loses in (("steps", "epochs"), ("warmup_steps", "warmup_ratio")):
-        if given in merged and loses in merged and getattr(cfg, loses) is not None:
-            v = merged[loses]
-            cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({merged[given].key} is given and wins)")
-            setattr(cfg, loses, None)
+    if "steps" in merged and "epochs" in merged and cfg.epochs is not None:
+        v = merged["epochs"]
+        cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({merged['steps'].key} is given and wins)")
+        cfg.epochs = None
+    # as in transformers' TrainingArguments: warmup_steps > 0 wins over warmup_ratio, 0 leaves the ratio
+    if cfg.warmup_steps > 0 and cfg.warmup_ratio is not None:
+        if "warmup_ratio" in merged:
+            v = merged["warmup_ratio"]
+            cfg.load_warnings.append(f"{v.where}: {v.key}: ignored ({merged['warmup_steps'].key} is given and wins)")
+        cfg.warmup_ratio = None
     n_mb = merged.get(NUM_MINI_BATCHES)
     if n_mb is not None:
         n = _coerce(n_mb.value, int, n_mb)

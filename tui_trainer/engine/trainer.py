@@ -75,7 +75,8 @@ def _peak_memory_mb() -> float:
 def make_schedule(cfg: Config, lr: float, total_updates: int):
     """constant / linear decay to 0 / cosine decay, after ``warmup_steps`` optimizer updates
     (or ``warmup_ratio`` of ``total_updates``, rounded up as TRL does)."""
-    warmup = cfg.warmup_steps if cfg.warmup_ratio is None else math.ceil(cfg.warmup_ratio * total_updates)
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 or not cfg.warmup_ratio \
+        else math.ceil(cfg.warmup_ratio * total_updates)
     decay_steps = max(total_updates - warmup, 1)
     if cfg.scheduler == "linear":
         main = optim.linear_schedule(lr, 0.0, decay_steps)
