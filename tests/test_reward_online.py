@@ -16,12 +16,9 @@ from tui_trainer.engine.reward import preference_probability
 from tui_trainer.engine.reward_online import least_sure_pairs
 from tui_trainer.events import Verdict
 
-VOWELS = ("a", "e", "i", "u")
-
-
 def person_rule(text: str) -> float:
-    """The person's taste: the larger the share of vowels, the better."""
-    return sum(c in VOWELS for c in text) / max(1, len(text))
+    """The person's taste: the more letters 'a', the better."""
+    return float(text.count("a"))
 
 
 class ScriptedPerson:
@@ -52,9 +49,9 @@ def test_least_sure_pairs_picks_the_closest_rewards_within_a_prompt():
 
 def test_online_loop_learns_the_persons_rule(tmp_path):
     """Budget 2 questions per step, refit every 4 labels: the reward model comes to rank the
-    person's rule (agreement with the person on fresh pairs of the last steps' samples: 0.72 with
-    this seed, chance is 0.5), and the policy's score under the person's rule rises (0.36 -> 0.72).
-    About 50 s on 2 CPU cores."""
+    person's rule (agreement with the person on fresh pairs of the last steps' samples: 0.85 with
+    this seed, chance is 0.5), and the policy's score under the person's rule rises (0.78 -> 4.0
+    letters 'a' per completion). About 50 s on 2 idle CPU cores."""
     from tui_trainer.run import build_run
 
     # a small alphabet (the chat template's and prompts' letters) and an untied head: the random
@@ -105,7 +102,7 @@ def test_online_loop_learns_the_persons_rule(tmp_path):
     r_lose = judge.rewards([p for p, _, _ in fresh], [b for _, _, b in fresh])
     agree = sum(preference_probability(w, v) > 0.5 for w, v in zip(r_win, r_lose)) / len(fresh)
     print(f"fresh pairs {len(fresh)}, agreement {agree:.2f}")
-    assert len(fresh) >= 20 and agree > 0.65
+    assert len(fresh) >= 20 and agree > 0.8
 
     # the policy's score under the person's rule rises
     def rule_score(batches):
@@ -113,7 +110,7 @@ def test_online_loop_learns_the_persons_rule(tmp_path):
 
     early, late = rule_score(samples[:10]), rule_score(samples[-10:])
     print(f"person's rule: first 10 steps {early:.2f}, last 10 steps {late:.2f}")
-    assert late > early + 0.1
+    assert late > early + 1.0
 
 
 def test_dashboard_and_headless_line_show_the_learning_numbers():
