@@ -205,3 +205,28 @@ def test_a_row_draws_the_same_completion_whatever_batch_it_is_in(model, top_p, t
     assert unshifted.responses != second.responses
     # and so does the seed
     assert sample(model, PROMPTS, **{**kw, "seed": 6}).responses != whole.responses
+
+
+def test_values_kept_by_the_rollout_equal_the_value_head_on_a_full_forward(model):
+    """With a value head, the rollout keeps V(s_t) of the hidden state that predicts response token
+    t (the same states the trainer's value pass would recompute); 0 after a row stops; the draw is
+    unchanged by asking for values."""
+    from tui_trainer.engine.policy import ValueHead
+
+    head = ValueHead(32)
+    mx.random.seed(3)
+    head.linear.weight = mx.random.normal(head.linear.weight.shape)
+    head.linear.bias = mx.array([0.25])
+    r = sample(model, PROMPTS, num_samples=2, max_new_tokens=9, temperature=1.0, seed=2, eos_ids={7},
+               value_head=head)
+    plain = sample(model, PROMPTS, num_samples=2, max_new_tokens=9, temperature=1.0, seed=2, eos_ids={7})
+    assert plain.values is None and r.responses == plain.responses
+    values = np.array(r.values)
+    assert values.shape == np.array(r.response_mask).shape
+    for row, i in enumerate(r.prompt_index):
+        n, p = r.lengths[row], len(PROMPTS[i])
+        hidden = model.model(mx.array([PROMPTS[i] + r.responses[row]]))[0, p - 1:p - 1 + n]
+        ref = np.array(head(hidden.astype(mx.float32)))
+        scale = np.abs(np.array(head.linear.weight)).sum() * np.abs(np.array(hidden)).max()
+        assert np.allclose(values[row, :n], ref, atol=64 * 2.0 ** -23 * scale), (row, values[row, :n], ref)
+        assert (values[row, n:] == 0).all()

@@ -15,6 +15,12 @@ The log-prob kept for each sampled token is ``log_softmax(logits / T)`` at that
 token: the policy distribution at the sampling temperature, which is what the
 PPO update recomputes (TRL does the same). With top_p < 1 or top_k > 0 the
 sampler draws from a truncated version of it.
+
+Each decode step runs the backbone and the model's own head (engine/family.py
+``output_logits``) on the last position only: the prefill never computes the
+prompt's logits. With a ``value_head`` the rollout also keeps ``V(s_t)`` of the
+hidden state that predicts each response token, the critic's values before the
+update, so the trainer needs no separate value pass.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import mlx.nn as nn
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 from tui_trainer.engine.blas import blas_threads, decode_threads
-from tui_trainer.engine.family import batch_caches
+from tui_trainer.engine.family import backbone_of, batch_caches, output_logits
 from tui_trainer.errors import StepInterrupted
 
 
@@ -50,6 +56,7 @@ class Rollout:
     lengths: list[int]  # response lengths (EOS counted)
     finished: list[bool]  # stopped by EOS
     prompt_index: list[int]  # row -> index of its prompt in the input list
+    values: mx.array | None = None  # (N, R) float32 V(s_t) from value_head when given, 0 on padding
 
     @property
     def responses(self) -> list[list[int]]:
@@ -98,6 +105,7 @@ def _sample(
     row_offset: int = 0,
     on_token: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    value_head: Callable[[mx.array], mx.array] | None = None,
 ) -> Rollout:
     """Sample ``num_samples`` completions for each prompt (token-id lists) in one batch.
 
@@ -107,6 +115,8 @@ def _sample(
     (``seed=None``: a seed taken from MLX's global generator).
     ``on_token(t)`` is called after each of the ``max_new_tokens`` decode positions;
     ``should_stop()`` is checked there too and raises ``StepInterrupted`` when true.
+    ``value_head(hidden)``: also keep its value of each hidden state that predicts a response
+    token (``Rollout.values``).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -136,8 +146,12 @@ def _sample(
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
 
+    backbone = backbone_of(model)
+
     def step(inputs: mx.array, done: mx.array, t: int):
-        logits = model(inputs, cache=cache)[:, -1, :].astype(mx.float32)
+        hidden = backbone(inputs, cache=cache)[:, -1:, :]  # the head on the last position only
+        logits = output_logits(model, hidden)[:, -1, :].astype(mx.float32)
+        val = value_head(hidden[:, -1, :].astype(mx.float32)) if value_head is not None else mx.zeros((n,))
         scaled = logits * inv_t
         logp_all = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
         tok = sampler(logp_all, t).astype(mx.int32)
@@ -147,18 +161,20 @@ def _sample(
         tok = mx.where(alive, tok, pad_id)
         lp = mx.where(alive, lp, 0.0)
         ent = mx.where(alive, ent, 0.0)
+        val = mx.where(alive, val, 0.0)
         is_eos = (tok[:, None] == eos[None, :]).any(axis=-1)
         new_done = mx.logical_or(done, mx.logical_and(alive, is_eos))
-        return tok, lp, ent, alive, new_done
+        return tok, lp, ent, val, alive, new_done
 
     done = mx.zeros((n,), dtype=mx.bool_)
-    out_tok, out_lp, out_ent, out_mask = [], [], [], []
-    tok, lp, ent, alive, done = step(tokens, done, 0)
-    mx.async_eval(tok, lp, ent, alive, done)
+    out_tok, out_lp, out_ent, out_val, out_mask = [], [], [], [], []
+    tok, lp, ent, val, alive, done = step(tokens, done, 0)
+    mx.async_eval(tok, lp, ent, val, alive, done)
     for t in range(max_new_tokens):
         out_tok.append(tok)
         out_lp.append(lp)
         out_ent.append(ent)
+        out_val.append(val)
         out_mask.append(alive)
         if should_stop is not None and should_stop():
             raise StepInterrupted("rollout interrupted")
@@ -170,15 +186,17 @@ def _sample(
         mx.async_eval(*nxt)
         if t % 8 == 7 and bool(done.all()):  # check for the early stop every few tokens
             break
-        tok, lp, ent, alive, done = nxt
+        tok, lp, ent, val, alive, done = nxt
     resp = mx.stack(out_tok, axis=1)
     logprobs = mx.stack(out_lp, axis=1)
     entropy = mx.stack(out_ent, axis=1)
+    values = mx.stack(out_val, axis=1)
     mask = mx.stack(out_mask, axis=1).astype(mx.float32)
     # trim trailing all-padding columns (from the lazy early-stop check)
     lengths = mask.sum(axis=1).astype(mx.int32)
     width = max(1, int(lengths.max().item()))
     resp, logprobs, entropy, mask = resp[:, :width], logprobs[:, :width], entropy[:, :width], mask[:, :width]
+    values = values[:, :width]
     lengths_l = lengths.tolist()
     last = mx.take_along_axis(resp, mx.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
     finished = ((last[:, None] == eos[None, :]).any(axis=-1)).tolist()
@@ -193,6 +211,7 @@ def _sample(
         lengths=lengths_l,
         finished=finished,
         prompt_index=prompt_index,
+        values=values if value_head is not None else None,
     )
 
 

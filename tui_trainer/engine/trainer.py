@@ -547,7 +547,8 @@ class Trainer:
         roll = sample(self.policy.model, [p.ids for p in batch], num_samples=cfg.num_samples,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                       top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id, seed=sample_seed,
-                      row_offset=share.start * cfg.num_samples, on_token=on_token, should_stop=self._abort.is_set)
+                      row_offset=share.start * cfg.num_samples, on_token=on_token, should_stop=self._abort.is_set,
+                      value_head=self.policy.value_head if self.objective.critic else None)
         texts = [batch[i].text for i in roll.prompt_index]
         columns = [batch[i].columns for i in roll.prompt_index]  # each sample's dataset row, for the judges
         completions = self._texts(roll)
@@ -755,8 +756,13 @@ class Trainer:
         return stats
 
     def _reference_pass(self, roll: Rollout, chunks, prefix: FrozenPrefix, with_values: bool):
-        """Reference log-probs (adapter off) and, for a critic, the value head's V(s_t); no gradient."""
+        """Reference log-probs (adapter off) and, for a critic, the value head's V(s_t); no gradient.
+        The values come from the rollout when it kept them (the same hidden states, no second pass)."""
         R = roll.response_mask.shape[1]
+        if with_values and roll.values is not None:
+            with_values, rollout_values = False, roll.values
+        else:
+            rollout_values = None
         ref_parts, val_parts = [], []
         for c, idx in enumerate(chunks):
             self._check_abort()
@@ -771,7 +777,7 @@ class Trainer:
                 val_parts.append(mx.pad(self.policy.value_head(hidden.astype(mx.float32)), pad))
             mx.eval(ref_parts[-1], *val_parts[-1:])
             self._progress("reference", c + 1, len(chunks), "minibatches")
-        values = mx.concatenate(val_parts) if with_values else None
+        values = mx.concatenate(val_parts) if with_values else rollout_values
         return mx.concatenate(ref_parts) * roll.response_mask, values
 
     def _kl_stats(self, logp_old, logp_ref, mask, keep) -> tuple[mx.array, dict[str, float]]:
