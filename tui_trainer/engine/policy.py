@@ -236,10 +236,13 @@ def forward(model: nn.Module, tokens: mx.array, left_pad: mx.array, prompt_width
 
 
 def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> tuple[mx.array, mx.array]:
-    """(log pi(target) at logits / T, logits / T). T = 0 (greedy) uses T = 1."""
+    """(log pi(target) at logits / T, logits / T). T = 0 (greedy) uses T = 1.
+
+    log pi(target) = z_target - logsumexp(z) with z = logits / T: the taken token's logit minus
+    the normaliser, so no (B, T, V) array of log-probs is built (nor its gradient)."""
     scaled = logits / temperature if temperature > 0 else logits
-    logp = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-    return mx.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], scaled
+    picked = mx.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
+    return picked - mx.logsumexp(scaled, axis=-1), scaled
 
 
 def evaluate(policy: Policy, tokens: mx.array, left_pad: mx.array, prompt_width: int, temperature: float,
