@@ -230,3 +230,26 @@ def test_values_kept_by_the_rollout_equal_the_value_head_on_a_full_forward(model
         scale = np.abs(np.array(head.linear.weight)).sum() * np.abs(np.array(hidden)).max()
         assert np.allclose(values[row, :n], ref, atol=64 * 2.0 ** -23 * scale), (row, values[row, :n], ref)
         assert (values[row, n:] == 0).all()
+
+
+def test_each_prompt_is_prefilled_once_for_all_its_samples(model, monkeypatch):
+    """The prefill runs on one row per prompt (not one per sample), then every row decodes; the
+    completions equal those of a batch where each prompt is written out num_samples times."""
+    shapes = []
+    original = llama.LlamaModel.__call__
+
+    def recording(self, inputs, *args, **kwargs):
+        shapes.append(tuple(inputs.shape))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(llama.LlamaModel, "__call__", recording)
+    shared = sample(model, PROMPTS, num_samples=3, max_new_tokens=5, temperature=1.0, seed=4)
+    width = max(len(p) for p in PROMPTS)
+    # (engine/family.py probes the family's attention layout with a few tiny calls first)
+    assert shapes[-5:] == [(len(PROMPTS), width)] + [(3 * len(PROMPTS), 1)] * 4
+    shapes.clear()
+    written_out = [p for p in PROMPTS for _ in range(3)]
+    each = sample(model, written_out, num_samples=1, max_new_tokens=5, temperature=1.0, seed=4)
+    assert shapes[-5] == (3 * len(PROMPTS), width)
+    assert shared.responses == each.responses
+    assert np.allclose(np.array(shared.logprobs), np.array(each.logprobs), atol=1e-5)

@@ -16,9 +16,10 @@ token: the policy distribution at the sampling temperature, which is what the
 PPO update recomputes (TRL does the same). With top_p < 1 or top_k > 0 the
 sampler draws from a truncated version of it.
 
-Each decode step runs the backbone and the model's own head (engine/family.py
-``output_logits``) on the last position only: the prefill never computes the
-prompt's logits. With a ``value_head`` the rollout also keeps ``V(s_t)`` of the
+Each prompt is prefilled once (its cache rows are then copied to its
+``num_samples`` samples, mlx-lm's ``cache.filter``), and each decode step runs the
+backbone and the model's own head (engine/family.py ``output_logits``) on the last
+position only: the prefill never computes the prompt's logits. With a ``value_head`` the rollout also keeps ``V(s_t)`` of the
 hidden state that predicts each response token, the critic's values before the
 update, so the trainer needs no separate value pass.
 """
@@ -124,11 +125,13 @@ def _sample(
         raise ValueError("max_new_tokens and num_samples must be >= 1 and temperature >= 0")
     if seed is None:
         seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
-    rows = [p for p in prompts for _ in range(num_samples)]
     prompt_index = [i for i in range(len(prompts)) for _ in range(num_samples)]
-    tokens, pads = left_pad(rows, pad_id)
+    # each prompt is prefilled once; its cache rows are then copied for its num_samples samples
+    prompt_tokens, prompt_pads = left_pad(prompts, pad_id)
+    expand = mx.array(prompt_index)
+    tokens, pads = prompt_tokens[expand], prompt_pads[expand]
     n = tokens.shape[0]
-    cache = batch_caches(model, pads)
+    cache = batch_caches(model, prompt_pads)
     # The draw is from log_softmax(logits / T) itself (top_p / top_k applied to it), at
     # temperature 1: tempering again would sample from logits / T**2 while the kept log-probs
     # say logits / T. The filters run in make_sampler's order (top_p, then top_k).
@@ -150,6 +153,10 @@ def _sample(
 
     def step(inputs: mx.array, done: mx.array, t: int):
         hidden = backbone(inputs, cache=cache)[:, -1:, :]  # the head on the last position only
+        if hidden.shape[0] != n:  # the prefill of each prompt once: copy its rows to its samples
+            hidden = hidden[expand]
+            for c in cache:
+                c.filter(expand)
         logits = output_logits(model, hidden)[:, -1, :].astype(mx.float32)
         val = value_head(hidden[:, -1, :].astype(mx.float32)) if value_head is not None else mx.zeros((n,))
         scaled = logits * inv_t
@@ -168,7 +175,7 @@ def _sample(
 
     done = mx.zeros((n,), dtype=mx.bool_)
     out_tok, out_lp, out_ent, out_val, out_mask = [], [], [], [], []
-    tok, lp, ent, val, alive, done = step(tokens, done, 0)
+    tok, lp, ent, val, alive, done = step(prompt_tokens, done, 0)
     mx.async_eval(tok, lp, ent, val, alive, done)
     for t in range(max_new_tokens):
         out_tok.append(tok)
