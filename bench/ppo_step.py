@@ -79,7 +79,19 @@ def parse_args(argv=None):
     p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"),
                    help="results file whose '## PPO step' section is replaced")
     p.add_argument("--no-write", action="store_true", help="print the table, leave the results file alone")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure both sides this many times, alternating, and report the ratio's spread (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the benchmark config on both sides (e.g. ppo_epochs=4, max_new_tokens=256); the "
+                        "results go to their own section '## PPO step (KEY VALUE)'")
     args = p.parse_args(argv)
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if key not in CONFIG or not value:
+            p.error(f"--set {kv}: KEY=VALUE with KEY one of {', '.join(CONFIG)}")
+        CONFIG[key] = type(CONFIG[key])(float(value)) if isinstance(CONFIG[key], (int, float)) else value
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is a warm-up)")
     if args.threads < 1:
@@ -136,6 +148,11 @@ def run_ours(steps: int, threads: int) -> dict:
                 out["probe_logits"] = base(mx.array([probe]))[0, -1].astype(mx.float32).tolist()
             out["probe_ids"] = list(probe)
             out["trainable_params"] = sum(v.size for _, v in _flat(self.policy.trainable_parameters()))
+            a = self.policy.model.args
+            heads = a.num_attention_heads
+            out["arch"] = {"d": a.hidden_size, "layers": a.num_hidden_layers, "ffn": a.intermediate_size,
+                           "heads": heads, "kv_heads": a.num_key_value_heads or heads, "vocab": a.vocab_size,
+                           "head_dim": getattr(a, "head_dim", None) or a.hidden_size // heads}
             out["peak_reset"] = reset_peak_rss()
             marks["cpu"] = time.process_time()
 
@@ -178,6 +195,54 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "?"
+
+
+# ----------------------------------------------------------------------------- FLOPs and the BLAS peak
+
+def token_flops(a: dict, context: float) -> float:
+    """Matmul FLOPs of one token through the blocks (2 per multiply-add): the q/k/v/o and
+    gate/up/down projections, plus attention scores and the weighted sum over ``context`` keys."""
+    d, hd = a["d"], a["head_dim"]
+    q, kv = a["heads"] * hd, a["kv_heads"] * hd
+    linear = 2 * (d * q + 2 * d * kv + q * d + 3 * d * a["ffn"])
+    attention = 4 * q * context
+    return a["layers"] * (linear + attention)
+
+
+def step_flops(a: dict, batch: list[list[int]], num_samples: int, new_tokens: int, epochs: int) -> dict:
+    """FLOPs of the passes our step does on one batch (``batch``: the prompt ids of every row).
+
+    rollout: each prompt prefilled once at the batch's padded width P, the head on its last
+    position; then ``new_tokens`` decode steps of every row (blocks + head). update: one
+    reference forward over the padded rows (P + R columns, head on the R response positions),
+    then per epoch a forward and a backward; with frozen base weights the backward computes
+    input gradients only, counted as one more forward (LoRA's own small products left out)."""
+    head = 2 * a["d"] * a["vocab"]
+    rows, P, R = len(batch), max(len(p) for p in batch), new_tokens
+    prompts = rows // num_samples
+    prefill = prompts * sum(token_flops(a, t + 1) for t in range(P)) + prompts * head
+    decode = rows * sum(token_flops(a, P + t + 1) + head for t in range(R - 1))
+    forward = rows * sum(token_flops(a, t + 1) for t in range(P + R)) + rows * R * head
+    return {"rollout": prefill + decode, "update": forward * (1 + 2 * epochs)}
+
+
+def matmul_peak(threads: int, shape: tuple[int, int, int] = (1024, 576, 1536), reps: int = 5) -> float:
+    """Best f32 GFLOP/s of MLX's (m, k) @ (k, n) matmul with ``threads`` BLAS threads."""
+    import mlx.core as mx
+
+    from tui_trainer.engine.blas import blas_threads
+
+    m, k, n = shape
+    x, w = mx.random.normal((m, k)), mx.random.normal((k, n))
+    mx.eval(x, w)
+    best = float("inf")
+    with blas_threads(threads):
+        mx.eval(x @ w)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            mx.eval(x @ w)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best / 1e9
 
 
 # ----------------------------------------------------------------------------- TRL side
@@ -262,7 +327,7 @@ def table(o: dict, t: dict | None) -> list[str]:
         ("seconds / step", "time_step", "{:.1f}"),
         ("  rollout (generation)", "time_rollout", "{:.1f}"),
         ("  judge (ours: rules; TRL: reward-model forward)", "time_judge", "{:.2f}"),
-        ("  update (ref + values + GAE + PPO epochs)", "time_update", "{:.1f}"),
+        ("  update (ref + GAE + PPO epochs; TRL: + values)", "time_update", "{:.1f}"),
         ("rollout + update (no judge)", "rollout_update", "{:.1f}"),
         ("CPU seconds / step (process)", "cpu_seconds", "{:.1f}"),
         ("generated tokens / s (whole step)", "tokens_per_second", "{:.1f}"),
@@ -289,16 +354,30 @@ def load_average() -> str:
         return "?"
 
 
-def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load_after: str) -> str:
-    o = summary(ours)
-    t = summary(trl) if trl else None
+def mean_summary(results: list[dict]) -> dict:
+    """The mean over repeats of each figure of ``summary``."""
+    parts = [summary(r) for r in results]
+    return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+
+
+def render(args, runs: list[tuple[dict, dict | None]], note: str, load_before: str, load_after: str,
+           peaks: dict[int, float]) -> str:
+    from tui_trainer.engine.blas import cpu_features
+
+    ours = runs[0][0]
+    trl = runs[0][1]
+    o = mean_summary([r for r, _ in runs])
+    trls = [t for _, t in runs if t]
+    t = mean_summary(trls) if len(trls) == len(runs) else None
     c = CONFIG
     rows = c["batch_size"] * c["num_samples"]
+    repeats = f", measured {len(runs)} times (alternating sides; figures are means)" if len(runs) > 1 else ""
     lines = [
-        SECTION,
+        section_name(args),
         "",
-        f"Measured {dt.date.today().isoformat()} by `bench/ppo_step.py` on {cpu_model()}, "
-        f"{os.cpu_count()} cores, {args.threads} threads per side, one side after the other. "
+        f"Measured {dt.date.today().isoformat()} by `bench/ppo_step.py"
+        + "".join(f" --set {kv}" for kv in args.set) + f"` on {cpu_model()} (vector features: {cpu_features()}), "
+        f"{os.cpu_count()} cores, {args.threads} threads per side, one side after the other{repeats}. "
         f"Load average (1/5/15 min) before / after: {load_before} / {load_after} (the machine is shared; "
         "times move with what else runs).",
         "",
@@ -308,14 +387,19 @@ def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load
         f"{rows // c['minibatch_size']} minibatches of {c['minibatch_size']} sequences; LoRA rank "
         f"{c['lora_rank']}, alpha {int(c['lora_rank'] * c['lora_scale'])}, on all 7 linear layers of all 30 blocks; "
         f"reference = adapter off; {args.steps} steps per side, the first a warm-up, averages over the other "
-        f"{o['measured_steps']}.",
+        f"{int(o['measured_steps'])}.",
         "",
         *table(o, t),
         "",
     ]
+    lines += hardware_lines(runs, peaks, o) + [""]
     if t:
+        ratios = sorted(tt["time_step"] / oo["time_step"] for oo, tt in
+                        ((summary(a), summary(b)) for a, b in runs))
+        spread = (f" (each repeat: {', '.join(f'{r:.2f}x' for r in ratios)}; median "
+                  f"{ratios[len(ratios) // 2]:.2f}x)") if len(ratios) > 1 else ""
         lines += [
-            f"**Ratio (TRL seconds / ours) per PPO step: {t['time_step'] / o['time_step']:.2f}x**; "
+            f"**Ratio (TRL seconds / ours) per PPO step: {t['time_step'] / o['time_step']:.2f}x**{spread}; "
             f"rollout + update only (judges left out): {t['rollout_update'] / o['rollout_update']:.2f}x.",
             "",
             f"- Ours: tui-trainer Trainer, mlx {ours['versions']['mlx']}, mlx-lm {ours['versions']['mlx-lm']}, "
@@ -334,18 +418,38 @@ def render(args, ours: dict, trl: dict | None, note: str, load_before: str, load
             "head on the policy's own backbone (one extra forward pass over prompt + response), where ours "
             "is the rules judge on the text; the 'rollout + update' ratio leaves judges out. TRL's value "
             "model is a head on the same shared backbone, but TRL runs it as its own forward pass (in the "
-            "rollout and in every minibatch); ours reads values off the policy forward's hidden states in "
-            "the update. TRL uses one AdamW for policy and value (lr 1e-5); ours two Adams (actor 1e-5, "
+            "rollout and in every minibatch); ours keeps the values of the rollout's own hidden states "
+            "(the decode computes them anyway) and reads the update's values off the policy forward. TRL uses one AdamW for policy and value (lr 1e-5); ours two Adams (actor 1e-5, "
             "critic 1e-4) and gradient clipping. TRL's pad token is set to `<|endoftext|>` because it "
             "finds padding by token id. Both sides see the same prompt batches in the same order.",
             "- Split: 'rollout' is generation (TRL: `batch_generation`; ours: batched KV-cached sampling "
-            "+ decoding); 'judge' is the reward call; 'update' is the rest of the step: reference "
-            "log-probs (adapter off), values, rewards, GAE and the PPO epochs. Peak RSS is the kernel's "
+            "+ decoding, values included); 'judge' is the reward call; 'update' is the rest of the step: "
+            "reference log-probs (adapter off), TRL's value forward, rewards, GAE and the PPO epochs. Peak RSS is the kernel's "
             "high-water mark reset after model loading, so loading is not counted.",
         ]
     else:
         lines += [f"TRL side not measured: {note.splitlines()[0]}", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def hardware_lines(runs, peaks: dict[int, float], o: dict) -> list[str]:
+    """Achieved GFLOP/s of our rollout and update (the FLOPs of the passes done, step_flops)
+    next to the f32 matmul peak of the BLAS in use."""
+    c = CONFIG
+    ours = runs[0][0]
+    per_batch = [step_flops(ours["arch"], b, c["num_samples"], c["max_new_tokens"], c["ppo_epochs"])
+                 for b in ours["batches"][1:len(ours["steps"])]]
+    flops = {k: sum(f[k] for f in per_batch) / len(per_batch) for k in ("rollout", "update")}
+    peak = ", ".join(f"{v:.0f} GFLOP/s with {n} thread{'s' if n > 1 else ''}" for n, v in sorted(peaks.items()))
+    return [
+        f"Distance to the hardware: f32 matmul peak of the BLAS in use (1024x576 @ 576x1536): {peak}. "
+        f"Ours per step: rollout {flops['rollout'] / 1e9:.0f} GFLOP in {o['time_rollout']:.1f} s = "
+        f"{flops['rollout'] / 1e9 / o['time_rollout']:.1f} GFLOP/s (decode runs with "
+        f"{os.environ.get('TUI_TRAINER_DECODE_THREADS', '1')} BLAS thread); update {flops['update'] / 1e9:.0f} GFLOP "
+        f"in {o['time_update']:.1f} s = {flops['update'] / 1e9 / o['time_update']:.1f} GFLOP/s "
+        f"({c['ppo_epochs']} epochs; FLOPs counted as in `step_flops`: matmuls of the passes done, the "
+        "backward of the frozen base as one more forward).",
+    ]
 
 
 def _step_str(s: dict) -> str:
@@ -359,24 +463,35 @@ def main(argv=None) -> int:
 
     ensure_fast_blas()  # loads the probed OpenBLAS before mlx, like the CLI
     load_before = load_average()
-    print(f"ours: {args.steps} PPO steps ...", flush=True)
-    ours = run_ours(args.steps, args.threads)
-    trl, note = (None, "skipped (--no-trl)") if args.no_trl else (None, "")
-    if not args.no_trl:
-        print("TRL: the same steps in the TRL environment ...", flush=True)
-        trl, note = run_trl(args.trl_python, ours, args.threads)
-        if trl is None:
-            print(note, file=sys.stderr)
-    section = render(args, ours, trl, note, load_before, load_average())
+    runs: list[tuple[dict, dict | None]] = []
+    note = "skipped (--no-trl)" if args.no_trl else ""
+    for i in range(args.repeat):
+        tag = f" (repeat {i + 1}/{args.repeat})" if args.repeat > 1 else ""
+        print(f"ours: {args.steps} PPO steps{tag} ...", flush=True)
+        ours = run_ours(args.steps, args.threads)
+        trl = None
+        if not args.no_trl:
+            print(f"TRL: the same steps in the TRL environment{tag} ...", flush=True)
+            trl, note = run_trl(args.trl_python, ours, args.threads)
+            if trl is None:
+                print(note, file=sys.stderr)
+        runs.append((ours, trl))
+    peaks = {n: matmul_peak(n) for n in sorted({1, args.threads})}
+    section = render(args, runs, note, load_before, load_average(), peaks)
     raw = ROOT / "bench" / "out"
     raw.mkdir(parents=True, exist_ok=True)
-    (raw / "ppo_step.json").write_text(json.dumps({"ours": ours, "trl": trl}))
+    name = "ppo_step" + "".join(f"-{kv.replace('=', '')}" for kv in args.set) + ".json"
+    (raw / name).write_text(json.dumps({"runs": [{"ours": o, "trl": t} for o, t in runs], "peaks": peaks}))
     print()
     print(section)
     if not args.no_write:
-        write_section(Path(args.results), SECTION, section)
-        print(f"wrote the '{SECTION}' section of {args.results}")
+        write_section(Path(args.results), section_name(args), section)
+        print(f"wrote the '{section_name(args)}' section of {args.results}")
     return 0
+
+
+def section_name(args) -> str:
+    return SECTION + (f" ({', '.join(kv.replace('=', ' ') for kv in args.set)})" if args.set else "")
 
 
 if __name__ == "__main__":

@@ -105,3 +105,51 @@ def test_children_inherit_no_blas_environment(tmp_path):
     for key in ("LD_PRELOAD", "LD_LIBRARY_PATH"):
         assert out["child"].get(key) == out["before"].get(key), key
     assert out["child"] == out["before"]  # nothing at all added to what the child inherits
+
+
+class FakeOpenBLAS:
+    """openblas_get/set_num_threads of a library with ``n`` threads; records every set."""
+
+    def __init__(self, n: int):
+        self.n, self.sets = n, []
+
+    def openblas_get_num_threads(self):
+        return self.n
+
+    def openblas_set_num_threads(self, n):
+        self.sets.append(n)
+
+
+@pytest.mark.parametrize("slow,expected", [(1, 2), (2, 1)])
+def test_decode_threads_probe_keeps_the_faster_count(slow, expected):
+    """Positions 2..5 decode with 1 thread, 6..9 with all (2); the faster per token decodes the
+    rest; the library's own count comes back at the end."""
+    from tui_trainer.engine.blas import DecodeThreads
+
+    lib, now, synced = FakeOpenBLAS(2), [0.0], []
+    probe = DecodeThreads(None, max_tokens=64, lib=lib, clock=lambda: now[0])
+    with probe:
+        assert lib.sets == []  # the prefill keeps every thread
+        for t in range(1, 20):
+            probe.before_token(t, lambda: synced.append(t))
+            now[0] += 3.0 if lib.sets and lib.sets[-1] == slow else 1.0
+    assert synced == [2, 6, 10] and probe.chosen == expected
+    assert probe.seconds_per_token == {slow: 3.0, 3 - slow: 1.0}
+    assert lib.sets == [1, 2, expected, 2]
+
+
+def test_decode_threads_fixed_or_short_decodes_do_not_probe(monkeypatch):
+    from tui_trainer.engine.blas import DecodeThreads, decode_threads
+
+    lib = FakeOpenBLAS(2)
+    with DecodeThreads(3, max_tokens=64, lib=lib) as fixed:
+        fixed.before_token(2, lambda: pytest.fail("no sync without a probe"))
+    assert fixed.chosen == 3 and lib.sets == [3, 2]
+    with DecodeThreads(None, max_tokens=12, lib=FakeOpenBLAS(2)) as short:
+        assert short.chosen == 1 and short.marks == []
+    with DecodeThreads(None, max_tokens=64, lib=FakeOpenBLAS(1)) as single:
+        assert single.marks == []
+    monkeypatch.setenv("TUI_TRAINER_DECODE_THREADS", "2")
+    assert decode_threads() == 2
+    monkeypatch.delenv("TUI_TRAINER_DECODE_THREADS")
+    assert decode_threads() is None

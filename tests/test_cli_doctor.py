@@ -43,6 +43,7 @@ def test_doctor_reports_every_part():
     assert "SmolLM2-135M-Instruct" in fields["default model"] and "MiB" in fields["default model"]
     assert "llama-cpp-python" in fields["llama.cpp"]
     assert "builtin" in fields["judge plugins"], out
+    assert "TUI_TRAINER_DECODE_THREADS" in fields["decode threads"], out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS set-up is for Linux CPU")

@@ -25,7 +25,7 @@ def _version(dist: str) -> str | None:
 
 
 def _line(label: str, value: str) -> None:
-    print(f"{label + ':':<15}{value}")
+    print(f"{label + ':':<16}{value}")
 
 
 def _mlx() -> tuple[bool, str]:
@@ -53,6 +53,7 @@ def _blas() -> list[tuple[str, str]]:
     rows = [("CPU features", cpu_features()), ("BLAS", blas_in_use())]
     for p in STATUS.probes:
         rows.append(("BLAS probe", f"{p.library}: {p.line}" if p.ok else p.line))
+    rows.append(("decode threads", _decode_threads()))
     if not is_fast(rows[1][1]) and wants_cpu_blas():
         if os.environ.get("TUI_TRAINER_BLAS", "").lower() in ("0", "off", "none", "reference"):
             rows.append(("BLAS fix", "unset TUI_TRAINER_BLAS (it is set to off) so that tui-trainer loads "
@@ -61,6 +62,20 @@ def _blas() -> list[tuple[str, str]]:
             rows.append(("BLAS fix", "pip install scipy-openblas32 (and a C compiler for its shim), or point "
                                      "TUI_TRAINER_BLAS at a DYNAMIC_ARCH OpenBLAS or MKL library"))
     return rows
+
+
+def _decode_threads() -> str:
+    """How the rollout picks its BLAS threads (engine/blas.py DecodeThreads)."""
+    from tui_trainer.engine.blas import DecodeThreads, decode_threads
+
+    fixed = decode_threads()
+    plan = DecodeThreads(fixed, max_tokens=64)
+    if fixed is not None:
+        return f"{fixed} (fixed by TUI_TRAINER_DECODE_THREADS)"
+    if plan.candidates:
+        return (f"timed at each rollout: 1 or {plan.before} BLAS threads, the faster for its first tokens "
+                "(metrics: decode_threads; TUI_TRAINER_DECODE_THREADS fixes it)")
+    return "1 (one BLAS thread available, nothing to choose)"
 
 
 def _model() -> tuple[bool, str]:

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -452,10 +453,8 @@ def _openblas():
 class blas_threads:
     """Run a block with ``n`` OpenBLAS threads (no-op without an OpenBLAS loaded).
 
-    Decoding multiplies a few rows at a time: there OpenBLAS's thread hand-off costs more
-    than it saves (measured 4-12x slower rollout with 2 threads on a busy 2-core machine),
-    while the update's large matmuls gain from every core. ``TUI_TRAINER_DECODE_THREADS``
-    overrides the decode setting.
+    The update's large matmuls gain from every core; decoding picks its own count
+    (``DecodeThreads``).
     """
 
     def __init__(self, n: int):
@@ -474,8 +473,68 @@ class blas_threads:
             self.lib.openblas_set_num_threads(self.before)
 
 
-def decode_threads() -> int:
+def decode_threads() -> int | None:
+    """``TUI_TRAINER_DECODE_THREADS`` when set (a fixed count for decoding); None: probe."""
+    value = os.environ.get("TUI_TRAINER_DECODE_THREADS")
     try:
-        return int(os.environ.get("TUI_TRAINER_DECODE_THREADS", "1"))
+        return max(1, int(value)) if value else None
     except ValueError:
-        return 1
+        return None
+
+
+class DecodeThreads:
+    """OpenBLAS's thread count for one rollout's decode, chosen by timing the decode itself.
+
+    Decoding multiplies a few rows at a time, where OpenBLAS's thread hand-off can cost more
+    than the second core gives (4-12x slower with 2 threads on a busy 2-core machine), or win
+    (a quiet one); which, depends on the machine and its load at the time. So tokens
+    ``START`` .. are decoded in one window of ``WINDOW`` tokens per candidate (1 thread, then
+    every thread OpenBLAS has), each window timed after a sync, and the faster per token
+    decodes the rest of the rollout (the prefill before runs with every thread) (``chosen``; ``seconds_per_token`` holds the timings).
+    A fixed count (``TUI_TRAINER_DECODE_THREADS``), one thread in all, no OpenBLAS loaded or
+    a decode too short to time: no probe, one thread (or the fixed count).
+    """
+
+    START, WINDOW = 2, 4
+
+    def __init__(self, fixed: int | None = None, max_tokens: int = 0, lib=None, clock=time.perf_counter):
+        self.lib = lib if lib is not None else _openblas()
+        self.before = self.lib.openblas_get_num_threads() if self.lib is not None else 1
+        self.clock = clock
+        self.chosen = fixed or 1
+        self.seconds_per_token: dict[int, float] = {}
+        probe = fixed is None and self.lib is not None and self.before > 1
+        self.candidates = [1, self.before] if probe else []
+        self.marks = [self.START + i * self.WINDOW for i in range(len(self.candidates) + 1)] if probe else []
+        if self.candidates and max_tokens <= self.marks[-1] + self.WINDOW:
+            self.candidates, self.marks = [], []  # too short to pay for the syncs
+        self._t = 0.0
+
+    def _set(self, n: int) -> None:
+        if self.lib is not None:
+            self.lib.openblas_set_num_threads(n)
+
+    def __enter__(self):
+        if not self.candidates:  # probing: the prefill and first tokens keep every thread
+            self._set(self.chosen)
+        return self
+
+    def __exit__(self, *exc):
+        self._set(self.before)
+
+    def before_token(self, t: int, sync) -> None:
+        """Called before decode position ``t`` is dispatched; ``sync()`` waits for the work so far."""
+        if t not in self.marks:
+            return
+        sync()
+        now = self.clock()
+        i = self.marks.index(t)
+        if i > 0:
+            self.seconds_per_token[self.candidates[i - 1]] = (now - self._t) / self.WINDOW
+        if i < len(self.candidates):
+            self._set(self.candidates[i])
+            self._t = now
+            return
+        self.chosen = min(self.seconds_per_token, key=self.seconds_per_token.get)
+        self._set(self.chosen)
+        self.marks = []

@@ -34,7 +34,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
-from tui_trainer.engine.blas import blas_threads, decode_threads
+from tui_trainer.engine.blas import DecodeThreads, decode_threads
 from tui_trainer.engine.family import backbone_of, batch_caches, output_logits
 from tui_trainer.errors import StepInterrupted
 
@@ -58,6 +58,7 @@ class Rollout:
     finished: list[bool]  # stopped by EOS
     prompt_index: list[int]  # row -> index of its prompt in the input list
     values: mx.array | None = None  # (N, R) float32 V(s_t) from value_head when given, 0 on padding
+    decode_threads: int = 1  # the BLAS threads the decode ran with (engine/blas.py DecodeThreads)
 
     @property
     def responses(self) -> list[list[int]]:
@@ -107,6 +108,7 @@ def _sample(
     on_token: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     value_head: Callable[[mx.array], mx.array] | None = None,
+    threads: DecodeThreads | None = None,
 ) -> Rollout:
     """Sample ``num_samples`` completions for each prompt (token-id lists) in one batch.
 
@@ -189,6 +191,8 @@ def _sample(
             on_token(t + 1)
         if t + 1 == max_new_tokens:
             break
+        if threads is not None:
+            threads.before_token(t + 1, lambda: mx.eval(tok, lp, ent, val, alive, done))
         nxt = step(tok[:, None], done, t + 1)
         mx.async_eval(*nxt)
         if t % 8 == 7 and bool(done.all()):  # check for the early stop every few tokens
@@ -219,14 +223,13 @@ def _sample(
         finished=finished,
         prompt_index=prompt_index,
         values=values if value_head is not None else None,
+        decode_threads=threads.chosen if threads is not None else 1,
     )
 
 
 def sample(model: nn.Module, prompts: list[list[int]], **kwargs) -> Rollout:
-    """Sample completions (see ``_sample`` for the arguments), decoding with few BLAS threads.
-
-    Decode-time matmuls have a handful of rows; OpenBLAS threads cost more than they save there
-    (see engine/blas.py), so the rollout runs with ``TUI_TRAINER_DECODE_THREADS`` (default 1).
-    """
-    with blas_threads(decode_threads()):
-        return _sample(model, prompts, **kwargs)
+    """Sample completions (see ``_sample`` for the arguments), decoding with the BLAS thread count
+    that the decode's own first tokens time fastest (engine/blas.py ``DecodeThreads``;
+    ``TUI_TRAINER_DECODE_THREADS`` fixes it)."""
+    with DecodeThreads(decode_threads(), kwargs.get("max_new_tokens", 64)) as threads:
+        return _sample(model, prompts, threads=threads, **kwargs)

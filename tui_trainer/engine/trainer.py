@@ -613,6 +613,7 @@ class Trainer:
             "time_step": t3 - t0,
             # generation speed: tokens sampled per second of the rollout phase (all ranks)
             "generation_tokens_per_second": n_tok / max(t1 - t0, 1e-9),
+            "decode_threads": float(roll.decode_threads),  # BLAS threads the decode timed fastest
             # whole-step throughput: completions per second, steps per minute
             "samples_per_second": len(lengths) / max(t3 - t0, 1e-9),
             "steps_per_minute": 60.0 / max(t3 - t0, 1e-9),
