@@ -221,9 +221,10 @@ class Trainer:
         if cfg.eval_every and asking:
             raise ConfigError(f"eval_every: judge {', '.join(asking)} asks a person, and the evaluation set is "
                               "scored without one; use judges that score on their own, or eval_every: 0")
-        if self.dist.active and asking:
-            raise ConfigError(f"judge {', '.join(asking)} asks a person, which a run over {self.dist.size} ranks "
-                              "cannot do yet; use judges that score on their own, or one process")
+        learning = [m.key for m in self.judges.members if getattr(m.judge, "online", None) is not None]
+        if self.dist.active and learning:  # a person is asked on rank 0 (JudgeSet.ranks); an online RM is not shared
+            raise ConfigError(f"judge {', '.join(learning)} learns a reward model from a person (learn_from: human), "
+                              f"which a run over {self.dist.size} ranks cannot do yet; use one process")
         # a judge that needs a column (the answer judge's `answer`) finds it in every row, or the run stops here
         require_columns(self._table, cfg.data.prompt_field, self.judges.required_columns())
         ckpt = None
@@ -390,6 +391,7 @@ class Trainer:
         try:
             self.setup()
             self.judges.interrupt = self._abort
+            self.judges.ranks = self.dist  # a person is asked on rank 0 for every rank's samples
             self.judges.progress = self._judge_progress
             self._completed = self._snapshot()
             self._set_state("running")
@@ -688,12 +690,14 @@ class Trainer:
         choices = []
         pointwise: dict[str, list[float | None]] = {}
         if self.judges.can_compare:
-            for i in range(0, len(texts), 2):
-                self._progress("judging", i, len(texts), "samples", detail="pairs")
-                verdict = self.judges.compare(texts[i], completions[i], completions[i + 1], step=step)
-                self._check_abort()
-                choices.append(verdict.choice)
-            self._progress("judging", len(texts), len(texts), "samples", detail="pairs")
+            def after(done: int, total: int) -> None:
+                if done:
+                    self._check_abort()
+                self._progress("judging", 2 * done, 2 * total, "samples", detail="pairs")
+
+            verdicts = self.judges.compare_pairs(texts[0::2], completions[0::2], completions[1::2], step=step,
+                                                 after=after)
+            choices = [v.choice for v in verdicts]
         else:  # pointwise judges decide each pair by score; a dropped score skips the pair
             res = self.judges.score(texts, completions, step=step, columns=columns)
             pointwise = dict(res.per_judge)  # reported too: score/<judge> is what the verdicts hide

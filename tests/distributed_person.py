@@ -1,0 +1,46 @@
+"""One rank of a data-parallel run whose judge asks a person, here a scripted one
+(tests/test_distributed.py starts it; the one-process run uses the same person)::
+
+    mlx.launch -n 2 --backend ring --python PYTHON tests/distributed_person.py CONFIG.yaml OUT_DIR
+
+Every rank builds the run with its own ScriptedPerson; rank 0's must be asked every question of
+the job, the others' none. Each rank writes the questions it was asked to OUT_DIR/asked-RANK.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_trainer's rules judge
+
+from tui_trainer.plugins.judge import Verdict  # noqa: E402
+
+
+class ScriptedPerson:
+    """A person who answers by a rule: the longer completion wins (equal lengths tie); a
+    completion is rated by its length, modulo the scale. ``asked``: every question, in order."""
+
+    def __init__(self) -> None:
+        self.asked: list[list] = []
+
+    def compare(self, prompt: str, a: str, b: str, *, judge: str, step: int) -> Verdict:
+        self.asked.append(["compare", step, prompt, a, b])
+        return Verdict("a" if len(a) > len(b) else "b" if len(b) > len(a) else "tie")
+
+    def rate(self, prompt: str, completion: str, *, judge: str, step: int, scale=(0, 9)) -> float:
+        self.asked.append(["rate", step, prompt, completion])
+        lo, hi = scale
+        return float(lo + len(completion) % (hi - lo + 1))
+
+
+if __name__ == "__main__":
+    from tui_trainer.config import load_config
+    from tui_trainer.engine.distributed import world
+    from tui_trainer.run import build_run
+
+    person = ScriptedPerson()
+    state = build_run(load_config(sys.argv[1]), prompter=person).run()
+    Path(sys.argv[2], f"asked-{world().rank}.json").write_text(json.dumps(person.asked))
+    sys.exit(0 if state.status == "finished" else 1)
