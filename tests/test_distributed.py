@@ -18,7 +18,10 @@ import pytest
 from tui_trainer.cli import main
 from tui_trainer.commands.launch import job_exit_code, rank_command
 from tui_trainer.config import JudgeSpec, save_config
+from tui_trainer.commands.train import metrics_line
 from tui_trainer.engine.distributed import Ranks
+from tui_trainer.engine.trainer import rank_times
+from tui_trainer.widgets.format import slowest_rank_text
 from tui_trainer.errors import ConfigError
 from tui_trainer.run import build_run
 
@@ -178,6 +181,36 @@ def test_two_ranks_ask_the_person_on_rank_0(tiny_dir, prompts_file, tmp_path, mo
         assert_same_weights(adapter(two, step), adapter(one, step), lr)
     for g, w in zip(records(two / "metrics.jsonl"), records(one / "metrics.jsonl"), strict=True):
         assert_same_metrics(g, w, flips=0.01 if mode == "pairwise" else 1e-6)
+
+
+@needs_launch
+def test_two_ranks_name_the_slow_rank(tiny_dir, prompts_file, tmp_path):  # noqa: F811
+    """Rank 1's judge takes 0.5 s a sample (2 s a step): every step names rank 1 the slowest, by the
+    time it worked (its step less its waits in collectives: the waits make every rank's wall time
+    alike), in metrics.jsonl and on the headless line."""
+    run, cfg = tmp_path / "run", tmp_path / "run.yaml"
+    judges = [JudgeSpec("rules", 1.0, {"callable": "rank_judges:slow_on_rank_1"})]
+    save_config(make_config(tiny_dir, prompts_file, run, steps=2, judges=judges), cfg)
+    res = train_launch(cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for m in records(run / "metrics.jsonl"):
+        assert m["time_step_slowest_rank"] == 1 and m["time_step_rank_spread"] > 1.5, m
+        assert m["time_judge/1"] >= 4 * 0.5 and m["time_busy/1"] > m["time_busy/0"] + 1.5, m
+        assert m["time_busy/1"] / m["time_busy/0"] == pytest.approx(m["time_step_rank_spread"])
+    shown = " ".join(res.stdout.split())  # rich wraps the lines at the pipe's 80 columns
+    assert shown.count("slowest rank 1 (") == 2 and "slowest rank 0" not in shown, res.stdout[-2000:]
+
+
+def test_slowest_rank_metrics_and_text():
+    times = [{"busy": 2.0, "rollout": 1.0, "judge": 0.1}, {"busy": 2.8, "rollout": 1.1, "judge": 0.9}]
+    m = rank_times(times)
+    assert m["time_step_slowest_rank"] == 1 and m["time_step_rank_spread"] == pytest.approx(1.4)
+    assert m["time_busy/0"] == 2.0 and m["time_judge/1"] == 0.9 and m["time_rollout/0"] == 1.0
+    values = {"step": 3, "ranks": 2, "time_rollout": 1.0, **m}
+    assert slowest_rank_text(values) == "slowest rank 1 (1.4x)"
+    assert metrics_line(values).endswith("  slowest rank 1 (1.4x)")
+    one = {"step": 3, "time_rollout": 1.0}  # one process: nothing about ranks
+    assert slowest_rank_text(one) is None and "rank" not in metrics_line(one)
 
 
 @needs_launch

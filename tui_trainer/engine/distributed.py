@@ -75,13 +75,15 @@ class Ranks:
         self.rank = group.rank() if self.group is not None else 0
         self.size = group.size() if self.group is not None else 1
         self._since: float | None = None  # when the collective in flight began (None: none, or a patient one)
+        self.waited = 0.0  # seconds this rank has spent in collectives (waiting for the others, mostly)
         self._watchdog: threading.Thread | None = None
         self.timeout: float | None = None
 
     def _now(self, x, patient: bool = False):
         """``x`` (an array or a tree of them) evaluated: the collective behind it has run.
         A peer that is gone: :class:`RankLost`. Timed by the watchdog unless ``patient``."""
-        self._since = None if patient else time.monotonic()
+        began = time.monotonic()
+        self._since = None if patient else began
         try:
             mx.eval(x)
         except RuntimeError as exc:  # the ring backend: "[ring] connection to a peer was lost"
@@ -89,6 +91,7 @@ class Ranks:
                            "a rank died or its connection broke") from None
         finally:
             self._since = None
+            self.waited += time.monotonic() - began
         return x
 
     def watch(self, timeout: float | None, on_timeout: Callable[[str], None] | None = None) -> None:

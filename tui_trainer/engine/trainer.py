@@ -531,6 +531,7 @@ class Trainer:
         mx.random.seed(sample_seed)
         shuffle = random.Random(cfg.seed * 7919 + step)
         t0 = self._step_t0 = time.perf_counter()
+        waited0 = self.dist.waited
         self._phase_now = {}
 
         self._begin_phase("rollout")
@@ -582,6 +583,7 @@ class Trainer:
                      "warning")
             stats = {**exc.stats, "skipped_update": 1.0}
         t3 = time.perf_counter()
+        busy = (t3 - t0) - (self.dist.waited - waited0)  # this rank's work: the step less its waits for the others
         eval_score = None
         if cfg.eval_every and step % cfg.eval_every == 0 and self.dist.is_main:  # rank 0 alone evaluates
             eval_score = self.evaluate(step)
@@ -591,7 +593,8 @@ class Trainer:
         # every rank's samples, in global row order (rank 0 reports and writes them all)
         shares = self.dist.gather_json({"texts": texts, "completions": completions, "scores": scores,
                                         "per_judge": per_judge, "finished": roll.finished, "lengths": roll.lengths,
-                                        "peak_memory_mb": _peak_memory_mb()})
+                                        "peak_memory_mb": _peak_memory_mb(),
+                                        "times": {"busy": busy, "rollout": t1 - t0, "judge": t2 - t1}})
         texts, completions, scores, finished, lengths = ([x for part in shares for x in part[key]] for key in
                                                          ("texts", "completions", "scores", "finished", "lengths"))
         per_judge = {name: [x for part in shares for x in part["per_judge"][name]] for name in shares[0]["per_judge"]}
@@ -622,6 +625,7 @@ class Trainer:
         }
         if self.dist.active:
             metrics["ranks"] = self.dist.size
+            metrics.update(rank_times([part["times"] for part in shares]))
         for name, vals in per_judge.items():
             v = [x for x in vals if x is not None]
             metrics[f"score/{name}"] = float(sum(v) / len(v)) if v else float("nan")
@@ -941,6 +945,20 @@ def _all_finite(loss: mx.array, grads: dict) -> bool:
     counts as not finite: such a gradient is no use either)."""
     sq = sum(((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)), mx.array(0.0))
     return bool((mx.isfinite(loss) & mx.isfinite(sq)).item())
+
+
+def rank_times(times: list[dict[str, float]]) -> dict[str, float]:
+    """Which rank is slow, from each rank's seconds of the step (``busy``: the step less the time it
+    spent in collectives, i.e. waiting for the others; ``rollout``, ``judge``: its own phases).
+
+    time_step_slowest_rank = argmax_r busy_r;  time_step_rank_spread = max_r busy_r / min_r busy_r;
+    time_busy/r, time_rollout/r, time_judge/r: each rank's seconds."""
+    busy = [t["busy"] for t in times]
+    slowest = max(range(len(busy)), key=busy.__getitem__)
+    out = {"time_step_slowest_rank": float(slowest), "time_step_rank_spread": busy[slowest] / max(min(busy), 1e-9)}
+    for key in ("busy", "rollout", "judge"):
+        out.update({f"time_{key}/{r}": float(t[key]) for r, t in enumerate(times)})
+    return out
 
 
 def minibatches(rows: list[int], size: int) -> list[list[int]]:
