@@ -25,3 +25,12 @@ def dies_on_rank_1_in_step_2(prompt: str, completion: str) -> float:
     if os.environ.get("MLX_RANK") == "1" and SCORED[0] > 4:
         os.kill(os.getpid(), signal.SIGKILL)
     return len(completion) / 20
+
+
+def hangs_on_rank_1_in_step_2(prompt: str, completion: str) -> float:
+    """Rank 1 hangs (alive, but never answers) at its first sample of step 2: only a time limit
+    tells the others (judge_timeout set longer than rank_timeout)."""
+    SCORED[0] += 1
+    if os.environ.get("MLX_RANK") == "1" and SCORED[0] > 4:
+        time.sleep(3600)
+    return len(completion) / 20

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ from tui_trainer.cli import main
 from tui_trainer.commands.launch import job_exit_code, rank_command
 from tui_trainer.config import JudgeSpec, save_config
 from tui_trainer.commands.train import metrics_line
+from tui_trainer.engine.checkpoints import load_checkpoint
 from tui_trainer.engine.distributed import Ranks
 from tui_trainer.engine.trainer import rank_times
 from tui_trainer.widgets.format import slowest_rank_text
@@ -211,6 +213,62 @@ def test_slowest_rank_metrics_and_text():
     assert metrics_line(values).endswith("  slowest rank 1 (1.4x)")
     one = {"step": 3, "time_rollout": 1.0}  # one process: nothing about ranks
     assert slowest_rank_text(one) is None and "rank" not in metrics_line(one)
+
+
+def error_lines(res: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in res.stderr.splitlines() if line.strip()]
+
+
+@needs_launch
+def test_a_rank_that_dies_stops_the_job_with_one_line(tiny_dir, prompts_file, tmp_path):  # noqa: F811
+    """Rank 1 is SIGKILLed in step 2: rank 0's collective fails at once, mlx.launch stops it, and the
+    launcher says so in one line (mlx.launch's warnings and the ring's socket errors left out); the
+    checkpoint of step 1 is there and loads; nothing of step 2 was written."""
+    run, cfg = tmp_path / "run", tmp_path / "run.yaml"
+    judges = [JudgeSpec("rules", 1.0, {"callable": "rank_judges:dies_on_rank_1_in_step_2"})]
+    save_config(make_config(tiny_dir, prompts_file, run, steps=3, save_every=1, judges=judges), cfg)
+    t0 = time.monotonic()
+    res = train_launch(cfg)
+    assert time.monotonic() - t0 < 120
+    assert res.returncode == 128 + 9, res.stderr[-2000:]
+    assert error_lines(res) == ["tui-trainer: error: rank 1 died (exit -9) at step 2; the job stopped; the last "
+                                "checkpoint (step 1) is valid; resume with --resume"], res.stderr[-2000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000001"]
+    assert load_checkpoint(run / "checkpoints" / "000001")["state"]["step"] == 1
+    assert [m["step"] for m in records(run / "metrics.jsonl")] == [1]
+
+
+@needs_launch
+def test_a_rank_that_hangs_stops_the_job_after_rank_timeout(tiny_dir, prompts_file, tmp_path):  # noqa: F811
+    """Rank 1 hangs in step 2 (alive: no socket closes). Rank 0's watchdog ends it after rank_timeout
+    (8 s), mlx.launch stops rank 1, and the launcher says so in one line."""
+    run, cfg = tmp_path / "run", tmp_path / "run.yaml"
+    judges = [JudgeSpec("rules", 1.0, {"callable": "rank_judges:hangs_on_rank_1_in_step_2"})]
+    save_config(make_config(tiny_dir, prompts_file, run, steps=3, save_every=1, judges=judges,
+                            rank_timeout=8.0, judge_timeout=3000.0), cfg)
+    t0 = time.monotonic()
+    res = train_launch(cfg)
+    assert time.monotonic() - t0 < 90
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert error_lines(res) == ["tui-trainer: error: rank 0 waited more than rank_timeout for the other ranks at "
+                                "step 2; a rank hangs or its host is gone; the job stopped; the last checkpoint "
+                                "(step 1) is valid; resume with --resume"], res.stderr[-2000:]
+    assert load_checkpoint(run / "checkpoints" / "000001")["state"]["step"] == 1
+
+
+def test_the_watchdog_names_a_collective_that_waits_too_long():
+    """One collective in flight for longer than the timeout: the watchdog speaks once; with none in
+    flight it does not."""
+    ranks = Ranks(SimpleNamespace(rank=lambda: 1, size=lambda: 2))
+    said: list[str] = []
+    ranks.watch(0.3, on_timeout=said.append)
+    time.sleep(0.6)
+    assert said == []  # nothing in flight
+    ranks._since = time.monotonic()  # a collective began (as Ranks._now marks it)
+    time.sleep(1.5)
+    assert said == ["rank 1: waited more than rank_timeout (0.3 s) for the other ranks in one collective; a rank "
+                    "died or hangs, so the job stops"]
+    assert Ranks(None).watch(0.3) is None and Ranks(None)._watchdog is None  # one process: no watchdog
 
 
 @needs_launch

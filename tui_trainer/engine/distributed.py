@@ -55,7 +55,10 @@ class ReportedByRank0(TrainerError):
 
 
 class RankLost(TrainerError):
-    """A collective failed because another rank is gone (it died, or its connection broke)."""
+    """A collective failed because another rank is gone (it died, or its connection broke).
+    Not bad input: the run failed (exit code 1); ``train --launch`` sums it up in one line."""
+
+    exit_code = 1
 
 
 def world() -> "Ranks":
@@ -87,7 +90,7 @@ class Ranks:
         try:
             mx.eval(x)
         except RuntimeError as exc:  # the ring backend: "[ring] connection to a peer was lost"
-            raise RankLost(f"rank {self.rank} lost the other ranks ({' '.join(str(exc).split())}); "
+            raise RankLost(f"lost the other ranks ({' '.join(str(exc).split())}); "
                            "a rank died or its connection broke") from None
         finally:
             self._since = None
@@ -109,7 +112,7 @@ class Ranks:
                 time.sleep(min(1.0, self.timeout / 10))
                 since = self._since
                 if since is not None and time.monotonic() - since > self.timeout:
-                    act(f"rank {self.rank} waited more than rank_timeout ({self.timeout:g} s) for the other "
+                    act(f"rank {self.rank}: waited more than rank_timeout ({self.timeout:g} s) for the other "
                         "ranks in one collective; a rank died or hangs, so the job stops")
                     return
 

@@ -390,6 +390,7 @@ class Trainer:
     def run(self) -> ev.RunState:
         try:
             self.setup()
+            self.dist.watch(self.cfg.rank_timeout)  # several ranks: a collective waiting past it ends the job
             self.judges.interrupt = self._abort
             self.judges.ranks = self.dist  # a person is asked on rank 0 for every rank's samples
             self.judges.progress = self._judge_progress
