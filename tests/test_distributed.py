@@ -27,7 +27,7 @@ from tui_trainer.widgets.format import slowest_rank_text
 from tui_trainer.errors import ConfigError
 from tui_trainer.run import build_run
 
-from distributed_person import ScriptedPerson
+from distributed_person import GAVE_UP, ScriptedPerson
 from test_trainer import make_config, prompts_file  # noqa: F401  (prompts_file: the same fixture)
 
 TESTS = Path(__file__).resolve().parent
@@ -201,6 +201,22 @@ def test_two_ranks_name_the_slow_rank(tiny_dir, prompts_file, tmp_path):  # noqa
         assert m["time_busy/1"] / m["time_busy/0"] == pytest.approx(m["time_step_rank_spread"])
     shown = " ".join(res.stdout.split())  # rich wraps the lines at the pipe's 80 columns
     assert shown.count("slowest rank 1 (") == 2 and "slowest rank 0" not in shown, res.stdout[-2000:]
+
+
+@needs_launch
+def test_when_the_person_on_rank_0_fails_every_rank_stops(tiny_dir, prompts_file, tmp_path):  # noqa: F811
+    """The person stops answering in step 2 (a JudgeFailure on rank 0): rank 1, waiting for the
+    answers, stops with the same message, quietly (rank 0 reports it); no rank hangs; step 1's
+    checkpoint and labels stay."""
+    run, cfg = tmp_path / "run", tmp_path / "run.yaml"
+    save_config(make_config(tiny_dir, prompts_file, run, steps=3, save_every=1, judges=[JudgeSpec("human", 1.0, {})]),
+                cfg)
+    res = launch_script("distributed_person.py", cfg, tmp_path, "2")
+    assert res.returncode == 0, res.stderr[-2000:]  # mlx.launch's
+    ended = [json.loads((tmp_path / f"ended-{r}.json").read_text()) for r in (0, 1)]
+    assert ended == [{"error": GAVE_UP, "quiet": False}, {"error": GAVE_UP, "quiet": True}]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000001"]
+    assert [rec["step"] for rec in labels(run)] == [1] * 8
 
 
 def test_slowest_rank_metrics_and_text():

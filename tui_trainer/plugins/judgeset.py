@@ -249,9 +249,10 @@ class JudgeSet:
         return bool(getattr(m.judge, "interactive", False)) and self.ranks is not None and self.ranks.active
 
     def _ask_rank0(self, questions: dict[str, Any], ask: Callable[[dict[str, Any]], list[Any]], n: int) -> list[Any]:
-        """``ask`` on rank 0 over every rank's ``questions`` (a dict of per-sample lists, JSON, ``prompts`` among them),
-        joined in rank order; this rank's ``n`` answers of the result. A failure there (a
-        JudgeFailure, the step abandoned, an error) is raised on every rank, rank 0 with its own."""
+        """``ask`` on rank 0 over every rank's ``questions`` (a dict of per-sample lists, JSON,
+        ``prompts`` among them), joined in rank order; this rank's ``n`` answers of the result. A
+        failure there (a JudgeFailure, the step abandoned, an error) is raised on every rank: rank 0
+        raises its own, the others the same message, quietly (rank 0 reports it)."""
         ranks = self.ranks
         parts = ranks.gather_json(questions)
         start = sum(len(p["prompts"]) for p in parts[:ranks.rank])  # this rank's first sample in the job
@@ -259,7 +260,7 @@ class JudgeSet:
             joined = {k: _join([p[k] for p in parts]) for k in questions}
             try:
                 answers = ask(joined)
-            except (JudgeFailure, StepInterrupted, Exception) as exc:  # every rank stops the same way
+            except Exception as exc:  # every rank stops the same way (JudgeFailure, StepInterrupted, a bug)
                 kind = ("failure" if isinstance(exc, JudgeFailure) else "interrupted"
                         if isinstance(exc, StepInterrupted) else "error")
                 ranks.broadcast_json({kind: one_line(exc)})
