@@ -82,20 +82,25 @@ class Ranks:
         self._watchdog: threading.Thread | None = None
         self.timeout: float | None = None
 
-    def _now(self, x, patient: bool = False):
-        """``x`` (an array or a tree of them) evaluated: the collective behind it has run.
-        A peer that is gone: :class:`RankLost`. Timed by the watchdog unless ``patient``."""
+    def _now(self, inputs: Any, collective: Callable[[], Any], patient: bool = False):
+        """``collective()`` (over ``inputs``: an array or a tree of them) built and evaluated: it
+        has run when this returns. ``inputs`` are evaluated first, on their own: their work (a
+        backward pass, say) is this rank's, and its errors are its own. The collective alone is
+        what ``waited`` counts and the watchdog times (unless ``patient``); a peer that is gone
+        makes it raise :class:`RankLost`."""
+        mx.eval(inputs)
         began = time.monotonic()
         self._since = None if patient else began
         try:
-            mx.eval(x)
+            out = collective()
+            mx.eval(out)
         except RuntimeError as exc:  # the ring backend: "[ring] connection to a peer was lost"
             raise RankLost(f"lost the other ranks ({' '.join(str(exc).split())}); "
                            "a rank died or its connection broke") from None
         finally:
             self._since = None
             self.waited += time.monotonic() - began
-        return x
+        return out
 
     def watch(self, timeout: float | None, on_timeout: Callable[[str], None] | None = None) -> None:
         """From now on a collective that waits more than ``timeout`` seconds for the other ranks
@@ -141,7 +146,7 @@ class Ranks:
         """``x`` summed over the ranks (the identity on one process)."""
         if not self.active:
             return x
-        return self._now(mx.distributed.all_sum(x, group=self.group))
+        return self._now(x, lambda: mx.distributed.all_sum(x, group=self.group))
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         """Python numbers summed over the ranks, in one collective."""
@@ -152,14 +157,14 @@ class Ranks:
     def max_floats(self, values: Sequence[float]) -> list[float]:
         if not self.active or not values:
             return [float(v) for v in values]
-        return self._now(mx.distributed.all_max(mx.array([float(v) for v in values], dtype=mx.float32),
-                                           group=self.group)).tolist()
+        x = mx.array([float(v) for v in values], dtype=mx.float32)
+        return self._now(x, lambda: mx.distributed.all_max(x, group=self.group)).tolist()
 
     def gather(self, x: mx.array, patient: bool = False) -> mx.array:
         """Every rank's ``x`` (same shape on every rank) concatenated along axis 0, in rank order."""
         if not self.active:
             return x
-        return self._now(mx.distributed.all_gather(x, group=self.group), patient)
+        return self._now(x, lambda: mx.distributed.all_gather(x, group=self.group), patient)
 
     def gather_json(self, obj: Any, patient: bool = False) -> list[Any]:
         """Every rank's JSON-able ``obj``, in rank order (bytes padded to the longest).
@@ -177,7 +182,7 @@ class Ranks:
         """``mlx.nn.average_gradients`` over the ranks (the identity on one process)."""
         if not self.active:
             return grads
-        return self._now(nn.average_gradients(grads, group=self.group))
+        return self._now(grads, lambda: nn.average_gradients(grads, group=self.group))
 
     # ------------------------------------------------------------- rank 0 -> all
     def broadcast_json(self, obj: Any, patient: bool = False) -> Any:
