@@ -33,9 +33,8 @@ asks a person on rank 0 only, where the front end is. A judge that asks a person
 (``interactive = True``, e.g. ``human``) is called on rank 0 for every rank's samples: each
 rank's questions are gathered to rank 0 (``gather_json``, rank order = the global sample
 order), rank 0 runs them through the usual failure policy, and its answers, or its failure,
-reach every rank (``broadcast_json``); each rank takes its own slice. While the person thinks,
-rank 0 sends a heartbeat every ``HEARTBEAT`` seconds, so no rank sits in one collective for
-longer than that (a rank that waits much longer has lost another: ``rank_timeout``).
+reach every rank (``broadcast_json``); each rank takes its own slice. The other ranks wait
+for the person with no time limit (``patient``: ``rank_timeout`` does not apply to that wait).
 The other judges run where the samples are. One process: none of this.
 """
 
