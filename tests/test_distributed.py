@@ -307,6 +307,20 @@ def test_ranks_with_different_configs_stop_with_one_line(tiny_dir, prompts_file,
     assert not (run / "checkpoints").exists()
 
 
+@needs_launch
+def test_a_reward_model_learning_from_the_person_is_refused_over_ranks(tiny_dir, prompts_file, tmp_path):  # noqa: F811
+    """learn_from: human is one process only (its reward model trains on rank 0's answers): one
+    line from rank 0, exit 2, before anything is written."""
+    run, cfg = tmp_path / "run", tmp_path / "run.yaml"
+    save_config(make_config(tiny_dir, prompts_file, run, steps=1,
+                            judges=[JudgeSpec("reward", 1.0, {"learn_from": "human"})]), cfg)
+    res = train_launch(cfg)
+    assert res.returncode == 2
+    assert error_lines(res) == ["tui-trainer: error: judge reward learns a reward model from a person (learn_from: "
+                                "human), which a run over 2 ranks cannot do yet; use one process"], res.stderr[-2000:]
+    assert not (run / "checkpoints").exists()
+
+
 def test_batch_size_splits_over_the_ranks():
     def ranks(rank: int, size: int) -> Ranks:
         return Ranks(SimpleNamespace(rank=lambda: rank, size=lambda: size))

@@ -239,14 +239,15 @@ class Job:
         self.proc.wait()
 
     def dead_rank(self, recorded: dict[str, int]) -> tuple[int, int] | None:
-        """(rank, status) of the first rank that failed without leaving an exit code of its own
-        (killed by a signal, os._exit, a crash); not one mlx.launch stopped, nor a watchdog's."""
+        """(rank, status) of the first rank that failed, when it left no exit code of its own
+        (killed by a signal, os._exit, a crash) and was not ended by its watchdog. Only the first:
+        mlx.launch stops the others after it (SIGTERM, -15: no death of their own)."""
         from tui_trainer.engine.distributed import RANK_TIMEOUT_EXIT
 
-        for rank, status in self.exits.items():
-            if status not in (None, 0, RANK_TIMEOUT_EXIT) and str(rank) not in recorded:
-                return rank, status
-        return None
+        first = next(((rank, status) for rank, status in self.exits.items() if status not in (None, 0)), None)
+        if first is None or first[1] == RANK_TIMEOUT_EXIT or str(first[0]) in recorded:
+            return None
+        return first
 
 
 def recorded_exits(where: Path) -> dict[str, int]:
