@@ -47,7 +47,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NODE = re.compile(r"\[WARN\] Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
 # lines the summary replaces: the ranks' own words about a lost rank, and the ring backend's socket errors
 _LOST = re.compile(r"tui-trainer: error: (?:rank \d+: )?(?:lost the other ranks|waited more than rank_timeout)")
-_NOISE = re.compile(r"\[ring\] ")
+_NOISE = re.compile(r"\[ring\] (?:Socket \d+ was closed by the peer|Too many send/recv errors)")
 
 
 def record_exit(code: int) -> None:
