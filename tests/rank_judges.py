@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-SLOW_SECONDS = 0.5  # per sample, on rank 1
+SLOW_SECONDS = 0.75  # per sample, on rank 1
 SCORED = [0]  # samples this process has scored
 
 
