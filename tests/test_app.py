@@ -225,6 +225,26 @@ def test_step_time_split_reads_without_colour():
     run(go())
 
 
+def test_status_line_names_the_slowest_rank_of_several():
+    async def go():
+        cfg = Config(steps=5)
+        app = TrainerApp(cfg)
+        async with app.run_test(size=(120, 24)) as pilot:
+            dash = app.open_dashboard(cfg)
+            await pilot.pause()
+            app.handle_event(StepMetrics(1, {"time_rollout": 3.0, "time_judge": 1.0, "time_update": 4.0}))
+            app.redraw()
+            await pilot.pause()
+            assert "rank" not in dash.status_text()  # one process
+            app.handle_event(StepMetrics(2, {"time_rollout": 3.0, "ranks": 2, "time_step_slowest_rank": 1.0,
+                                             "time_step_rank_spread": 1.43}))
+            app.redraw()
+            await pilot.pause()
+            assert "slowest rank 1 (1.4x)" in dash.status_text()
+            assert "slowest rank 1 (1.4x)" in screen_text(app)
+    run(go())
+
+
 @pytest.mark.parametrize("key,choice", [("1", "a"), ("b", "b"), ("t", "tie"), ("s", "skip")])
 def test_judging_screen_answers_the_engine_with_the_pressed_key(key, choice):
     async def go():

@@ -275,6 +275,7 @@ class Config:
     judge_failure: str = key('drop', 'when a judge fails: drop (the sample) | retry | stop (the run)', check=one_of(JUDGE_FAILURES))
     judge_retries: int = key(2, 'retries before a failing judge counts as failed', check=at_least(0))
     judge_timeout: float = key(120.0, 'seconds a judge may take for one call', check=above(0))
+    rank_timeout: float = key(600.0, 'several ranks (train --launch / --hosts): seconds a rank waits for the others in one collective before it stops the job (a rank that died or hangs); longer than the slowest rank may lag (an evaluation on rank 0, a slow judge); a person answering is not timed; 0 = no limit', check=at_least(0))
 
     def __post_init__(self) -> None:
         # not a key: one line per thing the loader accepted but will not use (an SFT-only key of

@@ -106,7 +106,7 @@ class PromptBridge:
 @dataclass
 class RunResult:
     """How a run ended: its final RunState, or the one-line error that ended it, and the exit code
-    (0; 2 for bad input, a TrainerError; 1 for anything else)."""
+    (0; 2 for bad input, a TrainerError; 1 for anything else, a lost rank included)."""
 
     state: RunState | None
     error: str | None
@@ -220,7 +220,8 @@ class Runner:
                 trainer.stop()
             return RunResult(trainer.run(), None, 0)
         except Exception as exc:  # reported as one line; the traceback (and its frames) go now
-            return RunResult(None, one_line(exc), 2 if isinstance(exc, TrainerError) else 1,
+            code = getattr(exc, "exit_code", 2 if isinstance(exc, TrainerError) else 1)  # a lost rank: 1
+            return RunResult(None, one_line(exc), code,
                              quiet=bool(getattr(exc, "quiet", False)))
         finally:
             self.trainer = None

@@ -10,22 +10,44 @@ then replaces itself with::
 so every rank runs this interpreter (the same path on every host) and sees the same command line.
 mlx.launch itself always exits 0; the ranks write their exit codes into a directory named by
 ``TUI_TRAINER_EXIT_DIR`` and this command exits with rank 0's (2 for bad input, as one process).
+
+A rank that dies (a signal, ``os._exit``, a crash: it leaves no exit code of its own): mlx.launch
+stops the others, whose collectives fail at once (``RankLost``) or, where nothing tells them, after
+``rank_timeout`` (engine/distributed.py's watchdog). This command reads mlx.launch's reports of the
+ranks' exits from its standard error, leaves out that noise (its warnings, the ring backend's socket
+messages, the ranks' own "lost the other ranks" lines) and says it in one line::
+
+    tui-trainer: error: rank 1 died (exit -9) at step 3; the job stopped; the last checkpoint
+    (step 2) is valid; resume with --resume
+
+exiting with the dead rank's status (128 + the signal for a signal). Should mlx.launch itself not end
+within ``STOP_GRACE`` seconds of the first failed rank, it and its local ranks are killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from tui_trainer.errors import ConfigError
 
 LAUNCH_OPTIONS = ("--launch", "--hosts", "--backend")
 EXIT_DIR = "TUI_TRAINER_EXIT_DIR"
+STOP_GRACE = 60.0  # seconds mlx.launch gets to stop the other ranks once one has failed
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NODE = re.compile(r"\[WARN\] Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
+# lines the summary replaces: the ranks' own words about a lost rank, and the ring backend's socket errors
+_LOST = re.compile(r"tui-trainer: error: (?:rank \d+: )?(?:lost the other ranks|waited more than rank_timeout)")
+_NOISE = re.compile(r"\[ring\] (?:Socket \d+ was closed by the peer|Too many send/recv errors)")
 
 
 def record_exit(code: int) -> None:
@@ -40,12 +62,7 @@ def record_exit(code: int) -> None:
 
 def job_exit_code(where: Path, launcher_code: int) -> int:
     """Rank 0's exit code, else the largest a rank left, else mlx.launch's."""
-    codes = {}
-    for path in where.glob("rank-*"):
-        try:
-            codes[path.name[5:]] = int(path.read_text().strip())
-        except (OSError, ValueError):
-            continue
+    codes = recorded_exits(where)
     if "0" in codes:
         return codes["0"]
     return max(codes.values()) if codes else launcher_code
@@ -133,14 +150,141 @@ def launch_command(args: argparse.Namespace) -> list[str]:
 
 
 def launch(args: argparse.Namespace) -> int:
-    """Run the job; its exit code (rank 0's). Ctrl-C reaches every local rank (the process group);
-    mlx.launch stops the others when one ends with an error."""
+    """Run the job; its exit code (rank 0's, or a dead rank's). Ctrl-C reaches every local rank (the
+    process group); mlx.launch stops the others when one ends with an error."""
     cmd = launch_command(args)
+    from tui_trainer.config import config_from_args
+
+    run_dir = Path(config_from_args(args).run_dir)
     with tempfile.TemporaryDirectory(prefix="tui-trainer-exit-") as where:
         cmd[1:1] = ["--env", f"{EXIT_DIR}={where}"]
         sys.stdout.flush()
+        job = Job(cmd)
         try:
-            code = subprocess.call(cmd)
-        except KeyboardInterrupt:
+            code = job.wait()
+        except KeyboardInterrupt:  # the ranks got the Ctrl-C too and stop on their last checkpoint
+            job.proc.kill()
+            job.proc.wait()
             code = 130
-        return job_exit_code(Path(where), code)
+        recorded = recorded_exits(Path(where))
+        dead = job.dead_rank(recorded)
+        if dead is None:
+            if job.timed_out is not None:  # a watchdog ended the job: a rank hangs, or its host vanished
+                print(f"tui-trainer: error: rank {job.timed_out} waited more than rank_timeout for the other ranks "
+                      f"at step {step_in_flight(run_dir)}; a rank hangs or its host is gone; the job stopped; "
+                      f"{checkpoint_note(run_dir)}", file=sys.stderr, flush=True)
+                return 1
+            return job_exit_code(Path(where), code)
+        rank, status = dead
+        print(f"tui-trainer: error: rank {rank} died (exit {status}) at step {step_in_flight(run_dir)}; the job "
+              f"stopped; {checkpoint_note(run_dir)}", file=sys.stderr, flush=True)
+        return 128 - status if status < 0 else status or 1
+
+
+class Job:
+    """mlx.launch, with its standard error read line by line: the ranks' exits it reports are
+    kept (``exits``: rank -> status, in the order reported), its noise about them left out."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        self.exits: dict[int, int | None] = {}  # None: killed by mlx.launch
+        self.first_failure: float | None = None
+        self.timed_out: int | None = None  # a rank whose watchdog ended it (rank_timeout)
+        self._reader = threading.Thread(target=self._read, name="mlx.launch-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        from tui_trainer.engine.distributed import RANK_TIMEOUT_EXIT
+
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = _ANSI.sub("", raw.decode(errors="replace")).strip()
+            node = _NODE.search(line)
+            if node:
+                rank, status = int(node.group(1)), node.group(2)
+                self.exits[rank] = None if status is None else int(status)
+                if status is not None and int(status) != 0 and self.first_failure is None:
+                    self.first_failure = time.monotonic()
+                if status is not None and int(status) == RANK_TIMEOUT_EXIT and self.timed_out is None:
+                    self.timed_out = rank
+                continue
+            if _NOISE.match(line) or _LOST.match(line):
+                continue
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+
+    def wait(self) -> int:
+        """mlx.launch's exit code; it and its local ranks are killed if it has not ended
+        ``STOP_GRACE`` seconds after a rank failed (a rank stuck where no signal reaches it)."""
+        while True:
+            try:
+                code = self.proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if self.first_failure is not None and time.monotonic() - self.first_failure > STOP_GRACE:
+                    self.kill()
+        self._reader.join(5.0)
+        return code
+
+    def kill(self) -> None:
+        """mlx.launch and the ranks it started on this machine (its children), at once."""
+        try:
+            children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        except OSError:
+            children = ""
+        for pid in [self.proc.pid, *map(int, children.split())]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.proc.wait()
+
+    def dead_rank(self, recorded: dict[str, int]) -> tuple[int, int] | None:
+        """(rank, status) of the first rank that failed, when it left no exit code of its own
+        (killed by a signal, os._exit, a crash) and was not ended by its watchdog. Only the first:
+        mlx.launch stops the others after it (SIGTERM, -15: no death of their own)."""
+        from tui_trainer.engine.distributed import RANK_TIMEOUT_EXIT
+
+        first = next(((rank, status) for rank, status in self.exits.items() if status not in (None, 0)), None)
+        if first is None or first[1] == RANK_TIMEOUT_EXIT or str(first[0]) in recorded:
+            return None
+        return first
+
+
+def recorded_exits(where: Path) -> dict[str, int]:
+    """rank -> the exit code it left (``record_exit``)."""
+    codes = {}
+    for path in where.glob("rank-*"):
+        try:
+            codes[path.name[5:]] = int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return codes
+
+
+def step_in_flight(run_dir: Path) -> int:
+    """The step after the last one in ``metrics.jsonl`` (rank 0's run directory)."""
+    import json
+
+    last = 0
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        try:
+            last = int(json.loads(line)["step"])
+            break
+        except (ValueError, KeyError, TypeError):
+            continue
+    return last + 1
+
+
+def checkpoint_note(run_dir: Path) -> str:
+    from tui_trainer.engine.checkpoints import latest_checkpoint
+
+    if not run_dir.is_dir():
+        return f"the last checkpoint is in {run_dir} on rank 0's host; resume with --resume"
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return "no step completed, so there is no checkpoint; start again"
+    return f"the last checkpoint (step {int(ckpt.name)}) is valid; resume with --resume"

@@ -42,6 +42,8 @@ LINE_KEYS = [("score", "score_mean"), ("eval", "eval_score"), ("kl", "kl"), ("cl
 
 
 def metrics_line(values: dict) -> str:
+    from tui_trainer.widgets.format import slowest_rank_text
+
     parts = [f"step {values['step']:>4}"]
     parts += [f"{label} {_fmt(values[key])}" for label, key in LINE_KEYS if key in values]
     # a reward model learning from the person (reward judge, learn_from: human)
@@ -49,6 +51,9 @@ def metrics_line(values: dict) -> str:
               if key.endswith(("/labels", "/heldout_accuracy", "/agreement"))]
     parts.append(f"t {values.get('time_rollout', 0):.1f}/{values.get('time_judge', 0):.1f}/"
                  f"{values.get('time_update', 0):.1f}s")
+    slow = slowest_rank_text(values)  # several ranks: which one the others wait for
+    if slow:
+        parts.append(slow)
     return "  ".join(parts)
 
 

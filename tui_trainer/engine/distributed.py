@@ -14,6 +14,13 @@ collectives, all on this object:
 * :meth:`Ranks.raise_if_any` and :meth:`Ranks.check_same` — a failure or a different config /
   model on any rank stops every rank with the same one line, instead of a hang.
 
+A rank that dies or hangs must not leave the others waiting forever. A collective whose
+peer is gone raises :class:`RankLost` (the ring backend notices a closed socket at once);
+and once :meth:`Ranks.watch` is on (the trainer's ``rank_timeout``), a watchdog thread ends
+this process with one line and exit code :data:`RANK_TIMEOUT_EXIT` when one collective has
+waited longer than the timeout for the other ranks (a host that vanished, a rank stuck). The
+wait for a person's answers on rank 0 is ``patient``: not timed.
+
 Every rank must run the same collectives in the same order; the trainer's code paths only
 branch on values that are already global. MLX builds collectives lazily and runs them when a
 result is evaluated, in an order that follows each rank's own graph; so every method here
@@ -25,7 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,6 +44,7 @@ import mlx.nn as nn
 from tui_trainer.errors import ConfigError, TrainerError
 
 _WORLD: "Ranks | None" = None
+RANK_TIMEOUT_EXIT = 124  # a rank's exit code when a collective waited past rank_timeout (timeout(1)'s)
 
 
 class ReportedByRank0(TrainerError):
@@ -42,10 +54,11 @@ class ReportedByRank0(TrainerError):
     quiet = True
 
 
-def _now(x):
-    """``x`` (an array or a tree of them) evaluated: the collective behind it has run."""
-    mx.eval(x)
-    return x
+class RankLost(TrainerError):
+    """A collective failed because another rank is gone (it died, or its connection broke).
+    Not bad input: the run failed (exit code 1); ``train --launch`` sums it up in one line."""
+
+    exit_code = 1
 
 
 def world() -> "Ranks":
@@ -64,6 +77,52 @@ class Ranks:
         self.group = group if group is not None and group.size() > 1 else None
         self.rank = group.rank() if self.group is not None else 0
         self.size = group.size() if self.group is not None else 1
+        self._since: float | None = None  # when the collective in flight began (None: none, or a patient one)
+        self.waited = 0.0  # seconds this rank has spent in collectives (waiting for the others, mostly)
+        self._watchdog: threading.Thread | None = None
+        self.timeout: float | None = None
+
+    def _now(self, inputs: Any, collective: Callable[[], Any], patient: bool = False):
+        """``collective()`` (over ``inputs``: an array or a tree of them) built and evaluated: it
+        has run when this returns. ``inputs`` are evaluated first, on their own: their work (a
+        backward pass, say) is this rank's, and its errors are its own. The collective alone is
+        what ``waited`` counts and the watchdog times (unless ``patient``); a peer that is gone
+        makes it raise :class:`RankLost`."""
+        mx.eval(inputs)
+        began = time.monotonic()
+        self._since = None if patient else began
+        try:
+            out = collective()
+            mx.eval(out)
+        except RuntimeError as exc:  # the ring backend: "[ring] connection to a peer was lost"
+            raise RankLost(f"lost the other ranks ({' '.join(str(exc).split())}); "
+                           "a rank died or its connection broke") from None
+        finally:
+            self._since = None
+            self.waited += time.monotonic() - began
+        return out
+
+    def watch(self, timeout: float | None, on_timeout: Callable[[str], None] | None = None) -> None:
+        """From now on a collective that waits more than ``timeout`` seconds for the other ranks
+        calls ``on_timeout(message)`` (default: print the one line and end this process with
+        :data:`RANK_TIMEOUT_EXIT`: the engine thread sits inside MLX and cannot be interrupted;
+        mlx.launch then stops the other ranks). None or 0: no watchdog. One process: nothing."""
+        self.timeout = timeout or None
+        if not self.active or self.timeout is None or self._watchdog is not None:
+            return
+        act = on_timeout or _end_process
+
+        def watch() -> None:
+            while True:
+                time.sleep(min(1.0, self.timeout / 10))
+                since = self._since
+                if since is not None and time.monotonic() - since > self.timeout:
+                    act(f"rank {self.rank}: waited more than rank_timeout ({self.timeout:g} s) for the other "
+                        "ranks in one collective; a rank died or hangs, so the job stops")
+                    return
+
+        self._watchdog = threading.Thread(target=watch, name="rank-watchdog", daemon=True)
+        self._watchdog.start()
 
     @property
     def active(self) -> bool:
@@ -87,7 +146,7 @@ class Ranks:
         """``x`` summed over the ranks (the identity on one process)."""
         if not self.active:
             return x
-        return _now(mx.distributed.all_sum(x, group=self.group))
+        return self._now(x, lambda: mx.distributed.all_sum(x, group=self.group))
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         """Python numbers summed over the ranks, in one collective."""
@@ -98,36 +157,37 @@ class Ranks:
     def max_floats(self, values: Sequence[float]) -> list[float]:
         if not self.active or not values:
             return [float(v) for v in values]
-        return _now(mx.distributed.all_max(mx.array([float(v) for v in values], dtype=mx.float32),
-                                           group=self.group)).tolist()
+        x = mx.array([float(v) for v in values], dtype=mx.float32)
+        return self._now(x, lambda: mx.distributed.all_max(x, group=self.group)).tolist()
 
-    def gather(self, x: mx.array) -> mx.array:
+    def gather(self, x: mx.array, patient: bool = False) -> mx.array:
         """Every rank's ``x`` (same shape on every rank) concatenated along axis 0, in rank order."""
         if not self.active:
             return x
-        return _now(mx.distributed.all_gather(x, group=self.group))
+        return self._now(x, lambda: mx.distributed.all_gather(x, group=self.group), patient)
 
-    def gather_json(self, obj: Any) -> list[Any]:
-        """Every rank's JSON-able ``obj``, in rank order (bytes padded to the longest)."""
+    def gather_json(self, obj: Any, patient: bool = False) -> list[Any]:
+        """Every rank's JSON-able ``obj``, in rank order (bytes padded to the longest).
+        ``patient``: no time limit (waiting for a person on rank 0)."""
         if not self.active:
             return [obj]
         data = json.dumps(obj).encode()
-        sizes = [int(n) for n in self.gather(mx.array([len(data)], dtype=mx.int32)).tolist()]
+        sizes = [int(n) for n in self.gather(mx.array([len(data)], dtype=mx.int32), patient).tolist()]
         width = max(sizes)
         buf = mx.array(list(data) + [0] * (width - len(data)), dtype=mx.uint8)
-        rows = self.gather(buf).reshape(self.size, width).tolist()
+        rows = self.gather(buf, patient).reshape(self.size, width).tolist()
         return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes)]
 
     def average_gradients(self, grads: dict) -> dict:
         """``mlx.nn.average_gradients`` over the ranks (the identity on one process)."""
         if not self.active:
             return grads
-        return _now(nn.average_gradients(grads, group=self.group))
+        return self._now(grads, lambda: nn.average_gradients(grads, group=self.group))
 
     # ------------------------------------------------------------- rank 0 -> all
-    def broadcast_json(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        return self.gather_json(obj if self.is_main else None)[0] if self.active else obj
+    def broadcast_json(self, obj: Any, patient: bool = False) -> Any:
+        """Rank 0's ``obj`` on every rank (``patient``: see :meth:`gather_json`)."""
+        return self.gather_json(obj if self.is_main else None, patient)[0] if self.active else obj
 
     def broadcast_arrays(self, arrays: dict[str, mx.array]) -> dict[str, mx.array]:
         """Rank 0's named arrays on every rank (the others pass ``{}``): names, shapes and dtypes
@@ -177,3 +237,10 @@ class Ranks:
             message = (f"rank(s) {', '.join(map(str, differ))} have another {what} than rank 0; "
                        "every rank needs the same config, model and data")
             raise ConfigError(message) if self.is_main else ReportedByRank0(message)
+
+
+def _end_process(message: str) -> None:
+    """The watchdog's way out: one line, then exit at once (no clean-up: the engine is stuck)."""
+    sys.stdout.flush()
+    print(f"tui-trainer: error: {message}", file=sys.stderr, flush=True)
+    os._exit(RANK_TIMEOUT_EXIT)

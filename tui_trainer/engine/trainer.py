@@ -221,9 +221,10 @@ class Trainer:
         if cfg.eval_every and asking:
             raise ConfigError(f"eval_every: judge {', '.join(asking)} asks a person, and the evaluation set is "
                               "scored without one; use judges that score on their own, or eval_every: 0")
-        if self.dist.active and asking:
-            raise ConfigError(f"judge {', '.join(asking)} asks a person, which a run over {self.dist.size} ranks "
-                              "cannot do yet; use judges that score on their own, or one process")
+        learning = [m.key for m in self.judges.members if getattr(m.judge, "online", None) is not None]
+        if self.dist.active and learning:  # a person is asked on rank 0 (JudgeSet.ranks); an online RM is not shared
+            raise ConfigError(f"judge {', '.join(learning)} learns a reward model from a person (learn_from: human), "
+                              f"which a run over {self.dist.size} ranks cannot do yet; use one process")
         # a judge that needs a column (the answer judge's `answer`) finds it in every row, or the run stops here
         require_columns(self._table, cfg.data.prompt_field, self.judges.required_columns())
         ckpt = None
@@ -389,7 +390,9 @@ class Trainer:
     def run(self) -> ev.RunState:
         try:
             self.setup()
+            self.dist.watch(self.cfg.rank_timeout)  # several ranks: a collective waiting past it ends the job
             self.judges.interrupt = self._abort
+            self.judges.ranks = self.dist  # a person is asked on rank 0 for every rank's samples
             self.judges.progress = self._judge_progress
             self._completed = self._snapshot()
             self._set_state("running")
@@ -529,6 +532,7 @@ class Trainer:
         mx.random.seed(sample_seed)
         shuffle = random.Random(cfg.seed * 7919 + step)
         t0 = self._step_t0 = time.perf_counter()
+        waited0 = self.dist.waited
         self._phase_now = {}
 
         self._begin_phase("rollout")
@@ -581,6 +585,7 @@ class Trainer:
                      "warning")
             stats = {**exc.stats, "skipped_update": 1.0}
         t3 = time.perf_counter()
+        busy = (t3 - t0) - (self.dist.waited - waited0)  # this rank's work: the step less its waits for the others
         eval_score = None
         if cfg.eval_every and step % cfg.eval_every == 0 and self.dist.is_main:  # rank 0 alone evaluates
             eval_score = self.evaluate(step)
@@ -590,7 +595,8 @@ class Trainer:
         # every rank's samples, in global row order (rank 0 reports and writes them all)
         shares = self.dist.gather_json({"texts": texts, "completions": completions, "scores": scores,
                                         "per_judge": per_judge, "finished": roll.finished, "lengths": roll.lengths,
-                                        "peak_memory_mb": _peak_memory_mb()})
+                                        "peak_memory_mb": _peak_memory_mb(),
+                                        "times": {"busy": busy, "rollout": t1 - t0, "judge": t2 - t1}})
         texts, completions, scores, finished, lengths = ([x for part in shares for x in part[key]] for key in
                                                          ("texts", "completions", "scores", "finished", "lengths"))
         per_judge = {name: [x for part in shares for x in part["per_judge"][name]] for name in shares[0]["per_judge"]}
@@ -622,6 +628,7 @@ class Trainer:
         }
         if self.dist.active:
             metrics["ranks"] = self.dist.size
+            metrics.update(rank_times([part["times"] for part in shares]))
         for name, vals in per_judge.items():
             v = [x for x in vals if x is not None]
             metrics[f"score/{name}"] = float(sum(v) / len(v)) if v else float("nan")
@@ -690,12 +697,14 @@ class Trainer:
         choices = []
         pointwise: dict[str, list[float | None]] = {}
         if self.judges.can_compare:
-            for i in range(0, len(texts), 2):
-                self._progress("judging", i, len(texts), "samples", detail="pairs")
-                verdict = self.judges.compare(texts[i], completions[i], completions[i + 1], step=step)
-                self._check_abort()
-                choices.append(verdict.choice)
-            self._progress("judging", len(texts), len(texts), "samples", detail="pairs")
+            def after(done: int, total: int) -> None:
+                if done:
+                    self._check_abort()
+                self._progress("judging", 2 * done, 2 * total, "samples", detail="pairs")
+
+            verdicts = self.judges.compare_pairs(texts[0::2], completions[0::2], completions[1::2], step=step,
+                                                 after=after)
+            choices = [v.choice for v in verdicts]
         else:  # pointwise judges decide each pair by score; a dropped score skips the pair
             res = self.judges.score(texts, completions, step=step, columns=columns)
             pointwise = dict(res.per_judge)  # reported too: score/<judge> is what the verdicts hide
@@ -944,6 +953,20 @@ def _all_finite(loss: mx.array, grads: dict) -> bool:
     counts as not finite: such a gradient is no use either)."""
     sq = sum(((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)), mx.array(0.0))
     return bool((mx.isfinite(loss) & mx.isfinite(sq)).item())
+
+
+def rank_times(times: list[dict[str, float]]) -> dict[str, float]:
+    """Which rank is slow, from each rank's seconds of the step (``busy``: the step less the time it
+    spent in collectives, i.e. waiting for the others; ``rollout``, ``judge``: its own phases).
+
+    time_step_slowest_rank = argmax_r busy_r;  time_step_rank_spread = max_r busy_r / min_r busy_r;
+    time_busy/r, time_rollout/r, time_judge/r: each rank's seconds."""
+    busy = [t["busy"] for t in times]
+    slowest = max(range(len(busy)), key=busy.__getitem__)
+    out = {"time_step_slowest_rank": float(slowest), "time_step_rank_spread": busy[slowest] / max(min(busy), 1e-9)}
+    for key in ("busy", "rollout", "judge"):
+        out.update({f"time_{key}/{r}": float(t[key]) for r, t in enumerate(times)})
+    return out
 
 
 def minibatches(rows: list[int], size: int) -> list[list[int]]:

@@ -27,6 +27,15 @@ prompt the first completion in the batch is the baseline (it scores 0.5) and
 every other completion of that prompt scores P(it beats the baseline): 1 for a
 win, 0 for a loss, 0.5 for a tie, the verdict's confidence when it has one;
 a prompt with a single completion scores 0.5 (nothing to compare with).
+
+A data-parallel run (``ranks``: the trainer's engine.distributed.Ranks, set like ``interrupt``)
+asks a person on rank 0 only, where the front end is. A judge that asks a person
+(``interactive = True``, e.g. ``human``) is called on rank 0 for every rank's samples: each
+rank's questions are gathered to rank 0 (``gather_json``, rank order = the global sample
+order), rank 0 runs them through the usual failure policy, and its answers, or its failure,
+reach every rank (``broadcast_json``); each rank takes its own slice. The other ranks wait
+for the person with no time limit (``patient``: ``rank_timeout`` does not apply to that wait).
+The other judges run where the samples are. One process: none of this.
 """
 
 from __future__ import annotations
@@ -92,6 +101,7 @@ class JudgeSet:
         # progress(judge, done, total) for the dashboard
         self.interrupt: threading.Event | None = None
         self.progress: Callable[[str, int, int], None] = lambda judge, done, total: None
+        self.ranks: Any = None  # a data-parallel job (engine.distributed.Ranks): a person is asked on rank 0
         self.log = log or (lambda message: None)
         self.max_consecutive_failures = max(1, max_consecutive_failures)
         self.max_abs_score = max_abs_score
@@ -148,16 +158,13 @@ class JudgeSet:
         for m in self.members:
             m.context.step = step
             m.context.progress = lambda done, total, key=m.key: self.progress(key, done, total)
-            self.progress(m.key, 0, n)
-            if m.info.pointwise:
-                kwargs = columns_for(m.columns, columns) if columns is not None and m.columns is not None else {}
-                values = self._call(
-                    m, step, lambda m=m, kw=kwargs: m.judge.score(list(prompts), list(completions), **kw),
-                    lambda raw: _check_scores(raw, n, self.max_abs_score), fallback=None)
-                per_judge[m.key] = values if values is not None else [None] * n
+            kwargs = columns_for(m.columns, columns) if columns is not None and m.columns is not None else {}
+            if self._on_rank0(m):  # every rank's samples, asked on rank 0; this rank's slice back
+                ask = lambda q, m=m: self._score_member(m, q["prompts"], q["completions"], q["columns"], step)
+                per_judge[m.key] = self._ask_rank0(
+                    {"prompts": list(prompts), "completions": list(completions), "columns": kwargs}, ask, n)
             else:
-                per_judge[m.key] = self._against_baseline(m, prompts, completions, step)
-            self.progress(m.key, n, n)
+                per_judge[m.key] = self._score_member(m, prompts, completions, kwargs, step)
         scores: list[float | None] = []
         for i in range(n):
             parts = [(m.weight, per_judge[m.key][i]) for m in self.members]
@@ -166,6 +173,21 @@ class JudgeSet:
             else:
                 scores.append(float(sum(w * v for w, v in parts)))
         return ScoreResult(scores, per_judge)
+
+    def _score_member(self, m: Member, prompts: list[str], completions: list[str], kwargs: dict[str, list[Any]],
+                      step: int) -> list[float | None]:
+        """One judge's scores of the samples (``kwargs``: the dataset columns it takes)."""
+        n = len(completions)
+        self.progress(m.key, 0, n)
+        if m.info.pointwise:
+            values = self._call(
+                m, step, lambda: m.judge.score(list(prompts), list(completions), **kwargs),
+                lambda raw: _check_scores(raw, n, self.max_abs_score), fallback=None)
+            values = values if values is not None else [None] * n
+        else:
+            values = self._against_baseline(m, prompts, completions, step)
+        self.progress(m.key, n, n)
+        return values
 
     def _against_baseline(self, m: Member, prompts: list[str], completions: list[str],
                           step: int) -> list[float | None]:
@@ -187,13 +209,72 @@ class JudgeSet:
     # -- pairwise --------------------------------------------------------------------
 
     def compare(self, prompt: str, a: str, b: str, step: int = 0) -> Verdict:
+        m = self._comparer()
+        m.context.step = step
+        return self._call(m, step, lambda: m.judge.compare(prompt, a, b), _check_verdict,
+                          fallback=Verdict("skip"))
+
+    def compare_pairs(self, prompts: list[str], firsts: list[str], seconds: list[str], step: int = 0,
+                      after: Callable[[int, int], None] = lambda done, total: None) -> list[Verdict]:
+        """:meth:`compare` on each pair in turn; ``after(done, total)`` before the first pair and
+        after each (the trainer's progress and abort check). A person is asked on rank 0 for
+        every rank's pairs (see the module's docstring)."""
+        def ask(q: dict) -> list[Verdict]:
+            out = []
+            total = len(q["prompts"])
+            after(0, total)
+            for i, (p, a, b) in enumerate(zip(q["prompts"], q["firsts"], q["seconds"])):
+                out.append(self.compare(p, a, b, step=step))
+                after(i + 1, total)
+            return out
+
+        questions = {"prompts": list(prompts), "firsts": list(firsts), "seconds": list(seconds)}
+        if not self._on_rank0(self._comparer()):
+            return ask(questions)
+        answers = self._ask_rank0(questions, lambda q: [[v.choice, v.confidence] for v in ask(q)], len(prompts))
+        return [Verdict(choice, confidence) for choice, confidence in answers]
+
+    def _comparer(self) -> Member:
         m = next((m for m in self.members if m.info.pairwise), None)
         if m is None:
             raise ConfigError("none of the configured judges can compare two completions "
                               f"({', '.join(self.names)}); use llama, human or another pairwise judge")
-        m.context.step = step
-        return self._call(m, step, lambda: m.judge.compare(prompt, a, b), _check_verdict,
-                          fallback=Verdict("skip"))
+        return m
+
+    # -- a person on rank 0 ------------------------------------------------------------
+
+    def _on_rank0(self, m: Member) -> bool:
+        """True when ``m`` asks a person and this is a run over several ranks."""
+        return bool(getattr(m.judge, "interactive", False)) and self.ranks is not None and self.ranks.active
+
+    def _ask_rank0(self, questions: dict[str, Any], ask: Callable[[dict[str, Any]], list[Any]], n: int) -> list[Any]:
+        """``ask`` on rank 0 over every rank's ``questions`` (a dict of per-sample lists, JSON,
+        ``prompts`` among them), joined in rank order; this rank's ``n`` answers of the result. A
+        failure there (a JudgeFailure, the step abandoned, an error) is raised on every rank: rank 0
+        raises its own, the others the same message, quietly (rank 0 reports it)."""
+        ranks = self.ranks
+        parts = ranks.gather_json(questions)
+        start = sum(len(p["prompts"]) for p in parts[:ranks.rank])  # this rank's first sample in the job
+        if ranks.is_main:
+            joined = {k: _join([p[k] for p in parts]) for k in questions}
+            try:
+                answers = ask(joined)
+            except Exception as exc:  # every rank stops the same way (JudgeFailure, StepInterrupted, a bug)
+                kind = ("failure" if isinstance(exc, JudgeFailure) else "interrupted"
+                        if isinstance(exc, StepInterrupted) else "error")
+                ranks.broadcast_json({kind: one_line(exc)})
+                raise
+            ranks.broadcast_json({"answers": answers})
+            return answers[:n]
+        # the others wait while the person answers: no time limit (rank_timeout) on this one
+        outcome = ranks.broadcast_json(None, patient=True)
+        if "answers" in outcome:
+            return outcome["answers"][start:start + n]
+        if "interrupted" in outcome:
+            raise StepInterrupted(outcome["interrupted"])
+        exc = JudgeFailure(outcome.get("failure") or f"rank 0: {outcome['error']}")
+        exc.quiet = True  # rank 0 reports it: one line for the job
+        raise exc
 
     def close(self) -> None:
         self.close_members(self.members, self.log)
@@ -272,6 +353,13 @@ class JudgeSet:
         if "error" in box:
             raise box["error"]
         return box["value"]
+
+
+def _join(parts: list[Any]) -> Any:
+    """Per-rank lists joined in rank order; per-rank dicts of lists (dataset columns) joined by key."""
+    if parts and isinstance(parts[0], dict):
+        return {k: [x for p in parts for x in p[k]] for k in parts[0]}
+    return [x for p in parts for x in p]
 
 
 def verdict_score(v: Verdict) -> float | None:

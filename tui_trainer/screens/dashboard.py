@@ -26,6 +26,7 @@ from textual.widgets import Footer, Static
 
 from tui_trainer.config import Config
 from tui_trainer.events import CheckpointSaved, Progress, RunState, Sample, StepMetrics
+from tui_trainer.widgets.format import slowest_rank_text
 from tui_trainer.widgets.log_pane import LogPane
 from tui_trainer.widgets.metric_panel import MetricPanel
 from tui_trainer.widgets.progress import RunProgress, StepProgress
@@ -227,6 +228,9 @@ class DashboardScreen(Screen):
         if self.eval_score is not None:
             parts.append(f"eval {self.eval_score[1]:.3f} (step {self.eval_score[0]})")
         parts += learning_parts(self.metrics)  # a reward model learning from the person
+        slow = slowest_rank_text(self.metrics)  # a run over several ranks: the one the others wait for
+        if slow:
+            parts.append(slow)
         parts.append(self.config.run_dir)
         return " · ".join(parts)
 

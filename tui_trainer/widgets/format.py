@@ -80,3 +80,14 @@ def progress_text(p) -> str:
     else:
         parts.append(f"{format_duration(p.elapsed)} into the step")
     return " · ".join(parts)
+
+
+def slowest_rank_text(values: dict) -> str | None:
+    """'slowest rank 1 (1.4x)': the rank that worked longest in a step of a run over several ranks
+    (``time_step_slowest_rank``) and its work over the quickest rank's (``time_step_rank_spread``);
+    None for one process."""
+    rank = finite(values.get("time_step_slowest_rank"))
+    if values.get("ranks", 1) <= 1 or rank is None:
+        return None
+    spread = finite(values.get("time_step_rank_spread"))
+    return f"slowest rank {rank:.0f}" + (f" ({spread:.1f}x)" if spread is not None else "")
