@@ -59,7 +59,7 @@ def one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
 
 
-PHASE_LABELS = {"loading": "loading", "rollout": "rollout", "judging": "judging", "reference": "reference + values",
+PHASE_LABELS = {"loading": "loading", "rollout": "rollout", "judging": "judging", "reference": "reference",
                 "update": "update", "evaluation": "evaluation"}
 
 
