@@ -253,3 +253,17 @@ def test_each_prompt_is_prefilled_once_for_all_its_samples(model, monkeypatch):
     assert shapes[-5] == (3 * len(PROMPTS), width)
     assert shared.responses == each.responses
     assert np.allclose(np.array(shared.logprobs), np.array(each.logprobs), atol=1e-5)
+
+
+def test_entropy_equals_the_full_forwards_distribution(model):
+    """The rollout's per-token entropy (log Z - sum p z, from the decode's one exp pass) equals
+    -sum p log p of a plain full forward's tempered distribution at each response position."""
+    r = sample(model, PROMPTS, num_samples=2, max_new_tokens=7, temperature=0.7, seed=5, eos_ids={7})
+    entropy = np.array(r.entropy)
+    for row, i in enumerate(r.prompt_index):
+        n, p = r.lengths[row], len(PROMPTS[i])
+        logits = model(mx.array([PROMPTS[i] + r.responses[row]]))[0].astype(mx.float32) / 0.7
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        ref = np.array(-(mx.exp(logp) * logp).sum(axis=-1))[p - 1:p - 1 + n]
+        assert np.allclose(entropy[row, :n], ref, atol=1e-4), (row, entropy[row, :n], ref)
+        assert (entropy[row, n:] == 0).all()

@@ -139,13 +139,18 @@ def _sample(
     # say logits / T. The filters run in make_sampler's order (top_p, then top_k).
     keys = row_keys(seed, range(row_offset, row_offset + n), max_new_tokens) if temperature > 0 else None
 
-    def sampler(logp_all: mx.array, t: int) -> mx.array:
+    def sampler(scaled: mx.array, log_z: mx.array, t: int) -> mx.array:
+        """argmax of the (filtered) log-probs plus Gumbel noise; without filters the log-probs'
+        per-row constant log Z is left out (it moves no argmax)."""
         if keys is None:
-            return mx.argmax(logp_all, axis=-1)
-        if 0 < top_p < 1.0:
-            logp_all = apply_top_p(logp_all, top_p)
-        if top_k > 0:
-            logp_all = apply_top_k(logp_all, top_k)
+            return mx.argmax(scaled, axis=-1)
+        logp_all = scaled
+        if (0 < top_p < 1.0) or top_k > 0:
+            logp_all = scaled - log_z
+            if 0 < top_p < 1.0:
+                logp_all = apply_top_p(logp_all, top_p)
+            if top_k > 0:
+                logp_all = apply_top_k(logp_all, top_k)
         return mx.argmax(logp_all + _gumbel(keys[:, t], logp_all.shape[-1]), axis=-1)
 
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
@@ -162,10 +167,15 @@ def _sample(
         logits = output_logits(model, hidden)[:, -1, :].astype(mx.float32)
         val = value_head(hidden[:, -1, :].astype(mx.float32)) if value_head is not None else mx.zeros((n,))
         scaled = logits * inv_t
-        logp_all = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-        tok = sampler(logp_all, t).astype(mx.int32)
-        lp = mx.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
-        ent = -(mx.exp(logp_all) * logp_all).sum(axis=-1)
+        # one exp over the vocabulary serves the normaliser and the entropy:
+        # log Z = m + log sum exp(z - m);  H = -sum p log p = log Z - sum p z,  p = exp(z - m) / sum
+        m = scaled.max(axis=-1, keepdims=True)
+        e = mx.exp(scaled - m)
+        total = e.sum(axis=-1, keepdims=True)
+        log_z = m + mx.log(total)
+        tok = sampler(scaled, log_z, t).astype(mx.int32)
+        lp = mx.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - log_z[:, 0]
+        ent = log_z[:, 0] - (e * scaled).sum(axis=-1) / total[:, 0]
         alive = mx.logical_not(done)
         tok = mx.where(alive, tok, pad_id)
         lp = mx.where(alive, lp, 0.0)
