@@ -1,5 +1,5 @@
 """Command line: `tui-trainer` (the app), `train --headless`, `doctor`, `init`, `plugins`, `judge`, `labels`,
-`chat`, `eval`, `export`, `metrics`, `install`, `uninstall`, `reward`.
+`chat`, `eval`, `export`, `watch`, `metrics`, `install`, `uninstall`, `reward`.
 
 Each subcommand lives in ``tui_trainer/commands/<name>.py`` as ``add_arguments(parser)``
 and ``run(args) -> int``. Bad input ends in one line on stderr and exit code 2.
@@ -23,6 +23,7 @@ COMMANDS = {
     "labels": "export human labels (e.g. for DPO)",
     "chat": "chat with a trained run (its latest checkpoint) in the terminal",
     "eval": "win rate of a trained run over its base model under a judge, on held-out prompts",
+    "watch": "the dashboard on a run directory another process is writing (read-only)",
     "metrics": "a run's metrics: a table, CSV, or curves in the terminal (or a PNG)",
     "install": "install a judge plugin package into tui-trainer's own environment (pip)",
     "uninstall": "uninstall a judge plugin package from tui-trainer's environment (pip)",

@@ -108,6 +108,15 @@ def launcher() -> Path:
     return path
 
 
+def _hostfile(path: str):
+    from mlx._distributed_utils.common import Hostfile
+
+    try:
+        return Hostfile.from_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"--hosts {path}: {' '.join(str(exc).split())}") from None
+
+
 def launch_command(args: argparse.Namespace) -> list[str]:
     """The mlx.launch command line for ``args`` (ConfigError, one line, on bad input)."""
     if args.launch is not None and args.hosts is not None:
@@ -115,12 +124,7 @@ def launch_command(args: argparse.Namespace) -> list[str]:
     cmd = [str(launcher())]
     backend = args.backend
     if args.hosts is not None:
-        from mlx._distributed_utils.common import Hostfile
-
-        try:
-            hostfile = Hostfile.from_file(args.hosts)
-        except ValueError as exc:
-            raise ConfigError(f"--hosts {args.hosts}: {' '.join(str(exc).split())}") from None
+        hostfile = _hostfile(args.hosts)
         if not hostfile.hosts:
             raise ConfigError(f"--hosts {args.hosts}: no hosts in it")
         backend = backend or hostfile.backend or None
@@ -166,27 +170,107 @@ def launch(args: argparse.Namespace) -> int:
             job.proc.kill()
             job.proc.wait()
             code = 130
-        recorded = recorded_exits(Path(where))
-        dead = job.dead_rank(recorded)
-        if dead is None:
-            if job.timed_out is not None:  # a watchdog ended the job: a rank hangs, or its host vanished
-                print(f"tui-trainer: error: rank {job.timed_out} waited more than rank_timeout for the other ranks "
-                      f"at step {step_in_flight(run_dir)}; a rank hangs or its host is gone; the job stopped; "
-                      f"{checkpoint_note(run_dir)}", file=sys.stderr, flush=True)
-                return 1
-            return job_exit_code(Path(where), code)
-        rank, status = dead
-        print(f"tui-trainer: error: rank {rank} died (exit {status}) at step {step_in_flight(run_dir)}; the job "
-              f"stopped; {checkpoint_note(run_dir)}", file=sys.stderr, flush=True)
-        return 128 - status if status < 0 else status or 1
+        code, line = job_outcome(job, code, Path(where), run_dir)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        return code
+
+
+def job_outcome(job: "Job", code: int, where: Path, run_dir: Path) -> tuple[int, str | None]:
+    """The job's exit code and, when a rank died or a watchdog ended it, the one line that says so."""
+    recorded = recorded_exits(where)
+    dead = job.dead_rank(recorded)
+    if dead is None:
+        if job.timed_out is not None:  # a watchdog ended the job: a rank hangs, or its host vanished
+            return 1, (f"tui-trainer: error: rank {job.timed_out} waited more than rank_timeout for the other ranks "
+                       f"at step {step_in_flight(run_dir)}; a rank hangs or its host is gone; the job stopped; "
+                       f"{checkpoint_note(run_dir)}")
+        return job_exit_code(where, code), None
+    rank, status = dead
+    return (128 - status if status < 0 else status or 1,
+            f"tui-trainer: error: rank {rank} died (exit {status}) at step {step_in_flight(run_dir)}; the job "
+            f"stopped; {checkpoint_note(run_dir)}")
+
+
+class BackgroundJob:
+    """``train --launch`` / ``--hosts`` for the app (follow mode): mlx.launch in its own process group,
+    its output and the ranks' (and the one line about a rank that died) appended to ``log``, so
+    nothing writes over the screen; its standard input a pipe nobody writes to (the keyboard is the
+    app's). ``done`` is set once it has ended, with ``code`` and ``error`` (that line, or None)."""
+
+    def __init__(self, cmd: list[str], run_dir: Path, log: Path, ranks: int | None = None,
+                 exit_dir: tempfile.TemporaryDirectory | None = None):
+        """``cmd``: the mlx.launch command line; ``ranks``: how many it starts; ``exit_dir``: where the
+        ranks leave their exit codes (named in ``cmd``; removed once the job has ended)."""
+        self.run_dir = Path(run_dir)
+        self.ranks = ranks
+        self._where = exit_dir
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.code: int | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+        self.job = Job(cmd, log=self._log)
+        self._waiter = threading.Thread(target=self._wait, name="mlx.launch-wait", daemon=True)
+        self._waiter.start()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, log: Path) -> "BackgroundJob":
+        """The job ``train --launch`` / ``--hosts`` with ``args`` starts (ConfigError, one line, on bad input)."""
+        cmd = launch_command(args)
+        from tui_trainer.config import config_from_args
+
+        ranks = args.launch if args.hosts is None else len(_hostfile(args.hosts).hosts)
+        where = tempfile.TemporaryDirectory(prefix="tui-trainer-exit-")
+        cmd[1:1] = ["--env", f"{EXIT_DIR}={where.name}"]
+        return cls(cmd, Path(config_from_args(args).run_dir), log, ranks, exit_dir=where)
+
+    def _wait(self) -> None:
+        try:
+            code = self.job.wait()
+            where = Path(self._where.name) if self._where is not None else self.run_dir / "no-exit-codes"
+            self.code, self.error = job_outcome(self.job, code, where, self.run_dir)
+            if self.error:
+                self._log.write((self.error + "\n").encode())
+        finally:
+            self._log.close()
+            if self._where is not None:
+                self._where.cleanup()
+            self.done.set()
+
+    def stop(self) -> None:
+        """What Ctrl-C does to ``train --launch``: SIGINT to mlx.launch and its local ranks (the process
+        group); each rank abandons the step in flight and ends on its last checkpoint. Should the job
+        not end within ``STOP_GRACE`` seconds, it is killed (``Job.wait``)."""
+        if self.done.is_set():
+            return
+        if self.job.first_failure is None:
+            self.job.first_failure = time.monotonic()
+        try:
+            os.killpg(self.job.proc.pid, signal.SIGINT)
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        """Stop now: mlx.launch and its local ranks, SIGKILL (the last checkpoint stays valid)."""
+        if not self.done.is_set():
+            self.job.kill()
 
 
 class Job:
     """mlx.launch, with its standard error read line by line: the ranks' exits it reports are
     kept (``exits``: rank -> status, in the order reported), its noise about them left out."""
 
-    def __init__(self, cmd: list[str]):
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    def __init__(self, cmd: list[str], log=None):
+        """``log``: a binary file for mlx.launch's output and the lines kept from its standard error
+        (else they go to this process's); mlx.launch then runs in a process group of its own."""
+        self._err = log
+        if log is None:
+            self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        else:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.PIPE,
+                                         start_new_session=True)
         self.exits: dict[int, int | None] = {}  # None: killed by mlx.launch
         self.first_failure: float | None = None
         self.timed_out: int | None = None  # a rank whose watchdog ended it (rank_timeout)
@@ -209,8 +293,12 @@ class Job:
                 continue
             if _NOISE.match(line) or _LOST.match(line):
                 continue
-            sys.stderr.buffer.write(raw)
-            sys.stderr.flush()
+            out = self._err if self._err is not None else sys.stderr.buffer
+            try:
+                out.write(raw)
+                out.flush()
+            except (OSError, ValueError):  # the log was closed
+                pass
 
     def wait(self) -> int:
         """mlx.launch's exit code; it and its local ranks are killed if it has not ended

@@ -17,9 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--start", action="store_true", help="app: skip the setup screen and start training")
     p.add_argument("--launch", type=int, metavar="N", help="data-parallel: N processes on this machine "
-                   "(runs mlx.launch -n N; --headless)")
+                   "(runs mlx.launch -n N; on a terminal the app follows the job, else --headless)")
     p.add_argument("--hosts", metavar="FILE", help="data-parallel: one process per host of an mlx.launch "
-                   "hostfile (JSON; runs mlx.launch --hostfile FILE; --headless)")
+                   "hostfile (JSON; runs mlx.launch --hostfile FILE; the app follows it, as with --launch)")
     p.add_argument("--backend", choices=BACKENDS, help="with --launch / --hosts: mlx.launch's backend "
                    "(default: the hostfile's, else nccl with CUDA, else ring)")
 
@@ -60,10 +60,6 @@ def metrics_line(values: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from tui_trainer.config import config_from_args
 
-    if args.launch is not None or args.hosts is not None:
-        from tui_trainer.commands.launch import launch
-
-        return launch(args)
     config = config_from_args(args)
     if args.resume:  # continue the run as it was configured; what the command line gives changes it
         from pathlib import Path
@@ -71,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         saved = Path(config.run_dir) / "config.yaml"
         if saved.is_file():
             config = config_from_args(args, base=saved)
+    if args.launch is not None or args.hosts is not None:
+        from tui_trainer.commands.launch import launch
+
+        mode, note = launch_mode(args, config, sys.stdout.isatty())
+        if note:
+            print(f"tui-trainer: {note}", file=sys.stderr, flush=True)
+        return launch(args) if mode == "headless" else follow_launch(args, config)
     from tui_trainer.engine.distributed import world
 
     ranks = world()  # started by mlx.launch: one rank of a data-parallel job
@@ -83,6 +86,44 @@ def run(args: argparse.Namespace) -> int:
 
         return run_app(config, config_path=getattr(args, "config", None), resume=args.resume, start=args.start)
     return run_headless(config, resume=args.resume)
+
+
+def asks_a_person(config) -> list[str]:
+    """The judges of ``config`` that ask a person (the human judge; a reward model learning from one)."""
+    return [j.name for j in config.judges
+            if j.name == "human" or (j.options or {}).get("learn_from") == "human"]
+
+
+def launch_mode(args: argparse.Namespace, config, tty: bool) -> tuple[str, str | None]:
+    """How ``train --launch`` / ``--hosts`` runs: ("follow", None) — the job in the background and the
+    app following its run directory — when the command has a terminal and no --headless; else
+    ("headless", note): mlx.launch in the foreground, as before. A judge that asks a person keeps the
+    headless path (its questions go to rank 0's console through mlx.launch's stdin, which the app
+    cannot answer); ``note`` says so in one line."""
+    if args.headless or not tty:
+        return "headless", None
+    person = asks_a_person(config)
+    if person:
+        return "headless", (f"judge {', '.join(person)} asks a person on rank 0's console, which the app cannot "
+                            "answer for a launched job: running headless")
+    return "follow", None
+
+
+def follow_launch(args: argparse.Namespace, config) -> int:
+    """The job in the background (mlx.launch's output to RUN_DIR/launch.log) and the app on its run directory."""
+    from pathlib import Path
+
+    from tui_trainer.commands.launch import BackgroundJob
+    from tui_trainer.engine.runfiles import check_run_dir
+    from tui_trainer.follow_app import run_follow
+
+    run_dir = Path(config.run_dir)
+    check_run_dir(run_dir)
+    job = BackgroundJob.from_args(args, run_dir / LAUNCH_LOG)
+    return run_follow(config, job=job, ranks=job.ranks)
+
+
+LAUNCH_LOG = "launch.log"
 
 
 def run_headless(config, resume: bool = False, quiet: str | None = None) -> int:

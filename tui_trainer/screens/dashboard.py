@@ -216,6 +216,9 @@ class DashboardScreen(Screen):
         app = self.app
         status = getattr(app, "status", "idle")
         parts = ["tui-trainer", status]
+        following = getattr(app, "follow_note", None)  # the app follows a run another process trains
+        if following:
+            parts.append(following)
         if status == "starting" and not self.steps_seen:
             parts.append("loading model…")
         if getattr(app, "stopping_after_step", False):

@@ -1,0 +1,214 @@
+"""The app following a run directory another process writes: `train --launch N` on a terminal (the job
+in the background, the dashboard on rank 0's run directory) and `tui-trainer watch RUN_DIR`.
+
+The run directories here are written by hand in RunFiles' format (json_line), a line at a time as
+rank 0 writes them; the jobs are real processes (a short Python script in mlx.launch's place, and
+one real `--launch 2` run of the tiny model)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tui_trainer.commands.launch import BackgroundJob
+from tui_trainer.commands.train import launch_mode
+from tui_trainer.config import Config, JudgeSpec
+from tui_trainer.engine.runfiles import json_line
+from tui_trainer.events import Sample, StepMetrics
+from tui_trainer.fileio import atomic_write_text
+from tui_trainer.follow import JsonlTail, RunFollower
+from tui_trainer.follow_app import FollowApp
+
+from helpers import screen_text
+
+
+def two_rank_step(step: int, score: float, slowest: int = 1) -> dict:
+    """A step of a 2-rank job as rank 0 writes it to metrics.jsonl."""
+    return {"step": step, "score_mean": score, "kl": 0.01 * step, "clip_fraction": 0.1, "entropy": 2.0,
+            "time_step": 3.0, "samples_per_second": 1.5, "time_rollout": 1.0, "time_judge": 0.5, "time_update": 1.5,
+            "ranks": 2, "time_step_slowest_rank": slowest, "time_step_rank_spread": 1.43,
+            "time_busy/0": 2.0, "time_busy/1": 2.86}
+
+
+def sample_row(step: int, text: str, score: float) -> dict:
+    return {"step": step, "prompt": f"prompt {text}", "completion": f"completion {text}", "score": score,
+            "scores": {"rules": score}, "finished": True}
+
+
+def append(path: Path, *rows: dict, partial: str = "") -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json_line(r) for r in rows) + partial)
+
+
+def write_run(run: Path) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    append(run / "metrics.jsonl", two_rank_step(1, 0.25))
+    # rank 0 gathered both ranks' samples: two from each rank
+    append(run / "samples.jsonl", *(sample_row(1, f"r{r}s{i}", 0.5 * i) for r in (0, 1) for i in (0, 1)))
+
+
+# ------------------------------------------------------------------ reading the files
+def test_tail_reads_complete_lines_only_and_rereads_a_replaced_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = JsonlTail(path)
+    assert tail.read() == []  # no file yet
+    append(path, {"step": 1}, {"step": 2}, partial='{"step": 3, "score_me')
+    assert [r["step"] for r in tail.read()] == [1, 2]
+    assert tail.read() == []  # the half-written line waits
+    append(path, partial='an": 1.0}\nnot json\n')  # the writer finishes it (and a line that does not parse)
+    assert tail.read() == [{"step": 3, "score_mean": 1.0}]
+
+    follower = RunFollower(tmp_path)
+    events = follower.poll()
+    assert [e.step for e in events] == [1, 2, 3] and all(isinstance(e, StepMetrics) for e in events)
+    # --resume cuts the file to its checkpoint atomically (a new file) and goes on: only step 4 is new
+    atomic_write_text(path, json_line({"step": 1}) + json_line({"step": 2}) + json_line({"step": 4, "kl": 0.5}))
+    events = follower.poll()
+    assert [(e.step, e.values) for e in events] == [(4, {"kl": 0.5})]
+
+
+def test_samples_come_as_one_list_per_step(tmp_path):
+    write_run(tmp_path)
+    append(tmp_path / "samples.jsonl", sample_row(2, "late", 1.0), partial='{"step": 2, "prom')
+    follower = RunFollower(tmp_path)
+    events = follower.poll()
+    assert isinstance(events[0], StepMetrics) and events[0].values["time_step_slowest_rank"] == 1
+    lists = events[1:]
+    assert [len(x) for x in lists] == [4, 1] and all(isinstance(s, Sample) for x in lists for s in x)
+    assert lists[0][3] == Sample(1, "prompt r1s1", "completion r1s1", 0.5, {"rules": 0.5}, True)
+    assert follower.poll() == []
+
+
+# ------------------------------------------------------------------ the app
+async def wait_for(pilot, predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.05)
+
+
+def test_watch_shows_the_runs_steps_samples_and_slowest_rank_and_follows_new_lines(tmp_path):
+    run = tmp_path / "run"
+    write_run(run)
+
+    async def go():
+        app = FollowApp(Config(steps=5, run_dir=str(run)))
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: app.dashboard is not None and app.dashboard.steps_seen == 1)
+            app.redraw()
+            await pilot.pause()
+            dash = app.dashboard
+            assert dash.metrics["score_mean"] == 0.25
+            status = dash.status_text()
+            assert "watching (read-only)" in status and "slowest rank 1 (1.4x)" in status
+            text = screen_text(app)
+            assert "slowest rank 1 (1.4x)" in text and "0.250" in text
+            assert "r0s0" in text and "r1s1" in text  # both ranks' samples
+            # rank 0 writes step 2, and half of step 3's line
+            append(run / "metrics.jsonl", two_rank_step(2, 0.75, slowest=0), partial='{"step": 3, "score_mean": 9')
+            append(run / "samples.jsonl", sample_row(2, "second-step", 1.0))
+            await wait_for(pilot, lambda: dash.steps_seen == 2)
+            await pilot.pause(0.6)  # a poll or more: the partial line stays unread
+            app.redraw()
+            await pilot.pause()
+            assert dash.steps_seen == 2 and dash.metrics["score_mean"] == 0.75
+            assert "slowest rank 0 (1.4x)" in dash.status_text()
+            assert "second-step" in screen_text(app)
+            append(run / "metrics.jsonl", partial='.5}\n')  # the line is complete now
+            await wait_for(pilot, lambda: dash.steps_seen == 3)
+            assert dash.metrics["score_mean"] == 9.5
+            assert app.run_active is False
+            await pilot.press("q")  # watching: q just leaves
+            await wait_for(pilot, lambda: not app.is_running)
+        assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "samples.jsonl"]  # nothing written
+
+    asyncio.run(go())
+
+
+JOB = """
+import json, signal, sys, time
+run, end = sys.argv[1], sys.argv[2]
+signal.signal(signal.SIGINT, lambda *_: (print("rank 0: interrupted", flush=True), sys.exit(130)))
+with open(run + "/metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 1, "score_mean": 0.5, "ranks": 2, "time_step_slowest_rank": 1,
+                        "time_step_rank_spread": 2.0}) + "\\n")
+print("rank 0: step 1 done", flush=True)
+if end == "wait":
+    while True:
+        time.sleep(0.05)
+sys.exit(int(end))
+"""
+
+
+def job(run: Path, end: str) -> BackgroundJob:
+    """A real process in mlx.launch's place: it writes step 1, then ends with ``end`` (or waits)."""
+    run.mkdir(parents=True, exist_ok=True)
+    return BackgroundJob([sys.executable, "-c", JOB, str(run), end], run, run / "launch.log", ranks=2)
+
+
+def test_q_stops_a_launched_job_and_exits_once_it_has_ended(tmp_path):
+    run = tmp_path / "run"
+
+    async def go():
+        background = job(run, "wait")
+        app = FollowApp(Config(steps=5, run_dir=str(run)), job=background, ranks=2)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: app.dashboard is not None and app.dashboard.steps_seen == 1)
+            assert "following a job of 2 ranks" in app.dashboard.status_text()
+            assert "slowest rank 1 (2.0x)" in app.dashboard.status_text()
+            assert app.run_active
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running)
+        assert background.done.is_set() and background.code == 130
+        assert app.return_value == 130 and app.status == "stopped"
+        log = (run / "launch.log").read_text()
+        assert "rank 0: step 1 done" in log and "rank 0: interrupted" in log  # its output went to the log
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("end,status", [("0", "finished"), ("3", "failed")])
+def test_a_job_that_ends_by_itself_leaves_the_app_open_on_its_end(tmp_path, end, status):
+    run = tmp_path / "run"
+
+    async def go():
+        background = job(run, end)
+        app = FollowApp(Config(steps=5, run_dir=str(run)), job=background, ranks=2)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: app.run_ended)
+            await pilot.pause(0.3)
+            assert app.is_running and app.status == status and app.dashboard.steps_seen == 1
+            text = screen_text(app)
+            assert f"run {status}" in text
+            if status == "failed":
+                assert "exit code 3" in text and "launch.log" in text
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running)
+        assert app.return_value == int(end)
+
+    asyncio.run(go())
+
+
+# ------------------------------------------------------------------ the launcher's choice
+def launch_args(**over) -> argparse.Namespace:
+    return argparse.Namespace(**{"headless": False, "launch": 2, "hosts": None, **over})
+
+
+def test_train_launch_follows_the_job_on_a_terminal_and_stays_headless_otherwise():
+    plain = Config()
+    assert launch_mode(launch_args(), plain, tty=True) == ("follow", None)
+    assert launch_mode(launch_args(headless=True), plain, tty=True) == ("headless", None)
+    assert launch_mode(launch_args(), plain, tty=False) == ("headless", None)
+    person = Config(judges=[JudgeSpec("rules"), JudgeSpec("human")])
+    mode, note = launch_mode(launch_args(), person, tty=True)
+    assert mode == "headless" and "human" in note and "\n" not in note
+    learning = Config(judges=[JudgeSpec("reward", 1.0, {"learn_from": "human"})])
+    assert launch_mode(launch_args(hosts="h.json", launch=None), learning, tty=True)[0] == "headless"
