@@ -27,6 +27,8 @@ from tui_trainer.follow import JsonlTail, RunFollower
 from tui_trainer.follow_app import FollowApp
 
 from helpers import screen_text
+from test_trainer import make_config
+from test_trainer import prompts_file  # noqa: F401  (the same fixture)
 
 
 def two_rank_step(step: int, score: float, slowest: int = 1) -> dict:
@@ -212,3 +214,53 @@ def test_train_launch_follows_the_job_on_a_terminal_and_stays_headless_otherwise
     assert mode == "headless" and "human" in note and "\n" not in note
     learning = Config(judges=[JudgeSpec("reward", 1.0, {"learn_from": "human"})])
     assert launch_mode(launch_args(hosts="h.json", launch=None), learning, tty=True)[0] == "headless"
+
+
+# ------------------------------------------------------------------ a real job
+LAUNCH = Path(sys.executable).with_name("mlx.launch")
+
+
+@pytest.mark.skipif(not LAUNCH.is_file(), reason="mlx.launch not available")
+def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_file, tmp_path, monkeypatch):  # noqa: F811
+    """`train --launch 2` as follow mode starts it: both ranks' samples and the slowest rank on the
+    dashboard, mlx.launch's output in launch.log, the app open on "finished" until q."""
+    from tui_trainer.cli import build_parser
+    from tui_trainer.commands.train import follow_launch
+    from tui_trainer.config import save_config
+
+    tests = Path(__file__).resolve().parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    run, cfg_path = tmp_path / "run", tmp_path / "run.yaml"
+    config = make_config(tiny_dir, prompts_file, run, steps=2)
+    save_config(config, cfg_path)
+    argv = ["train", "--launch", "2", "--backend", "ring", "--config", str(cfg_path)]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    started = {}
+
+    def app_on(config, *, job, ranks):  # follow_launch's run_follow, under the pilot
+        started["app"] = FollowApp(config, job=job, ranks=ranks)
+        return 0
+
+    monkeypatch.setattr("tui_trainer.follow_app.run_follow", app_on)
+    assert follow_launch(args, config) == 0
+    app = started["app"]
+
+    async def go():
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: app.run_ended, timeout=240)
+            app.redraw()
+            await pilot.pause()
+            assert app.status == "finished", (app.error, (run / "launch.log").read_text()[-2000:])
+            dash = app.dashboard
+            assert dash.steps_seen == 2 and "following a job of 2 ranks" in dash.status_text()
+            assert "slowest rank" in dash.status_text()
+            shown = [s.prompt for s in dash.query_one("#samples").samples]
+            rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+            assert len(rows) == 2 * 4 * 2 and {r["prompt"] for r in rows[-8:]} <= set(shown)  # step 2: both ranks'
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running)
+        assert app.return_value == 0
+
+    asyncio.run(go())
