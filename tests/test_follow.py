@@ -220,10 +220,8 @@ def test_train_launch_follows_the_job_on_a_terminal_and_stays_headless_otherwise
 LAUNCH = Path(sys.executable).with_name("mlx.launch")
 
 
-@pytest.mark.skipif(not LAUNCH.is_file(), reason="mlx.launch not available")
-def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_file, tmp_path, monkeypatch):  # noqa: F811
-    """`train --launch 2` as follow mode starts it: both ranks' samples and the slowest rank on the
-    dashboard, mlx.launch's output in launch.log, the app open on "finished" until q."""
+def launched_app(tiny_dir, prompts_file, run: Path, monkeypatch, **over) -> FollowApp:  # noqa: F811
+    """The app `train --launch 2 --backend ring` opens on a terminal (follow_launch), its job started."""
     from tui_trainer.cli import build_parser
     from tui_trainer.commands.train import follow_launch
     from tui_trainer.config import save_config
@@ -231,8 +229,8 @@ def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_fil
     tests = Path(__file__).resolve().parent
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    run, cfg_path = tmp_path / "run", tmp_path / "run.yaml"
-    config = make_config(tiny_dir, prompts_file, run, steps=2)
+    cfg_path = run.parent / "run.yaml"
+    config = make_config(tiny_dir, prompts_file, run, **over)
     save_config(config, cfg_path)
     argv = ["train", "--launch", "2", "--backend", "ring", "--config", str(cfg_path)]
     args = build_parser().parse_args(argv)
@@ -245,7 +243,15 @@ def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_fil
 
     monkeypatch.setattr("tui_trainer.follow_app.run_follow", app_on)
     assert follow_launch(args, config) == 0
-    app = started["app"]
+    return started["app"]
+
+
+@pytest.mark.skipif(not LAUNCH.is_file(), reason="mlx.launch not available")
+def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_file, tmp_path, monkeypatch):  # noqa: F811
+    """`train --launch 2` as follow mode starts it: both ranks' samples and the slowest rank on the
+    dashboard, mlx.launch's output in launch.log, the app open on "finished" until q."""
+    run = tmp_path / "run"
+    app = launched_app(tiny_dir, prompts_file, run, monkeypatch, steps=2)
 
     async def go():
         async with app.run_test(size=(120, 30)) as pilot:
@@ -262,5 +268,27 @@ def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_fil
             await pilot.press("q")
             await wait_for(pilot, lambda: not app.is_running)
         assert app.return_value == 0
+
+    asyncio.run(go())
+
+
+@pytest.mark.skipif(not LAUNCH.is_file(), reason="mlx.launch not available")
+def test_q_stops_a_real_job_on_its_last_checkpoint(tiny_dir, prompts_file, tmp_path, monkeypatch):  # noqa: F811
+    """q during a 50-step job: every rank abandons its step in flight (SIGINT to the job's process
+    group, as Ctrl-C does), the app exits once the job has ended (130), and the last checkpoint is the
+    last step in metrics.jsonl."""
+    run = tmp_path / "run"
+    app = launched_app(tiny_dir, prompts_file, run, monkeypatch, steps=50, save_every=1)
+
+    async def go():
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: app.dashboard is not None and app.dashboard.steps_seen >= 1, timeout=240)
+            await pilot.press("q")
+            assert app.status == "stopping" and "q again" in app.dashboard.status_text()
+            await wait_for(pilot, lambda: not app.is_running, timeout=120)
+        assert app.return_value == 130 and app.status == "stopped" and app.job.error is None
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert len(steps) < 50
+        assert max(int(p.name) for p in (run / "checkpoints").iterdir()) == steps[-1]
 
     asyncio.run(go())

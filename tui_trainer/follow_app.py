@@ -129,10 +129,12 @@ class FollowApp(TrainerApp):
         self.runner.stop_requested.set()  # what the dashboard asks (stopping_after_step)
         self.job.stop()
         self.status = "stopping"
-        self._log("warning", "stopping the job: each rank ends on its last checkpoint — q again to kill it now")
+        self._log("warning", self.stopping_note)
         if self.dashboard is not None:
             self.dashboard.show_status()
             self.dashboard.refresh_bindings()
+
+    stopping_note = "stopping the job: each rank ends on its last checkpoint — q again to kill it now"
 
     @property
     def stopping_after_step(self) -> bool:

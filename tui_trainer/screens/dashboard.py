@@ -222,7 +222,7 @@ class DashboardScreen(Screen):
         if status == "starting" and not self.steps_seen:
             parts.append("loading model…")
         if getattr(app, "stopping_after_step", False):
-            parts.append("stopping after this step — q again to stop now")
+            parts.append(getattr(app, "stopping_note", "stopping after this step — q again to stop now"))
         waiting = app.waiting_count() if hasattr(app, "waiting_count") else 0
         if waiting:
             parts.append(f"judge: {waiting} waiting (j)")
