@@ -292,3 +292,17 @@ def test_q_stops_a_real_job_on_its_last_checkpoint(tiny_dir, prompts_file, tmp_p
         assert max(int(p.name) for p in (run / "checkpoints").iterdir()) == steps[-1]
 
     asyncio.run(go())
+
+
+def test_watch_bad_input_is_one_line(tmp_path, capsys):
+    from tui_trainer.cli import main
+
+    (tmp_path / "empty").mkdir()
+    write_run(tmp_path / "run")
+    cases = [(tmp_path / "none", "no such run directory"), (tmp_path / "empty", "not a run directory"),
+             (tmp_path / "run", "needs a terminal")]  # pytest's stdout is not one
+    for where, message in cases:
+        assert main(["watch", str(where)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tui-trainer: error: ") and message in err[0], err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "samples.jsonl"]
