@@ -146,3 +146,24 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("mlx.launch").is_file(), reason="mlx.launch not available")
+def test_train_launch_on_a_terminal_follows_the_job_in_the_app(tmux, tiny_model, tmp_path):
+    """`train --launch 2` in a real terminal: the job runs in the background (its output in launch.log,
+    not over the screen) and the dashboard follows it; finished, the app stays until q."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model, run_dir, steps=2, batch_size=2)
+    rc_file = tmp_path / "rc"
+    tmux.start(f"cd {REPO} && OPENBLAS_NUM_THREADS=1 {sys.executable} -m tui_trainer train --launch 2 "
+               f"--backend ring --config {config}; echo $? > {rc_file}", width=120, height=30)
+    tmux.wait_for("following a job of 2 ranks", 60)
+    screen = tmux.wait_for("run finished", 240)
+    assert "slowest rank" in screen and "step 2/2" in screen
+    assert "rollout" not in screen.split("\n")[0]  # no rank's progress line written over the app
+    assert "step    2" in (run_dir / "launch.log").read_text()  # rank 0's metrics lines went to the log
+    time.sleep(1.0)
+    assert not rc_file.exists()  # it stays until q
+    tmux.keys("q")
+    wait_until(rc_file.exists, 60, "app exit")
+    assert rc_file.read_text().strip() == "0"
