@@ -21,7 +21,7 @@ from tui_trainer.commands.launch import BackgroundJob
 from tui_trainer.commands.train import launch_mode
 from tui_trainer.config import Config, JudgeSpec
 from tui_trainer.engine.runfiles import json_line
-from tui_trainer.events import Sample, StepMetrics
+from tui_trainer.events import CheckpointSaved, Sample, StepMetrics
 from tui_trainer.fileio import atomic_write_text
 from tui_trainer.follow import JsonlTail, RunFollower
 from tui_trainer.follow_app import FollowApp
@@ -86,6 +86,15 @@ def test_samples_come_as_one_list_per_step(tmp_path):
     assert [len(x) for x in lists] == [4, 1] and all(isinstance(s, Sample) for x in lists for s in x)
     assert lists[0][3] == Sample(1, "prompt r1s1", "completion r1s1", 0.5, {"rules": 0.5}, True)
     assert follower.poll() == []
+    for step in (1, 2):  # rank 0 saves two checkpoints, and is writing a third
+        (tmp_path / "checkpoints" / f"{step:06d}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".tmp-000003-1").mkdir()
+    assert [(e.step, e.path) for e in follower.poll()] == [(s, str(tmp_path / "checkpoints" / f"{s:06d}"))
+                                                           for s in (1, 2)]
+    (tmp_path / "checkpoints" / ".tmp-000003-1").rename(tmp_path / "checkpoints" / "000003")
+    assert [e.step for e in follower.poll()] == [3]
+    later = RunFollower(tmp_path).poll()  # a follower that starts now: the newest checkpoint only
+    assert [e.step for e in later if isinstance(e, CheckpointSaved)] == [3]
 
 
 # ------------------------------------------------------------------ the app
@@ -165,6 +174,7 @@ def test_q_stops_a_launched_job_and_exits_once_it_has_ended(tmp_path):
         async with app.run_test(size=(120, 30)) as pilot:
             await wait_for(pilot, lambda: app.dashboard is not None and app.dashboard.steps_seen == 1)
             assert "following a job of 2 ranks" in app.dashboard.status_text()
+            assert "Pause" not in screen_text(app) and "Checkpoint" not in screen_text(app)  # not offered
             assert "slowest rank 1 (2.0x)" in app.dashboard.status_text()
             assert app.run_active
             await pilot.press("q")
@@ -261,7 +271,7 @@ def test_train_launch_2_in_follow_mode_shows_the_whole_job(tiny_dir, prompts_fil
             assert app.status == "finished", (app.error, (run / "launch.log").read_text()[-2000:])
             dash = app.dashboard
             assert dash.steps_seen == 2 and "following a job of 2 ranks" in dash.status_text()
-            assert "slowest rank" in dash.status_text()
+            assert "slowest rank" in dash.status_text() and "ckpt 2" in dash.status_text()  # its last checkpoint
             shown = [s.prompt for s in dash.query_one("#samples").samples]
             rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
             assert len(rows) == 2 * 4 * 2 and {r["prompt"] for r in rows[-8:]} <= set(shown)  # step 2: both ranks'

@@ -8,7 +8,9 @@ file that is replaced (``cut_to_step`` on ``--resume`` rewrites it atomically: a
 cut shorter is read again from its start, and rows of steps already shown are left out.
 
 :class:`RunFollower` polls both files; ``poll()`` returns the new events in file order, samples
-of one step in one list (the trainer's own event for a step's samples). Plain Python, no UI:
+of one step in one list (the trainer's own event for a step's samples), then a ``CheckpointSaved``
+for each new folder under ``checkpoints/`` (filled under a temporary name and renamed: a folder
+named by its step is complete; on the first poll only the newest). Plain Python, no UI:
 the app calls it from a timer on its own thread.
 """
 
@@ -19,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.events import Sample, StepMetrics
+from tui_trainer.events import CheckpointSaved, Sample, StepMetrics
 
 __all__ = ["JsonlTail", "RunFollower", "sample_from_record"]
 
@@ -102,6 +104,7 @@ class RunFollower:
         self.last_step = 0  # the last step whose metrics were handed out
         self._metric_steps: set[int] = set()
         self._sample_seen: int = 0  # the last step whose samples were handed out
+        self._checkpoints: set[str] | None = None  # checkpoint folders seen (None: not looked yet)
 
     def poll(self) -> list[Any]:
         """New StepMetrics and lists of Samples (a step's samples together), metrics first."""
@@ -129,4 +132,18 @@ class RunFollower:
         for event in events:
             if isinstance(event, list):
                 self._sample_seen = max(self._sample_seen, event[0].step)
+        events += self._new_checkpoints()
         return events
+
+    def _new_checkpoints(self) -> list[CheckpointSaved]:
+        root = self.run_dir / "checkpoints"
+        try:
+            names = {p.name for p in root.iterdir() if p.name.isdigit() and p.is_dir()}
+        except OSError:
+            names = set()
+        first = self._checkpoints is None
+        new = sorted(names - (self._checkpoints or set()), key=int)
+        self._checkpoints = names
+        if first:
+            new = new[-1:]
+        return [CheckpointSaved(int(name), str(root / name)) for name in new]

@@ -253,6 +253,8 @@ class DashboardScreen(Screen):
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         stopping = getattr(self.app, "stopping_after_step", False)
+        if action in ("pause", "checkpoint", "new_run") and getattr(self.app, "follow_note", None):
+            return False  # the app follows a run another process trains: it does not pause it
         if action == "quit_run":
             return not stopping
         if action == "stop_now":
