@@ -147,12 +147,15 @@ def test_watch_shows_the_runs_steps_samples_and_slowest_rank_and_follows_new_lin
 JOB = """
 import json, signal, sys, time
 run, end = sys.argv[1], sys.argv[2]
-signal.signal(signal.SIGINT, lambda *_: (print("rank 0: interrupted", flush=True), sys.exit(130)))
+if end == "deaf":  # a rank stuck where no signal reaches it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGINT, lambda *_: (print("rank 0: interrupted", flush=True), sys.exit(130)))
 with open(run + "/metrics.jsonl", "a") as f:
     f.write(json.dumps({"step": 1, "score_mean": 0.5, "ranks": 2, "time_step_slowest_rank": 1,
                         "time_step_rank_spread": 2.0}) + "\\n")
 print("rank 0: step 1 done", flush=True)
-if end == "wait":
+if end in ("wait", "deaf"):
     while True:
         time.sleep(0.05)
 sys.exit(int(end))
@@ -183,6 +186,24 @@ def test_q_stops_a_launched_job_and_exits_once_it_has_ended(tmp_path):
         assert app.return_value == 130 and app.status == "stopped"
         log = (run / "launch.log").read_text()
         assert "rank 0: step 1 done" in log and "rank 0: interrupted" in log  # its output went to the log
+
+    asyncio.run(go())
+
+
+def test_q_again_kills_a_job_that_does_not_stop(tmp_path):
+    run = tmp_path / "run"
+
+    async def go():
+        background = job(run, "deaf")
+        app = FollowApp(Config(steps=5, run_dir=str(run)), job=background, ranks=2)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: app.dashboard is not None and app.dashboard.steps_seen == 1)
+            await pilot.press("q")
+            await pilot.pause(1.0)
+            assert app.is_running and app.status == "stopping" and app.run_active  # it ignores SIGINT
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running)
+        assert background.code == 128 + 9 and app.status == "stopped" and app.return_value == 137
 
     asyncio.run(go())
 

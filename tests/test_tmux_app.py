@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -167,3 +168,24 @@ def test_train_launch_on_a_terminal_follows_the_job_in_the_app(tmux, tiny_model,
     tmux.keys("q")
     wait_until(rc_file.exists, 60, "app exit")
     assert rc_file.read_text().strip() == "0"
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("mlx.launch").is_file(), reason="mlx.launch not available")
+def test_sighup_to_the_app_of_a_launched_job_stops_the_job_on_a_checkpoint(tmux, tiny_model, tmp_path):
+    """The terminal goes away while the app follows a job: the job stops as q stops it (every rank on
+    its last checkpoint), no rank is left running, and the launcher ends."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model, run_dir, steps=50, batch_size=2, save_every=1)
+    pid_file = tmp_path / "pid"
+    tmux.start(f"cd {REPO} && echo $$ > {pid_file} && OPENBLAS_NUM_THREADS=1 exec {sys.executable} -m tui_trainer "
+               f"train --launch 2 --backend ring --config {config}", width=120, height=30)
+    tmux.wait_for("following a job of 2 ranks", 60)
+    wait_until(lambda: (run_dir / "checkpoints" / "000001").is_dir(), 120, "step 1")
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 120, "launcher exit after SIGHUP")
+    ranks = subprocess.run(["pgrep", "-f", f"tui_trainer train --config {config}"], capture_output=True, text=True)
+    assert ranks.stdout.strip() == ""  # no rank left behind
+    steps = records(run_dir / "metrics.jsonl")
+    assert len(steps) < 50
+    assert max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == steps[-1]["step"]

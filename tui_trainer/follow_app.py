@@ -162,11 +162,46 @@ class FollowApp(TrainerApp):
 
 
 def run_follow(config: Config, *, job: Any = None, ranks: int | None = None) -> int:
-    """The app on ``config.run_dir``; with ``job``, return once it has ended, its exit code."""
+    """The app on ``config.run_dir``; with ``job``, return once it has ended, its exit code.
+
+    SIGTERM / SIGHUP (the terminal is gone) stop the job as ``q`` does and close the app; after a
+    SIGHUP, should the UI not close within ``HANGUP_GRACE`` seconds of the job's end (a UI writing to
+    a dead terminal can block), the process ends itself, as the app of a run of its own does."""
+    import os
+    import signal
+    import threading
+
+    from tui_trainer.app import HANGUP_GRACE
+    from tui_trainer.runner import stop_signals
+
     app = FollowApp(config, job=job, ranks=ranks)
+    app_closed = threading.Event()
+    signalled: dict[str, int] = {}
+
+    def after_hangup() -> None:
+        if job is not None:
+            job.done.wait()
+        if not app_closed.wait(HANGUP_GRACE):
+            os._exit(signalled["code"])
+
+    def on_signal(signum: int) -> None:
+        signalled.setdefault("code", 128 + signum)
+        if job is not None:
+            job.stop()  # a signal to the job's process group: safe from here
+        loop = app._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(app.exit, signalled["code"])
+            except RuntimeError:
+                pass
+        if signum == getattr(signal, "SIGHUP", None):
+            threading.Thread(target=after_hangup, name="tui-trainer-hangup", daemon=True).start()
+
+    restore = stop_signals(on_signal)
     try:
         code = app.run()
     finally:
+        app_closed.set()
         if job is not None and not job.done.is_set():
             job.stop()
             try:
@@ -174,8 +209,9 @@ def run_follow(config: Config, *, job: Any = None, ranks: int | None = None) -> 
             except KeyboardInterrupt:
                 job.kill()
                 job.done.wait()
+        restore()
     if job is not None:
         if job.error:
             print(printable(job.error), file=sys.stderr)
-        return job.code if job.code is not None else 1
-    return int(code or 0)
+        return signalled.get("code") or (job.code if job.code is not None else 1)
+    return signalled.get("code") or int(code or 0)

@@ -211,6 +211,7 @@ class BackgroundJob:
         self.code: int | None = None
         self.error: str | None = None
         self.done = threading.Event()
+        self.stopping = False  # stop() has been called
         self.job = Job(cmd, log=self._log)
         self._waiter = threading.Thread(target=self._wait, name="mlx.launch-wait", daemon=True)
         self._waiter.start()
@@ -230,7 +231,8 @@ class BackgroundJob:
         try:
             code = self.job.wait()
             where = Path(self._where.name) if self._where is not None else self.run_dir / "no-exit-codes"
-            self.code, self.error = job_outcome(self.job, code, where, self.run_dir)
+            code, self.error = job_outcome(self.job, code, where, self.run_dir)
+            self.code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
             if self.error:
                 self._log.write((self.error + "\n").encode())
         finally:
@@ -242,9 +244,11 @@ class BackgroundJob:
     def stop(self) -> None:
         """What Ctrl-C does to ``train --launch``: SIGINT to mlx.launch and its local ranks (the process
         group); each rank abandons the step in flight and ends on its last checkpoint. Should the job
-        not end within ``STOP_GRACE`` seconds, it is killed (``Job.wait``)."""
-        if self.done.is_set():
+        not end within ``STOP_GRACE`` seconds, it is killed (``Job.wait``). Once only: a second SIGINT
+        would be a second Ctrl-C (a rank stops waiting for its step; mlx.launch leaves its ranks)."""
+        if self.done.is_set() or self.stopping:
             return
+        self.stopping = True
         if self.job.first_failure is None:
             self.job.first_failure = time.monotonic()
         try:
@@ -253,9 +257,15 @@ class BackgroundJob:
             pass
 
     def kill(self) -> None:
-        """Stop now: mlx.launch and its local ranks, SIGKILL (the last checkpoint stays valid)."""
-        if not self.done.is_set():
-            self.job.kill()
+        """Stop now: SIGKILL to mlx.launch and its local ranks (its process group; ``Job.kill`` for what
+        it started outside it); the last checkpoint stays valid."""
+        if self.done.is_set():
+            return
+        try:
+            os.killpg(self.job.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.job.kill()
 
 
 class Job:
