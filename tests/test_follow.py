@@ -337,3 +337,28 @@ def test_watch_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("tui-trainer: error: ") and message in err[0], err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "samples.jsonl"]
+
+
+@pytest.mark.skipif(not LAUNCH.is_file(), reason="mlx.launch not available")
+def test_a_rank_that_dies_shows_the_launchers_one_line_in_the_app(tiny_dir, prompts_file, tmp_path, monkeypatch):  # noqa: F811
+    """Rank 1 is SIGKILLed in step 2: the app stays open on "failed" with the launcher's one line;
+    the command's exit code is the dead rank's (128 + 9)."""
+    run = tmp_path / "run"
+    judges = [JudgeSpec("rules", 1.0, {"callable": "rank_judges:dies_on_rank_1_in_step_2"})]
+    app = launched_app(tiny_dir, prompts_file, run, monkeypatch, steps=3, save_every=1, judges=judges)
+
+    async def go():
+        async with app.run_test(size=(160, 30)) as pilot:
+            await wait_for(pilot, lambda: app.run_ended, timeout=240)
+            app.redraw()
+            await pilot.pause()
+            assert app.is_running and app.status == "failed" and app.dashboard.steps_seen == 1
+            assert app.error == ("rank 1 died (exit -9) at step 2; the job stopped; the last checkpoint (step 1) "
+                                 "is valid; resume with --resume")
+            assert "rank 1 died (exit -9) at step 2" in screen_text(app)
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running)
+        assert app.return_value == 128 + 9
+        assert "rank 1 died" in (run / "launch.log").read_text()
+
+    asyncio.run(go())
