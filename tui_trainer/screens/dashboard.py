@@ -192,8 +192,9 @@ class DashboardScreen(Screen):
             self.add_log("info", f"{state.status}: {state.message}")
 
     def on_finished(self, status: str, error: str | None) -> None:
-        self.add_log("error" if status == "failed" else "info",
-                 f"run {status}" + (f": {error}" if error else "") + " · q quit · n new run · t chat · e trained vs base")
+        keys = " · q quit · t chat · e trained vs base" if getattr(self.app, "follow_note", None) else \
+            " · q quit · n new run · t chat · e trained vs base"
+        self.add_log("error" if status == "failed" else "info", f"run {status}" + (f": {error}" if error else "") + keys)
         self.flush()
 
     # ------------------------------------------------------------------ drawing
