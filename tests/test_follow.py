@@ -144,6 +144,19 @@ def test_watch_shows_the_runs_steps_samples_and_slowest_rank_and_follows_new_lin
     asyncio.run(go())
 
 
+def test_lock_holder_is_a_live_process_only(tmp_path):
+    from tui_trainer.engine.runfiles import RunLock
+    from tui_trainer.follow_app import lock_holder
+
+    assert lock_holder(tmp_path) is None  # no lock file
+    lock = RunLock(tmp_path).acquire()
+    assert lock_holder(tmp_path) == str(os.getpid())
+    lock.release()
+    assert lock_holder(tmp_path) is None  # emptied when the run ends
+    (tmp_path / ".lock").write_text("999999999\n")  # left by a process that was killed
+    assert lock_holder(tmp_path) is None
+
+
 JOB = """
 import json, signal, sys, time
 run, end = sys.argv[1], sys.argv[2]

@@ -35,11 +35,22 @@ POLL_SECONDS = 0.5
 
 def lock_holder(run_dir: str | Path) -> str | None:
     """The pid a live run wrote into the run directory's ``.lock`` (RunLock; emptied when it ends),
-    else None. Read only: the lock itself is never taken."""
+    else None; a pid left by a process that was killed, when no such process runs here, is None too
+    (a run directory on a shared disk may be held from another host: then the pid is believed).
+    Read only: the lock itself is never taken (that could make the run's own start fail)."""
+    import os
+
     try:
         text = (Path(run_dir) / ".lock").read_text().strip()
     except OSError:
         return None
+    if text.isdigit():
+        try:
+            os.kill(int(text), 0)
+        except ProcessLookupError:
+            return None
+        except OSError:  # someone else's process: it runs
+            pass
     return text or None
 
 
