@@ -175,6 +175,7 @@ def run_ours(steps: int, threads: int) -> dict:
         steps_out.append({k: float(m[k]) for k in ("time_step", "time_rollout", "time_judge", "time_update",
                                                    "response_length", "peak_memory_mb", "peak_rss_mb",
                                                    "generation_tokens_per_second", "kl", "clip_fraction")}
+                         | {"decode_threads": float(m.get("decode_threads", 1))}
                          | {"cpu_seconds": cpu})
     out.update(steps=steps_out, batches=batches, wall_seconds=time.perf_counter() - t0, blas=blas_in_use(),
                peak_rss_mb_steps=peak_rss_mb() if out.get("peak_reset") else None,
@@ -444,8 +445,8 @@ def hardware_lines(runs, peaks: dict[int, float], o: dict) -> list[str]:
     return [
         f"Distance to the hardware: f32 matmul peak of the BLAS in use (1024x576 @ 576x1536): {peak}. "
         f"Ours per step: rollout {flops['rollout'] / 1e9:.0f} GFLOP in {o['time_rollout']:.1f} s = "
-        f"{flops['rollout'] / 1e9 / o['time_rollout']:.1f} GFLOP/s (decode runs with "
-        f"{os.environ.get('TUI_TRAINER_DECODE_THREADS', '1')} BLAS thread); update {flops['update'] / 1e9:.0f} GFLOP "
+        f"{flops['rollout'] / 1e9 / o['time_rollout']:.1f} GFLOP/s (decode threads chosen each step: "
+        f"{', '.join(str(int(s['decode_threads'])) for s in ours['steps'])}); update {flops['update'] / 1e9:.0f} GFLOP "
         f"in {o['time_update']:.1f} s = {flops['update'] / 1e9 / o['time_update']:.1f} GFLOP/s "
         f"({c['ppo_epochs']} epochs; FLOPs counted as in `step_flops`: matmuls of the passes done, the "
         "backward of the frozen base as one more forward).",
