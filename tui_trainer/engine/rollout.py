@@ -19,9 +19,9 @@ sampler draws from a truncated version of it.
 Each prompt is prefilled once (its cache rows are then copied to its
 ``num_samples`` samples, mlx-lm's ``cache.filter``), and each decode step runs the
 backbone and the model's own head (engine/family.py ``output_logits``) on the last
-position only: the prefill never computes the prompt's logits. With a ``value_head`` the rollout also keeps ``V(s_t)`` of the
-hidden state that predicts each response token, the critic's values before the
-update, so the trainer needs no separate value pass.
+position only: the prefill never computes the prompt's logits. With a ``value_head``
+the rollout also keeps ``V(s_t)`` of the hidden state that predicts each response
+token, the critic's values before the update, so the trainer needs no value pass.
 """
 
 from __future__ import annotations

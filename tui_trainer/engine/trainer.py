@@ -55,7 +55,7 @@ from tui_trainer.engine.distributed import Ranks, world
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import base_fingerprint, load_policy, locate_model, model_reference
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
-from tui_trainer.engine.policy import FrozenPrefix, Policy, evaluate, hidden_states, reference_logprobs
+from tui_trainer.engine.policy import FrozenPrefix, Policy, evaluate, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
 from tui_trainer.tracking import Trackers, check_trackers
 from tui_trainer.engine.runfiles import RunFiles, RunLock, check_run_dir, cut_to_step
@@ -741,7 +741,8 @@ class Trainer:
         self._progress("reference", 0, len(chunks), "minibatches")
         prefix = self.policy.frozen_prefix
         prefix.fill(self.policy.model, roll, chunks)
-        logp_ref, values_old = self._reference_pass(roll, chunks, prefix, with_values=obj.critic)
+        logp_ref = self._reference_pass(roll, chunks, prefix)
+        values_old = roll.values
         kl_seq, stats = self._kl_stats(roll.logprobs, logp_ref, mask, keep)
         targets = obj.targets(Batch(scores, raw_scores, keep, mask, roll.response_mask, roll.logprobs, logp_ref,
                                     kl_seq, self.beta, values_old * mask if obj.critic else None,
@@ -765,30 +766,20 @@ class Trainer:
                                                                        mask, allsum=self.dist.sum).item())
         return stats
 
-    def _reference_pass(self, roll: Rollout, chunks, prefix: FrozenPrefix, with_values: bool):
-        """Reference log-probs (adapter off) and, for a critic, the value head's V(s_t); no gradient.
-        The values come from the rollout when it kept them (the same hidden states, no second pass)."""
+    def _reference_pass(self, roll: Rollout, chunks, prefix: FrozenPrefix) -> mx.array:
+        """Reference log-probs (adapter off), no gradient. (A critic's V(s_t) before the update
+        come with the rollout: ``Rollout.values``, the decode's own hidden states.)"""
         R = roll.response_mask.shape[1]
-        if with_values and roll.values is not None:
-            with_values, rollout_values = False, roll.values
-        else:
-            rollout_values = None
-        ref_parts, val_parts = [], []
+        ref_parts = []
         for c, idx in enumerate(chunks):
             self._check_abort()
             tok, lp, p_w, r_w = trim_rows(roll, idx)
-            pad = [(0, 0), (0, R - r_w)]
-            pre = prefix.rows(idx)
             ref = reference_logprobs(self.policy, tok, lp, p_w, self.cfg.temperature, self.reference,
-                                     None if self.reference else pre)
-            ref_parts.append(mx.pad(ref, pad))
-            if with_values:
-                hidden = hidden_states(self.policy.model, tok, lp, p_w, pre)
-                val_parts.append(mx.pad(self.policy.value_head(hidden.astype(mx.float32)), pad))
-            mx.eval(ref_parts[-1], *val_parts[-1:])
+                                     None if self.reference else prefix.rows(idx))
+            ref_parts.append(mx.pad(ref, [(0, 0), (0, R - r_w)]))
+            mx.eval(ref_parts[-1])
             self._progress("reference", c + 1, len(chunks), "minibatches")
-        values = mx.concatenate(val_parts) if with_values else rollout_values
-        return mx.concatenate(ref_parts) * roll.response_mask, values
+        return mx.concatenate(ref_parts) * roll.response_mask
 
     def _kl_stats(self, logp_old, logp_ref, mask, keep) -> tuple[mx.array, dict[str, float]]:
         """KL to the reference per row (the configured estimator: penalised, fed to the adaptive
