@@ -361,13 +361,21 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in (os.environ if env is None else env).items() if k not in PRELOAD_VARS}
 
 
+WIDE_BFS = 2000  # MLX_BFS_MAX_WIDTH on the CPU (MLX's default 20 runs one lane's graph before the next's)
+
+
 def ensure_fast_blas() -> BlasStatus:
-    """Load a probed, fast BLAS with RTLD_GLOBAL so MLX binds to it (Linux, mlx[cpu] only).
+    """Load a probed, fast BLAS with RTLD_GLOBAL so MLX binds to it (Linux, mlx[cpu] only);
+    also widen MLX's evaluation order for parallel lanes (engine/lanes.py).
 
     Call it before anything imports mlx. On any failure the process goes on with the
     bundled BLAS and ``STATUS.message`` holds the one line that says why (printed to stderr).
     """
     global _HANDLE
+    if wants_cpu_blas():
+        # parallel lanes need MLX to interleave their streams' work (engine/lanes.py); read once,
+        # at MLX's first evaluation
+        os.environ.setdefault("MLX_BFS_MAX_WIDTH", str(WIDE_BFS))
     if STATUS.attempted or "mlx.core" in sys.modules or not wants_cpu_blas():
         return STATUS
     STATUS.attempted = True

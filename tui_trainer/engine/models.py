@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from tui_trainer.embedded import default_model_path
+from tui_trainer.engine import cpu_math
 from tui_trainer.errors import ModelError, one_line
 
 __all__ = ["default_model_path", "load_policy", "locate_model", "on_gpu", "compute_dtype"]
@@ -38,6 +39,7 @@ def load_policy(path: str | None = None, *, quantized: bool | None = None):
     else:
         model, tokenizer = _load_mlx_lm(str(target), quantized, shown=path)
     model.eval()
+    cpu_math.install(model)  # on the CPU: exp through exp2 in SwiGLU and attention (engine/cpu_math.py)
     return model, tokenizer
 
 

@@ -9,7 +9,7 @@ with its adapter switched off (``adapter_off``): no second copy in memory.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,7 +19,7 @@ from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from tui_trainer.config import AdapterConfig
-from tui_trainer.engine import ppo
+from tui_trainer.engine import cpu_math, ppo
 from tui_trainer.engine.family import Positions, backbone_of, check, output_logits, positions
 from tui_trainer.errors import ConfigError
 
@@ -54,6 +54,7 @@ class Policy(nn.Module):
         super().__init__()
         self.model = model
         self.adapter_type = adapter.type
+        cpu_math.install(model)  # on the CPU: exp through exp2 in SwiGLU and attention (engine/cpu_math.py)
         check(model)  # a family our batched forward cannot reproduce is refused here, before training
         model.freeze()
         n_layers = len(model.layers)
@@ -187,13 +188,19 @@ class FrozenPrefix:
         self.n_layers = n_layers
         self._batch: tuple | None = None
 
-    def fill(self, model: nn.Module, roll, chunks: list[list[int]]) -> None:
-        """Compute the prefix of every row of ``roll`` (a Rollout), ``chunks`` rows at a time."""
+    def fill(self, model: nn.Module, roll, chunks: list[list[int]], lanes=None) -> None:
+        """Compute the prefix of every row of ``roll`` (a Rollout), ``chunks`` rows at a time (each
+        chunk's rows split over ``lanes``, engine/lanes.py, when given)."""
         self._batch = None
         if not self.n_layers:
             return
-        hidden = mx.concatenate([prefix_hidden(model, roll.tokens[mx.array(idx)], roll.left_pad[mx.array(idx)],
-                                               self.n_layers) for idx in chunks])
+        parts = []
+        for idx in chunks:
+            for stream, part in (lanes.split(idx) if lanes is not None else [(None, idx)]):
+                with mx.stream(stream) if stream is not None else nullcontext():
+                    parts.append(prefix_hidden(model, roll.tokens[mx.array(part)], roll.left_pad[mx.array(part)],
+                                               self.n_layers))
+        hidden = mx.concatenate(parts)
         mx.eval(hidden)
         self._batch = (hidden, roll.left_pad, roll.prompt_width, roll.lengths)
 
@@ -240,9 +247,9 @@ def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> t
 
     log pi(target) = z_target - logsumexp(z) with z = logits / T: the taken token's logit minus
     the normaliser, so no (B, T, V) array of log-probs is built (nor its gradient)."""
-    scaled = logits / temperature if temperature > 0 else logits
+    scaled = logits / temperature if temperature > 0 and temperature != 1 else logits
     picked = mx.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
-    return picked - mx.logsumexp(scaled, axis=-1), scaled
+    return picked - cpu_math.logsumexp(scaled), scaled
 
 
 def evaluate(policy: Policy, tokens: mx.array, left_pad: mx.array, prompt_width: int, temperature: float,

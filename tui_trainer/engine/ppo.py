@@ -15,6 +15,8 @@ from typing import Callable
 
 import mlx.core as mx
 
+from tui_trainer.engine import cpu_math
+
 Sum = Callable[[mx.array], mx.array]  # a batch sum over the ranks (distributed.Ranks.sum); None: this process
 
 
@@ -141,8 +143,8 @@ def value_loss(values: mx.array, values_old: mx.array, returns: mx.array, mask: 
 
 def entropy_from_logits(logits: mx.array) -> mx.array:
     """H = logsumexp(z) - sum(softmax(z) * z), per position."""
-    lse = mx.logsumexp(logits, axis=-1)
-    return lse - (mx.softmax(logits, axis=-1) * logits).sum(axis=-1)
+    lse = cpu_math.logsumexp(logits)
+    return lse - (cpu_math.exp(logits - lse[..., None]) * logits).sum(axis=-1)
 
 
 def explained_variance(values: mx.array, returns: mx.array, mask: mx.array, allsum: Sum | None = None) -> mx.array:

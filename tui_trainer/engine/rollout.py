@@ -34,6 +34,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
+from tui_trainer.engine import cpu_math
 from tui_trainer.engine.blas import DecodeThreads, decode_threads
 from tui_trainer.engine.family import backbone_of, batch_caches, output_logits
 from tui_trainer.errors import StepInterrupted
@@ -170,7 +171,7 @@ def _sample(
         # one exp over the vocabulary serves the normaliser and the entropy:
         # log Z = m + log sum exp(z - m);  H = -sum p log p = log Z - sum p z,  p = exp(z - m) / sum
         m = scaled.max(axis=-1, keepdims=True)
-        e = mx.exp(scaled - m)
+        e = cpu_math.exp(scaled - m)
         total = e.sum(axis=-1, keepdims=True)
         log_z = m + mx.log(total)
         tok = sampler(scaled, log_z, t).astype(mx.int32)

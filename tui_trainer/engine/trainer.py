@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import resource
 import sys
@@ -52,6 +53,7 @@ from tui_trainer.engine.adapters import adapter_files, load_init_adapter
 from tui_trainer.engine.checkpoints import adapter_config as checkpoint_adapter_config
 from tui_trainer.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tui_trainer.engine.distributed import Ranks, world
+from tui_trainer.engine.lanes import Lanes
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import base_fingerprint, load_policy, locate_model, model_reference
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
@@ -277,6 +279,8 @@ class Trainer:
         self.actor_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.actor_lr, total_updates), eps=1e-5)
         self.critic_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.critic_lr, total_updates), eps=1e-5)
         self._loss_and_grad = nn.value_and_grad(self.policy, self._loss)
+        self.lanes = Lanes(1 if self.dist.active and self.dist.size > 1 and "TUI_TRAINER_LANES" not in os.environ
+                           else None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.eos_ids = set(self.tokenizer.eos_token_ids)
 
@@ -740,8 +744,9 @@ class Trainer:
         self._begin_phase("reference")
         self._progress("reference", 0, len(chunks), "minibatches")
         prefix = self.policy.frozen_prefix
-        prefix.fill(self.policy.model, roll, chunks)
-        logp_ref = self._reference_pass(roll, chunks, prefix)
+        with self.lanes.blas():
+            prefix.fill(self.policy.model, roll, chunks, self.lanes)
+            logp_ref = self._reference_pass(roll, chunks, prefix)
         values_old = roll.values
         kl_seq, stats = self._kl_stats(roll.logprobs, logp_ref, mask, keep)
         targets = obj.targets(Batch(scores, raw_scores, keep, mask, roll.response_mask, roll.logprobs, logp_ref,
@@ -756,7 +761,8 @@ class Trainer:
         keep_all = self.dist.gather(keep).tolist()
         rows = [i for i in range(len(keep_all)) if keep_all[i] > 0]
         try:
-            stats.update(self._fit(roll, rows, mask, logp_ref, targets, prefix, shuffle, stats))
+            with self.lanes.blas():
+                stats.update(self._fit(roll, rows, mask, logp_ref, targets, prefix, shuffle, stats))
         finally:
             prefix.clear()
         self._end_phase("update")
@@ -773,10 +779,14 @@ class Trainer:
         ref_parts = []
         for c, idx in enumerate(chunks):
             self._check_abort()
-            tok, lp, p_w, r_w = trim_rows(roll, idx)
-            ref = reference_logprobs(self.policy, tok, lp, p_w, self.cfg.temperature, self.reference,
-                                     None if self.reference else prefix.rows(idx))
-            ref_parts.append(mx.pad(ref, [(0, 0), (0, R - r_w)]))
+            lanes = []
+            for stream, part in self.lanes.split(idx):  # the chunk's rows over the lanes, in parallel
+                with mx.stream(stream):
+                    tok, lp, p_w, r_w = trim_rows(roll, part)
+                    ref = reference_logprobs(self.policy, tok, lp, p_w, self.cfg.temperature, self.reference,
+                                             None if self.reference else prefix.rows(part))
+                    lanes.append(mx.pad(ref, [(0, 0), (0, R - r_w)]))
+            ref_parts.append(mx.concatenate(lanes))
             mx.eval(ref_parts[-1])
             self._progress("reference", c + 1, len(chunks), "minibatches")
         return mx.concatenate(ref_parts) * roll.response_mask
@@ -828,17 +838,7 @@ class Trainer:
             for j, mb in enumerate(mbs):
                 self._check_abort()
                 if mb:
-                    ids = mx.array(mb)
-                    tok, lp, p_w, r_w = trim_rows(roll, mb)
-                    batch = {
-                        "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w], "count": counts[j],
-                        "logp_old": roll.logprobs[ids, :r_w], "adv": t.advantages[ids, :r_w],
-                        "logp_ref": logp_ref[ids, :r_w],
-                        "values_old": t.values_old[ids, :r_w] if t.values_old is not None else None,
-                        "returns": t.returns[ids, :r_w] if t.returns is not None else None,
-                        "prefix": prefix.rows(mb),
-                    }
-                    (loss, aux), grads = self._loss_and_grad(self.policy, batch, p_w)
+                    loss, aux, grads = self._minibatch_grads(roll, mb, counts[j], mask, logp_ref, t, prefix)
                 else:  # none of this minibatch's rows is on this rank: it adds nothing
                     loss, aux = mx.array(0.0), {k: mx.array(0.0) for k in aux_keys}
                     grads = tree_map(mx.zeros_like, self.policy.trainable_parameters())
@@ -880,6 +880,31 @@ class Trainer:
             vals = acc.get(key, [])
             out[key] = float(sum(vals) / len(vals)) if vals else 0.0
         return out
+
+    def _minibatch_grads(self, roll: Rollout, mb: list[int], count: mx.array, mask, logp_ref, t: Targets, prefix):
+        """(loss, statistics, gradients) of minibatch rows ``mb``: its rows split over the lanes
+        (engine/lanes.py), each part's graph on its own stream, the parts' sums (every loss term
+        is divided by the minibatch's token count ``count``, so the parts add up to the whole)."""
+        out = []
+        for stream, part in self.lanes.split(mb):
+            with mx.stream(stream):
+                ids = mx.array(part)
+                tok, lp, p_w, r_w = trim_rows(roll, part)
+                batch = {
+                    "tokens": tok, "left_pad": lp, "mask": mask[ids, :r_w], "count": count,
+                    "logp_old": roll.logprobs[ids, :r_w], "adv": t.advantages[ids, :r_w],
+                    "logp_ref": logp_ref[ids, :r_w],
+                    "values_old": t.values_old[ids, :r_w] if t.values_old is not None else None,
+                    "returns": t.returns[ids, :r_w] if t.returns is not None else None,
+                    "prefix": prefix.rows(part),
+                }
+                out.append(self._loss_and_grad(self.policy, batch, p_w))
+        (loss, aux), grads = out[0]
+        for (loss_k, aux_k), grads_k in out[1:]:
+            loss = loss + loss_k
+            aux = {k: aux[k] + aux_k[k] for k in aux}
+            grads = tree_map(mx.add, grads, grads_k)
+        return loss, aux, grads
 
     def _loss(self, policy: Policy, b: dict, prompt_width: int):
         """The loss of one minibatch; everything here is inside the differentiated function.
