@@ -739,10 +739,12 @@ class Trainer:
         scores, keep = self._shape_scores(roll, raw_scores)
         keep = obj.rows(raw_scores, keep)
         mask = roll.response_mask * keep[:, None]
-        chunks = minibatches(list(range(mask.shape[0])), self.cfg.minibatch_size)
+        # the reference pass (no gradient) in groups of 4 rows a lane (at least a minibatch): fewer,
+        # larger matmuls (16 rows on 2 lanes: 3.7-4.0 s in groups of 8 vs 4.5-4.7 s in groups of 4)
+        chunks = minibatches(list(range(mask.shape[0])), max(self.cfg.minibatch_size, 4 * self.lanes.n))
 
         self._begin_phase("reference")
-        self._progress("reference", 0, len(chunks), "minibatches")
+        self._progress("reference", 0, len(chunks), "row groups")
         prefix = self.policy.frozen_prefix
         with self.lanes.blas():
             prefix.fill(self.policy.model, roll, chunks, self.lanes)
@@ -788,7 +790,7 @@ class Trainer:
                     lanes.append(mx.pad(ref, [(0, 0), (0, R - r_w)]))
             ref_parts.append(mx.concatenate(lanes))
             mx.eval(ref_parts[-1])
-            self._progress("reference", c + 1, len(chunks), "minibatches")
+            self._progress("reference", c + 1, len(chunks), "row groups")
         return mx.concatenate(ref_parts) * roll.response_mask
 
     def _kl_stats(self, logp_old, logp_ref, mask, keep) -> tuple[mx.array, dict[str, float]]:
