@@ -177,6 +177,8 @@ def run_ours(steps: int, threads: int) -> dict:
                                                    "generation_tokens_per_second", "kl", "clip_fraction")}
                          | {"decode_threads": float(m.get("decode_threads", 1))}
                          | {"cpu_seconds": cpu})
+    out.update(lanes=trainer.lanes.n, cpu_math="off" if os.environ.get("TUI_TRAINER_CPU_MATH", "").lower() in
+               ("0", "off", "false", "no") else "on")
     out.update(steps=steps_out, batches=batches, wall_seconds=time.perf_counter() - t0, blas=blas_in_use(),
                peak_rss_mb_steps=peak_rss_mb() if out.get("peak_reset") else None,
                versions={"mlx": _version("mlx"), "mlx-lm": _version("mlx-lm")})
@@ -447,6 +449,8 @@ def hardware_lines(runs, peaks: dict[int, float], o: dict) -> list[str]:
         f"Ours per step: rollout {flops['rollout'] / 1e9:.0f} GFLOP in {o['time_rollout']:.1f} s = "
         f"{flops['rollout'] / 1e9 / o['time_rollout']:.1f} GFLOP/s (decode threads chosen each step: "
         f"{', '.join(str(int(s['decode_threads'])) for s in ours['steps'])}); update {flops['update'] / 1e9:.0f} GFLOP "
+        + (f"on {ours['lanes']} lanes of 1 BLAS thread each" if ours.get("lanes", 1) > 1 else "on one stream")
+        + f" (exp through exp2: {ours.get('cpu_math', 'on')}) "
         f"in {o['time_update']:.1f} s = {flops['update'] / 1e9 / o['time_update']:.1f} GFLOP/s "
         f"({c['ppo_epochs']} epochs; FLOPs counted as in `step_flops`: matmuls of the passes done, the "
         "backward of the frozen base as one more forward).",
