@@ -44,6 +44,10 @@ def test_doctor_reports_every_part():
     assert "llama-cpp-python" in fields["llama.cpp"]
     assert "builtin" in fields["judge plugins"], out
     assert "TUI_TRAINER_DECODE_THREADS" in fields["decode threads"], out
+    from tui_trainer.engine.lanes import lane_count
+
+    assert fields["update lanes"].startswith(f"{lane_count()} "), out  # the doctor runs in a child: same env
+    assert "exp" in fields["update lanes"], out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS set-up is for Linux CPU")

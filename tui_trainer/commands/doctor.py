@@ -54,6 +54,7 @@ def _blas() -> list[tuple[str, str]]:
     for p in STATUS.probes:
         rows.append(("BLAS probe", f"{p.library}: {p.line}" if p.ok else p.line))
     rows.append(("decode threads", _decode_threads()))
+    rows.append(("update lanes", _lanes()))
     if not is_fast(rows[1][1]) and wants_cpu_blas():
         if os.environ.get("TUI_TRAINER_BLAS", "").lower() in ("0", "off", "none", "reference"):
             rows.append(("BLAS fix", "unset TUI_TRAINER_BLAS (it is set to off) so that tui-trainer loads "
@@ -62,6 +63,20 @@ def _blas() -> list[tuple[str, str]]:
             rows.append(("BLAS fix", "pip install scipy-openblas32 (and a C compiler for its shim), or point "
                                      "TUI_TRAINER_BLAS at a DYNAMIC_ARCH OpenBLAS or MKL library"))
     return rows
+
+
+def _lanes() -> str:
+    """How the update spreads over the cores (engine/lanes.py) and which exp it uses (engine/cpu_math.py)."""
+    from tui_trainer.engine import cpu_math
+    from tui_trainer.engine.lanes import lane_count
+
+    n = lane_count()
+    how = (f"{n} (a minibatch's rows over {n} CPU streams, 1 BLAS thread each)" if n > 1 else
+           "1 (one stream)")
+    if os.environ.get("TUI_TRAINER_LANES"):
+        how += ", fixed by TUI_TRAINER_LANES"
+    return how + ("; exp through exp2 (TUI_TRAINER_CPU_MATH=off: MLX's own)" if cpu_math.enabled() else
+                  "; MLX's own exp")
 
 
 def _decode_threads() -> str:

@@ -135,6 +135,10 @@ def launch_command(args: argparse.Namespace) -> list[str]:
         if args.launch < 1:
             raise ConfigError(f"--launch {args.launch}: the number of processes is at least 1")
         cmd += ["-n", str(args.launch)]
+        if "TUI_TRAINER_LANES" not in os.environ:  # N ranks share this machine's cores (engine/lanes.py)
+            from tui_trainer.engine.lanes import cpu_count
+
+            cmd += ["--env", f"TUI_TRAINER_LANES={max(1, cpu_count() // args.launch)}"]
     check_backend(backend)
     ranks = args.launch if args.hosts is None else len(hostfile.hosts)
     if ranks > 1:  # batch_size is global: it splits evenly over the ranks (checked again by each rank)

@@ -279,6 +279,7 @@ class Trainer:
         self.actor_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.actor_lr, total_updates), eps=1e-5)
         self.critic_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.critic_lr, total_updates), eps=1e-5)
         self._loss_and_grad = nn.value_and_grad(self.policy, self._loss)
+        # several ranks: one lane each unless told (`--launch N` tells its ranks cores / N)
         self.lanes = Lanes(1 if self.dist.active and self.dist.size > 1 and "TUI_TRAINER_LANES" not in os.environ
                            else None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -624,6 +625,7 @@ class Trainer:
             # generation speed: tokens sampled per second of the rollout phase (all ranks)
             "generation_tokens_per_second": n_tok / max(t1 - t0, 1e-9),
             "decode_threads": float(roll.decode_threads),  # BLAS threads the decode timed fastest
+            "update_lanes": float(self.lanes.n),  # CPU streams the update's minibatches ran on (engine/lanes.py)
             # whole-step throughput: completions per second, steps per minute
             "samples_per_second": len(lengths) / max(t3 - t0, 1e-9),
             "steps_per_minute": 60.0 / max(t3 - t0, 1e-9),
