@@ -57,12 +57,21 @@ def lane_count() -> int:
     return max(1, min(8, cpu_count()))
 
 
+_STREAMS: list = []  # the process's lane streams: MLX gives each CPU stream a thread, so they are made once
+
+
+def _cpu_streams(n: int) -> list:
+    while len(_STREAMS) < n:
+        _STREAMS.append(mx.new_stream(mx.cpu))
+    return _STREAMS[:n]
+
+
 class Lanes:
     """``n`` MLX streams on the CPU (one: the default stream) and the split of rows over them."""
 
     def __init__(self, n: int | None = None):
         self.n = lane_count() if n is None else max(1, n)
-        self.streams = [mx.new_stream(mx.cpu) for _ in range(self.n)] if self.n > 1 else [mx.default_stream(mx.default_device())]
+        self.streams = _cpu_streams(self.n) if self.n > 1 else [mx.default_stream(mx.default_device())]
 
     def split(self, rows: list[int]) -> list[tuple[mx.Stream, list[int]]]:
         """``rows`` in up to ``n`` consecutive, near-equal, non-empty parts, each with its stream."""
