@@ -60,3 +60,25 @@ def test_two_lanes_train_like_one(tiny_dir, prompts_file, tmp_path, monkeypatch,
     assert worst < 1e-3 * lr < moved
     for key in ("kl", "policy_loss", "value_loss", "clip_fraction", "approx_kl", "score_mean"):
         assert m2[-1][key] == pytest.approx(m1[-1][key], rel=1e-3, abs=1e-6), key
+
+
+def test_lanes_work_in_any_thread():
+    """MLX streams belong to the thread that made them: a trainer in the app's engine thread, then
+    another in a new thread, each get lanes of their own."""
+    import threading
+
+    results = []
+
+    def work():
+        outs = []
+        for stream, part in Lanes(2).split([1, 2]):
+            with mx.stream(stream):
+                outs.append(mx.array(part) * 2)
+        results.append(mx.concatenate(outs).tolist())
+
+    work()
+    for _ in range(2):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    assert results == [[2, 4]] * 3

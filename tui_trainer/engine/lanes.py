@@ -27,6 +27,7 @@ with ``TUI_TRAINER_LANES=1``.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 
 import mlx.core as mx
@@ -57,13 +58,14 @@ def lane_count() -> int:
     return max(1, min(8, cpu_count()))
 
 
-_STREAMS: list = []  # the process's lane streams: MLX gives each CPU stream a thread, so they are made once
+_THREAD = threading.local()  # MLX streams belong to the thread that made them: each thread makes its own, once
 
 
 def _cpu_streams(n: int) -> list:
-    while len(_STREAMS) < n:
-        _STREAMS.append(mx.new_stream(mx.cpu))
-    return _STREAMS[:n]
+    streams = _THREAD.__dict__.setdefault("streams", [])
+    while len(streams) < n:
+        streams.append(mx.new_stream(mx.cpu))
+    return streams[:n]
 
 
 class Lanes:
