@@ -110,6 +110,7 @@ def run_ours(steps: int, threads: int) -> dict:
 
     from tui_trainer import events as ev
     from tui_trainer.config import AdapterConfig, Config, JudgeSpec
+    from tui_trainer.engine import cpu_math
     from tui_trainer.engine.blas import blas_in_use
     from tui_trainer.engine.policy import adapter_off
     from tui_trainer.engine.trainer import Trainer
@@ -177,8 +178,7 @@ def run_ours(steps: int, threads: int) -> dict:
                                                    "generation_tokens_per_second", "kl", "clip_fraction")}
                          | {"decode_threads": float(m.get("decode_threads", 1))}
                          | {"cpu_seconds": cpu})
-    out.update(lanes=trainer.lanes.n, cpu_math="off" if os.environ.get("TUI_TRAINER_CPU_MATH", "").lower() in
-               ("0", "off", "false", "no") else "on")
+    out.update(lanes=trainer.lanes.n, cpu_math="on" if cpu_math.enabled() else "off")
     out.update(steps=steps_out, batches=batches, wall_seconds=time.perf_counter() - t0, blas=blas_in_use(),
                peak_rss_mb_steps=peak_rss_mb() if out.get("peak_reset") else None,
                versions={"mlx": _version("mlx"), "mlx-lm": _version("mlx-lm")})

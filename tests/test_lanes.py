@@ -28,8 +28,9 @@ def test_split_is_balanced_ordered_and_complete():
 def test_lane_count_follows_the_cores_and_the_override(monkeypatch):
     monkeypatch.delenv("TUI_TRAINER_LANES", raising=False)
     assert lane_count() == max(1, min(8, len(os.sched_getaffinity(0))))
+    assert lane_count(ranks=2) == 1  # several ranks: one lane each unless told
     monkeypatch.setenv("TUI_TRAINER_LANES", "3")
-    assert lane_count() == 3
+    assert lane_count() == 3 and lane_count(ranks=2) == 3
     monkeypatch.setenv("TUI_TRAINER_LANES", "1")
     assert Lanes().n == 1
 

@@ -45,15 +45,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def lane_count() -> int:
-    """How many lanes: ``TUI_TRAINER_LANES`` when set, else one per core on the CPU (at most 8), 1 on a GPU."""
+def lane_count(ranks: int = 1) -> int:
+    """How many lanes: ``TUI_TRAINER_LANES`` when set, else one per core on the CPU (at most 8), 1 on a
+    GPU, 1 for each of several ranks (``--launch N`` tells its ranks cores / N)."""
     value = os.environ.get("TUI_TRAINER_LANES", "").strip()
     if value:
         try:
             return max(1, int(value))
         except ValueError:
             pass
-    if mx.default_device() != mx.cpu:
+    if mx.default_device() != mx.cpu or ranks > 1:
         return 1
     return max(1, min(8, cpu_count()))
 
@@ -71,8 +72,8 @@ def _cpu_streams(n: int) -> list:
 class Lanes:
     """``n`` MLX streams on the CPU (one: the default stream) and the split of rows over them."""
 
-    def __init__(self, n: int | None = None):
-        self.n = lane_count() if n is None else max(1, n)
+    def __init__(self, n: int | None = None, ranks: int = 1):
+        self.n = lane_count(ranks) if n is None else max(1, n)
         self.streams = _cpu_streams(self.n) if self.n > 1 else [mx.default_stream(mx.default_device())]
 
     def split(self, rows: list[int]) -> list[tuple[mx.Stream, list[int]]]:

@@ -9,7 +9,7 @@ with its adapter switched off (``adapter_off``): no second copy in memory.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -188,16 +188,16 @@ class FrozenPrefix:
         self.n_layers = n_layers
         self._batch: tuple | None = None
 
-    def fill(self, model: nn.Module, roll, chunks: list[list[int]], lanes=None) -> None:
-        """Compute the prefix of every row of ``roll`` (a Rollout), ``chunks`` rows at a time (each
-        chunk's rows split over ``lanes``, engine/lanes.py, when given)."""
+    def fill(self, model: nn.Module, roll, chunks: list[list[int]], lanes) -> None:
+        """Compute the prefix of every row of ``roll`` (a Rollout), ``chunks`` rows at a time, each
+        chunk's rows split over ``lanes`` (engine/lanes.py)."""
         self._batch = None
         if not self.n_layers:
             return
         parts = []
         for idx in chunks:
-            for stream, part in (lanes.split(idx) if lanes is not None else [(None, idx)]):
-                with mx.stream(stream) if stream is not None else nullcontext():
+            for stream, part in lanes.split(idx):
+                with mx.stream(stream):
                     parts.append(prefix_hidden(model, roll.tokens[mx.array(part)], roll.left_pad[mx.array(part)],
                                                self.n_layers))
         hidden = mx.concatenate(parts)

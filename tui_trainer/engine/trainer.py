@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import resource
 import sys
@@ -279,9 +278,7 @@ class Trainer:
         self.actor_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.actor_lr, total_updates), eps=1e-5)
         self.critic_opt = optim.Adam(learning_rate=make_schedule(cfg, cfg.critic_lr, total_updates), eps=1e-5)
         self._loss_and_grad = nn.value_and_grad(self.policy, self._loss)
-        # several ranks: one lane each unless told (`--launch N` tells its ranks cores / N)
-        self.lanes = Lanes(1 if self.dist.active and self.dist.size > 1 and "TUI_TRAINER_LANES" not in os.environ
-                           else None)
+        self.lanes = Lanes(ranks=self.dist.size if self.dist.active else 1)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.eos_ids = set(self.tokenizer.eos_token_ids)
 
