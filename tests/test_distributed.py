@@ -17,7 +17,7 @@ import mlx.core as mx
 import pytest
 
 from tui_trainer.cli import main
-from tui_trainer.commands.launch import job_exit_code, rank_command
+from tui_trainer.commands.launch import dead_rank, job_exit_code, rank_command
 from tui_trainer.config import JudgeSpec, save_config
 from tui_trainer.commands.train import metrics_line
 from tui_trainer.engine.checkpoints import load_checkpoint
@@ -365,6 +365,20 @@ def test_launch_bad_input_is_one_line(tiny_dir, prompts_file, tmp_path, capsys):
 def test_rank_command_drops_the_launch_options():
     argv = ["train", "--launch", "2", "--config", "c.yaml", "--backend=ring", "--hosts", "h.json", "--resume"]
     assert rank_command(argv) == ["train", "--config", "c.yaml", "--resume", "--headless"]
+
+
+def test_the_dead_rank_is_found_whichever_end_mlx_launch_reports_first():
+    """mlx.launch reports the ranks' ends as its threads see them: rank 0 (its collective failed,
+    exit 1, code left) can come before the rank that was SIGKILLed; the killed rank is still the one
+    that died. The ranks it stops after a failure (-15 / 143) and a watchdog's end are not deaths."""
+    assert dead_rank({1: -9, 0: 1}, {"0": 1}) == (1, -9)
+    assert dead_rank({0: 1, 1: -9}, {"0": 1}) == (1, -9)  # the order seen in CI
+    assert dead_rank({0: 1, 1: -15}, {"0": 1}) is None  # rank 0 failed on its own; rank 1 was stopped
+    assert dead_rank({0: 2, 1: 143}, {"0": 2, "1": 143}) is None
+    assert dead_rank({1: -15}, {}) == (1, -15)  # nothing else failed: a SIGTERM from outside
+    assert dead_rank({0: 124, 1: -9}, {}) is None  # a watchdog ended it first (rank_timeout)
+    assert dead_rank({0: 0, 1: 0}, {"0": 0, "1": 0}) is None
+    assert dead_rank({1: None, 0: 1}, {"0": 1}) is None  # "was killed" by mlx.launch itself
 
 
 def test_job_exit_code_is_rank_0s(tmp_path):

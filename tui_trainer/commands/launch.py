@@ -341,15 +341,31 @@ class Job:
         self.proc.wait()
 
     def dead_rank(self, recorded: dict[str, int]) -> tuple[int, int] | None:
-        """(rank, status) of the first rank that failed, when it left no exit code of its own
-        (killed by a signal, os._exit, a crash) and was not ended by its watchdog. Only the first:
-        mlx.launch stops the others after it (SIGTERM, -15: no death of their own)."""
-        from tui_trainer.engine.distributed import RANK_TIMEOUT_EXIT
+        """(rank, status) of the rank that died (``dead_rank``) among those mlx.launch reported."""
+        return dead_rank(self.exits, recorded)
 
-        first = next(((rank, status) for rank, status in self.exits.items() if status not in (None, 0)), None)
-        if first is None or first[1] == RANK_TIMEOUT_EXIT or str(first[0]) in recorded:
-            return None
-        return first
+
+def dead_rank(exits: dict[int, int | None], recorded: dict[str, int]) -> tuple[int, int] | None:
+    """(rank, status) of the rank that died: the first reported to fail that left no exit code of its
+    own (killed by a signal, os._exit, a crash), or None when the first failure was a watchdog's
+    (rank_timeout) or every failed rank left its code. mlx.launch reports the ranks' ends in the order
+    its threads see them, so the others' ends can come first: a rank whose collective failed when its
+    peer vanished exits 1 with its code left (RankLost), possibly before the dead peer is reported;
+    the ranks mlx.launch stops after a failure end on SIGTERM (143, left) or, where that came before
+    their handler, -15, which counts as a death only when no failed rank left a code."""
+    from tui_trainer.engine.distributed import RANK_TIMEOUT_EXIT
+
+    failed = [(rank, status) for rank, status in exits.items() if status not in (None, 0)]
+    if not failed or failed[0][1] == RANK_TIMEOUT_EXIT:
+        return None
+    died = [(rank, status) for rank, status in failed
+            if str(rank) not in recorded and status != RANK_TIMEOUT_EXIT]
+    killed = [d for d in died if d[1] != -signal.SIGTERM]
+    if killed:
+        return killed[0]
+    if died and not any(str(rank) in recorded for rank, _ in failed):
+        return died[0]
+    return None
 
 
 def recorded_exits(where: Path) -> dict[str, int]:
