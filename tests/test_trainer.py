@@ -13,7 +13,7 @@ from tui_trainer import events as ev
 from tui_trainer.config import AdapterConfig, Config, DataConfig, JudgeSpec
 from tui_trainer.errors import ConfigError
 from tui_trainer.engine.models import load_policy
-from tui_trainer.engine.policy import Policy, adapter_off, evaluate, forward, token_logprobs
+from tui_trainer.engine.policy import Policy, adapter_fused, adapter_off, evaluate, forward, token_logprobs
 from tui_trainer.engine.rollout import sample
 from tui_trainer.engine.trainer import trim_rows
 from tui_trainer.run import build_run
@@ -191,6 +191,31 @@ def test_batched_logprobs_equal_unbatched_and_trim_is_exact(tiny_dir):
     assert p_w < P
     trimmed, _, _ = evaluate(policy, tok_t, lp_t, p_w, 0.9, with_values=False)
     assert mx.allclose(trimmed, batched[mx.array([0, 2]), :r_w], atol=1e-5).item()
+
+
+def test_a_fused_adapter_samples_what_the_adapter_does_and_is_put_back(tiny_dir):
+    """adapter_fused (the rollout's model): with a non-zero adapter, the same greedy tokens and
+    log-probs (float32 rounding) as the LoRA layers; the LoRA layers and their weights come back."""
+    from mlx_lm.tuner.lora import LoRALinear
+
+    model, tok = load_policy(str(tiny_dir))
+    policy = Policy(model, AdapterConfig(rank=4))
+    for i, (_, m) in enumerate(n for n in model.named_modules() if isinstance(n[1], LoRALinear)):
+        m.lora_b = mx.random.normal(m.lora_b.shape, key=mx.random.key(i)) * 0.05
+    before = dict(tree_flatten(policy.trainable_parameters()))
+    ids = [tok.encode("a"), tok.encode("a much longer prompt than the first")]
+    plain = sample(model, ids, num_samples=1, max_new_tokens=6, temperature=0.0, eos_ids=[], pad_id=0)
+    with adapter_fused(policy) as fused:
+        assert not any(isinstance(m, LoRALinear) for _, m in fused.named_modules())
+        got = sample(fused, ids, num_samples=1, max_new_tokens=6, temperature=0.0, eos_ids=[], pad_id=0)
+    with adapter_off(policy) as base:
+        off = sample(base, ids, num_samples=1, max_new_tokens=6, temperature=0.0, eos_ids=[], pad_id=0)
+    assert got.tokens.tolist() == plain.tokens.tolist() != off.tokens.tolist()  # the adapter matters here
+    assert mx.allclose(got.logprobs, plain.logprobs, atol=1e-4).item()
+    after = dict(tree_flatten(policy.trainable_parameters()))
+    assert after.keys() == before.keys() and all(mx.array_equal(after[k], before[k]).item() for k in before)
+    assert sum(isinstance(m, LoRALinear) for _, m in model.named_modules()) == len(
+        [k for k in before if k.endswith("lora_a")])
 
 
 @pytest.mark.parametrize("mode,objective", [("rloo", "ppo"), ("grpo", "ppo"), ("pairwise", "ppo"),

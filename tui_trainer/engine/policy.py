@@ -145,6 +145,29 @@ def adapter_off(policy: Policy):
         model.update_modules(tree_unflatten(adapted))
 
 
+@contextmanager
+def adapter_fused(policy: Policy):
+    """Run the adapted model with each LoRA layer over a float base folded into one linear,
+    W + scale (A B)^T (mlx-lm's ``LoRALinear.fuse``), for sampling: one matmul a layer instead
+    of the base's, two rank-r ones, a scale and an add (decoding 16 rows of SmolLM2 on 2 cores:
+    ~10% of a token's time). Same outputs up to float32 rounding (at step 0, B = 0: the base's
+    own weights). The fused weights live until exit (one more copy of the adapted matrices);
+    quantized bases, DoRA and full fine-tuning run as they are. Put back on exit."""
+    model = policy.model
+    adapted = [(name, m) for name, m in model.named_modules()
+               if type(m) is LoRALinear and type(m.linear) is nn.Linear]
+    if not adapted:
+        yield model
+        return
+    fused = [(name, m.fuse()) for name, m in adapted]
+    model.update_modules(tree_unflatten(fused))
+    try:
+        yield model
+    finally:
+        model.update_modules(tree_unflatten(adapted))
+        del fused
+
+
 def frozen_prefix_layers(model: nn.Module, adapter_layers: int, adapter_type: str) -> int:
     """How many leading blocks carry no adapter, when the model allows running them apart.
 

@@ -56,7 +56,7 @@ from tui_trainer.engine.lanes import Lanes
 from tui_trainer.errors import ConfigError, StepInterrupted, TrainerError
 from tui_trainer.engine.models import base_fingerprint, load_policy, locate_model, model_reference
 from tui_trainer.engine.objectives import Batch, Targets, objective_for
-from tui_trainer.engine.policy import FrozenPrefix, Policy, evaluate, reference_logprobs
+from tui_trainer.engine.policy import FrozenPrefix, Policy, adapter_fused, evaluate, reference_logprobs
 from tui_trainer.engine.rollout import Rollout, sample
 from tui_trainer.tracking import Trackers, check_trackers
 from tui_trainer.engine.runfiles import RunFiles, RunLock, check_run_dir, cut_to_step
@@ -550,11 +550,13 @@ class Trainer:
             self._progress("rollout", t * n_rows, expected, "tokens", rate=t * n_rows / max(spent, 1e-9))
 
         self._progress("rollout", 0, expected, "tokens")
-        roll = sample(self.policy.model, [p.ids for p in batch], num_samples=cfg.num_samples,
-                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id, seed=sample_seed,
-                      row_offset=share.start * cfg.num_samples, on_token=on_token, should_stop=self._abort.is_set,
-                      value_head=self.policy.value_head if self.objective.critic else None)
+        with adapter_fused(self.policy) as model:  # one matmul a LoRA layer while decoding
+            roll = sample(model, [p.ids for p in batch], num_samples=cfg.num_samples,
+                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id, seed=sample_seed,
+                          row_offset=share.start * cfg.num_samples, on_token=on_token,
+                          should_stop=self._abort.is_set,
+                          value_head=self.policy.value_head if self.objective.critic else None)
         texts = [batch[i].text for i in roll.prompt_index]
         columns = [batch[i].columns for i in roll.prompt_index]  # each sample's dataset row, for the judges
         completions = self._texts(roll)
@@ -671,11 +673,12 @@ class Trainer:
             self._progress("evaluation", t * len(prompts), expected, "tokens",
                            rate=t * len(prompts) / max(time.perf_counter() - t0, 1e-9))
 
-        roll = sample(self.policy.model, [p.ids for p in prompts], num_samples=1,
-                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                      seed=cfg.seed * 1000003 + 999_999_937,  # the same draw at every evaluation
-                      on_token=on_token, should_stop=self._abort.is_set)
+        with adapter_fused(self.policy) as model:
+            roll = sample(model, [p.ids for p in prompts], num_samples=1,
+                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                          seed=cfg.seed * 1000003 + 999_999_937,  # the same draw at every evaluation
+                          on_token=on_token, should_stop=self._abort.is_set)
         self._check_abort()
         completions = self._texts(roll)
         self._progress("evaluation", expected, expected, "tokens")
