@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlx_lm.models import llama
 
-from tui_trainer.engine.rollout import draw, sample
+from tui_trainer.engine.rollout import sample
 
 VOCAB = 64
 PROMPTS = [[5, 9, 17], [3, 8, 21, 40, 2, 7, 33, 12, 60], [11], [4, 4, 19, 50, 27, 6]]  # ragged lengths
@@ -268,16 +268,3 @@ def test_entropy_equals_the_full_forwards_distribution(model):
         assert np.allclose(entropy[row, :n], ref, atol=1e-4), (row, entropy[row, :n], ref)
         assert (entropy[row, n:] == 0).all()
 
-
-def test_draw_follows_the_weights_and_never_takes_a_zero():
-    """Inverse-CDF sampling: frequencies follow weights / sum (unnormalised, zeros inside and
-    at both ends never drawn), u = 0 takes the first token with weight, u -> 1 the last."""
-    w = mx.array([0.0, 1.0, 0.0, 3.0, 2.0, 0.0, 4.0, 0.0])
-    n = 20000
-    u = mx.random.uniform(shape=(n, 1), key=mx.random.key(7))
-    got = np.bincount(np.array(draw(mx.broadcast_to(w, (n, 8)), u)), minlength=8) / n
-    p = np.array(w) / 10.0
-    assert (got[np.array(w) == 0] == 0).all()
-    assert np.abs(got - p).max() < 0.015, got  # binomial sd at n=20000: <= 0.0035
-    edges = draw(mx.broadcast_to(w, (2, 8)), mx.array([[0.0], [0.99999994]]))
-    assert edges.tolist() == [1, 6]

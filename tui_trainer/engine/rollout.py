@@ -4,10 +4,10 @@ All ``B * n`` sequences run in one loop over the model's own caches as mlx-lm
 batch caches (``BatchKVCache``, ``BatchRotatingKVCache`` for sliding-window
 layers; engine/family.py): prompts are left-padded, and the cache gives every
 row its own RoPE offset and masks its padding, so a row decodes exactly as its
-prompt would alone. Sampling applies mlx-lm's top_p / top_k filters and draws by
-inverse CDF (``draw``: one uniform a row and token, where ``mx.random.categorical``'s
-Gumbel-max trick needs a vocabulary of noise) keyed per row: row ``g`` of a draw with
-seed ``s`` uses the key of ``(s, g)``, split once per token (``row_keys``). So a row draws the same completion whatever batch it shares: rows
+prompt would alone. Sampling applies mlx-lm's top_p / top_k filters and draws with
+the Gumbel-max trick (what ``mx.random.categorical`` does) from noise keyed per row:
+row ``g`` of a draw with seed ``s`` uses the key of ``(s, g)``, split once per token
+(``row_keys``). So a row draws the same completion whatever batch it shares: rows
 3..5 sampled alone (``row_offset=3``) equal rows 3..5 of the whole batch, and ranks
 sampling their shares of a global batch draw what one process draws (engine/distributed.py).
 
@@ -88,22 +88,9 @@ def row_keys(seed: int, rows: range, steps: int) -> mx.array:
     return mx.vmap(lambda k: mx.random.split(k, steps))(base)
 
 
-def _uniform(keys: mx.array) -> mx.array:
-    """One uniform draw in [0, 1) per key: ``(N, 1)``."""
-    return mx.vmap(lambda k: mx.random.uniform(shape=(1,), key=k))(keys)
-
-
-def draw(weights: mx.array, u: mx.array) -> mx.array:
-    """Inverse-CDF sampling: row r's index i with c[i - 1] <= u[r] c[-1] < c[i], c the running
-    sum of the row's non-negative ``weights`` (unnormalised probabilities), u uniform in [0, 1).
-
-    Token i is drawn with probability weights[i] / sum(weights); a zero weight is never drawn.
-    One uniform a row instead of a vocabulary of Gumbel noise (what ``mx.random.categorical``
-    draws, with two logs an entry): 11 ms a token for 16 rows of SmolLM2's 49152 tokens vs ~1.5.
-    Float32 rounds each boundary c[i] by at most eps x c[i], so a token's probability moves by
-    at most ~1e-7 of the total, not by its place in the vocabulary."""
-    c = mx.cumsum(weights, axis=-1)
-    return mx.argmax(c > u * c[:, -1:], axis=-1)
+def _gumbel(keys: mx.array, vocab: int) -> mx.array:
+    """One row of Gumbel noise per key: ``(N, vocab)``."""
+    return mx.vmap(lambda k: mx.random.gumbel(shape=(vocab,), key=k))(keys)
 
 
 def _sample(
@@ -153,19 +140,19 @@ def _sample(
     # say logits / T. The filters run in make_sampler's order (top_p, then top_k).
     keys = row_keys(seed, range(row_offset, row_offset + n), max_new_tokens) if temperature > 0 else None
 
-    def sampler(scaled: mx.array, e: mx.array, log_z: mx.array, t: int) -> mx.array:
-        """A draw from the (filtered) distribution: ``draw`` on ``e`` = exp(scaled - max), the
-        softmax's numerators, with the entries the filters remove set to 0."""
+    def sampler(scaled: mx.array, log_z: mx.array, t: int) -> mx.array:
+        """argmax of the (filtered) log-probs plus Gumbel noise; without filters the log-probs'
+        per-row constant log Z is left out (it moves no argmax)."""
         if keys is None:
             return mx.argmax(scaled, axis=-1)
+        logp_all = scaled
         if (0 < top_p < 1.0) or top_k > 0:
             logp_all = scaled - log_z
             if 0 < top_p < 1.0:
                 logp_all = apply_top_p(logp_all, top_p)
             if top_k > 0:
                 logp_all = apply_top_k(logp_all, top_k)
-            e = mx.where(logp_all > -mx.inf, e, 0.0)
-        return draw(e, _uniform(keys[:, t]))
+        return mx.argmax(logp_all + _gumbel(keys[:, t], logp_all.shape[-1]), axis=-1)
 
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
@@ -187,7 +174,7 @@ def _sample(
         e = cpu_math.exp(scaled - m)
         total = e.sum(axis=-1, keepdims=True)
         log_z = m + mx.log(total)
-        tok = sampler(scaled, e, log_z, t).astype(mx.int32)
+        tok = sampler(scaled, log_z, t).astype(mx.int32)
         lp = mx.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - log_z[:, 0]
         ent = log_z[:, 0] - (e * scaled).sum(axis=-1) / total[:, 0]
         alive = mx.logical_not(done)
