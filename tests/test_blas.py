@@ -153,3 +153,39 @@ def test_decode_threads_fixed_or_short_decodes_do_not_probe(monkeypatch):
     assert decode_threads() == 2
     monkeypatch.delenv("TUI_TRAINER_DECODE_THREADS")
     assert decode_threads() is None
+
+
+SPIN_PROBE = """
+import json, time
+from tui_trainer.engine.blas import ensure_fast_blas
+ensure_fast_blas()
+import mlx.core as mx
+a = mx.random.normal((512, 512))
+mx.eval(a)
+spent = []
+for _ in range(3):
+    mx.eval(a @ a)  # wakes the BLAS workers
+    c0 = time.process_time()
+    time.sleep(0.3)
+    spent.append(time.process_time() - c0)
+print(json.dumps(min(spent)))
+"""
+
+
+@linux_cpu
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: OpenBLAS starts no worker threads")
+def test_idle_blas_workers_sleep_at_once(tmp_path):
+    """After a BLAS call, OpenBLAS's workers spin ~2**28 cycles (~0.1 s of CPU) before they sleep
+    unless OPENBLAS_THREAD_TIMEOUT says otherwise; the program sets it (engine/blas.py), so an
+    idle 0.3 s costs no CPU. The explicit default shows the spin the test would catch."""
+    def idle_cpu(**extra) -> float:
+        env = child_env(tmp_path, **extra)
+        if not extra:  # what the program sets itself, not what this test process inherited
+            env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+        proc = subprocess.run([sys.executable, "-c", SPIN_PROBE], capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    assert idle_cpu() < 0.02
+    assert idle_cpu(OPENBLAS_THREAD_TIMEOUT="28") > 0.04

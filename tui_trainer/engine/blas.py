@@ -361,6 +361,7 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in (os.environ if env is None else env).items() if k not in PRELOAD_VARS}
 
 
+THREAD_TIMEOUT = 4  # log2 of the cycles an idle OpenBLAS worker spins before it sleeps (its minimum)
 WIDE_BFS = 2000  # MLX_BFS_MAX_WIDTH on the CPU (MLX's default 20 runs one lane's graph before the next's)
 
 
@@ -376,6 +377,11 @@ def ensure_fast_blas() -> BlasStatus:
         # parallel lanes need MLX to interleave their streams' work (engine/lanes.py); read once,
         # at MLX's first evaluation
         os.environ.setdefault("MLX_BFS_MAX_WIDTH", str(WIDE_BFS))
+        # OpenBLAS's worker threads spin up to 2**28 cycles after each call before they sleep:
+        # decoding (a BLAS call every few small MLX ops) kept a core spinning that MLX's graph
+        # building wanted. 2**4: they sleep at once (16 rows of SmolLM2 on 2 cores: 150-157 vs
+        # 160-177 ms a token, 20% less CPU time; the update's lanes run one thread each)
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", str(THREAD_TIMEOUT))
     if STATUS.attempted or "mlx.core" in sys.modules or not wants_cpu_blas():
         return STATUS
     STATUS.attempted = True
