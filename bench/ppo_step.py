@@ -116,6 +116,12 @@ def run_ours(steps: int, threads: int) -> dict:
     from tui_trainer.engine.trainer import Trainer
     from tui_trainer.run import build_run
 
+    import gc
+
+    # a repeat starts from what a fresh process holds: the arrays of the one before, freed, stay in
+    # MLX's buffer cache and would count in this one's peak RSS
+    gc.collect()
+    mx.clear_cache()
     c = CONFIG
     run_dir = tempfile.mkdtemp(prefix="ppo-bench-ours-")
     cfg = Config(

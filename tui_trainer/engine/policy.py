@@ -147,15 +147,16 @@ def adapter_off(policy: Policy):
 
 @contextmanager
 def adapter_fused(policy: Policy):
-    """Run the adapted model with each LoRA layer over a float base folded into one linear,
+    """Run the adapted model with each LoRA layer over a float32 base folded into one linear,
     W + scale (A B)^T (mlx-lm's ``LoRALinear.fuse``), for sampling: one matmul a layer instead
     of the base's, two rank-r ones, a scale and an add (decoding 16 rows of SmolLM2 on 2 cores:
     ~10% of a token's time). Same outputs up to float32 rounding (at step 0, B = 0: the base's
-    own weights). The fused weights live until exit (one more copy of the adapted matrices);
-    quantized bases, DoRA and full fine-tuning run as they are. Put back on exit."""
+    own weights). The fused weights live until exit (one more copy of the adapted matrices).
+    Quantized and 16-bit bases (their rounding would move the sampled log-probs off the update's),
+    DoRA and full fine-tuning run as they are. Put back on exit."""
     model = policy.model
     adapted = [(name, m) for name, m in model.named_modules()
-               if type(m) is LoRALinear and type(m.linear) is nn.Linear]
+               if type(m) is LoRALinear and type(m.linear) is nn.Linear and m.linear.weight.dtype == mx.float32]
     if not adapted:
         yield model
         return
@@ -166,6 +167,7 @@ def adapter_fused(policy: Policy):
     finally:
         model.update_modules(tree_unflatten(adapted))
         del fused
+        mx.clear_cache()  # their buffers back to the system, not kept by MLX for arrays of other sizes
 
 
 def frozen_prefix_layers(model: nn.Module, adapter_layers: int, adapter_type: str) -> int:
