@@ -168,7 +168,7 @@ for _ in range(3):
     c0 = time.process_time()
     time.sleep(0.3)
     spent.append(time.process_time() - c0)
-print(json.dumps(min(spent)))
+print(json.dumps(spent))
 """
 
 
@@ -178,7 +178,7 @@ def test_idle_blas_workers_sleep_at_once(tmp_path):
     """After a BLAS call, OpenBLAS's workers spin ~2**28 cycles (~0.1 s of CPU) before they sleep
     unless OPENBLAS_THREAD_TIMEOUT says otherwise; the program sets it (engine/blas.py), so an
     idle 0.3 s costs no CPU. The explicit default shows the spin the test would catch."""
-    def idle_cpu(**extra) -> float:
+    def idle_cpu(**extra) -> list[float]:
         env = child_env(tmp_path, **extra)
         if not extra:  # what the program sets itself, not what this test process inherited
             env.pop("OPENBLAS_THREAD_TIMEOUT", None)
@@ -187,5 +187,6 @@ def test_idle_blas_workers_sleep_at_once(tmp_path):
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout.splitlines()[-1])
 
-    assert idle_cpu() < 0.02
-    assert idle_cpu(OPENBLAS_THREAD_TIMEOUT="28") > 0.04
+    assert min(idle_cpu()) < 0.02  # ~1e-4 s: the workers sleep
+    # ~0.1 s a spin on an idle machine (2**28 cycles); less where the spinning worker is descheduled
+    assert max(idle_cpu(OPENBLAS_THREAD_TIMEOUT="28")) > 0.04
