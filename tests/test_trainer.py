@@ -193,7 +193,7 @@ def test_batched_logprobs_equal_unbatched_and_trim_is_exact(tiny_dir):
     assert mx.allclose(trimmed, batched[mx.array([0, 2]), :r_w], atol=1e-5).item()
 
 
-def test_a_fused_adapter_samples_what_the_adapter_does_and_is_put_back(tiny_dir):
+def test_a_fused_adapter_samples_what_the_adapter_does_and_is_put_back(tiny_dir, monkeypatch):
     """adapter_fused (the rollout's model): with a non-zero adapter, the same greedy tokens and
     log-probs (float32 rounding) as the LoRA layers; the LoRA layers and their weights come back."""
     from mlx_lm.tuner.lora import LoRALinear
@@ -216,6 +216,14 @@ def test_a_fused_adapter_samples_what_the_adapter_does_and_is_put_back(tiny_dir)
     assert after.keys() == before.keys() and all(mx.array_equal(after[k], before[k]).item() for k in before)
     assert sum(isinstance(m, LoRALinear) for _, m in model.named_modules()) == len(
         [k for k in before if k.endswith("lora_a")])
+    import tui_trainer.engine.policy as policy_module
+
+    assert policy_module.fused_budget() > 0
+    monkeypatch.setattr(policy_module, "fused_budget", lambda: 0)  # no memory to spare: not folded
+    with adapter_fused(policy) as same:
+        assert sum(isinstance(m, LoRALinear) for _, m in same.named_modules()) == len(
+            [k for k in before if k.endswith("lora_a")])
+    monkeypatch.undo()
     model.set_dtype(mx.bfloat16)  # a 16-bit base is not folded: its rounding would move the log-probs
     with adapter_fused(policy) as same:
         assert sum(isinstance(m, LoRALinear) for _, m in same.named_modules()) == len(
