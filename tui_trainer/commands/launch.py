@@ -183,7 +183,7 @@ def launch(args: argparse.Namespace) -> int:
 def job_outcome(job: "Job", code: int, where: Path, run_dir: Path) -> tuple[int, str | None]:
     """The job's exit code and, when a rank died or a watchdog ended it, the one line that says so."""
     recorded = recorded_exits(where)
-    dead = job.dead_rank(recorded)
+    dead = dead_rank(job.exits, recorded)
     if dead is None:
         if job.timed_out is not None:  # a watchdog ended the job: a rank hangs, or its host vanished
             return 1, (f"tui-trainer: error: rank {job.timed_out} waited more than rank_timeout for the other ranks "
@@ -339,10 +339,6 @@ class Job:
             except OSError:
                 pass
         self.proc.wait()
-
-    def dead_rank(self, recorded: dict[str, int]) -> tuple[int, int] | None:
-        """(rank, status) of the rank that died (``dead_rank``) among those mlx.launch reported."""
-        return dead_rank(self.exits, recorded)
 
 
 def dead_rank(exits: dict[int, int | None], recorded: dict[str, int]) -> tuple[int, int] | None:

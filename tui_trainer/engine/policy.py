@@ -153,8 +153,9 @@ def adapter_fused(policy: Policy):
     of the base's, two rank-r ones, a scale and an add (decoding 16 rows of SmolLM2 on 2 cores:
     ~10% of a token's time). Same outputs up to float32 rounding (at step 0, B = 0: the base's
     own weights). The fused weights live until exit (one more copy of the adapted matrices, made
-    only where it fits ``fused_budget()``). Quantized and 16-bit bases (their rounding would move the sampled log-probs off the update's),
-    DoRA and full fine-tuning run as they are. Put back on exit."""
+    only where it fits ``fused_budget()``). Quantized and 16-bit bases (their rounding would move
+    the sampled log-probs off the update's), DoRA and full fine-tuning run as they are. Put back
+    on exit."""
     model = policy.model
     adapted = [(name, m) for name, m in model.named_modules()
                if type(m) is LoRALinear and type(m.linear) is nn.Linear and m.linear.weight.dtype == mx.float32]
