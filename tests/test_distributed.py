@@ -74,7 +74,8 @@ def records(path: Path) -> list[dict]:
 def assert_same_metrics(got: dict, want: dict, flips: float = 1e-6) -> None:
     """``flips``: the tolerance of the clip fractions (shares of tokens past a threshold). Where many
     tokens lie past 1 +- epsilon (the pairwise mode's +-1 verdicts: a third of them), float32
-    rounding moves one across now and then: 1/160 of a step's tokens, with the weights equal."""
+    rounding moves one across now and then, in each epoch that sees it: 1 or 2 of a step's 160
+    token-evaluations (80 tokens x 2 epochs), with the weights equal."""
     for key, value in want.items():
         if key.startswith(NOT_COMPARED) or not isinstance(value, (int, float)):
             continue
@@ -192,7 +193,7 @@ def test_two_ranks_ask_the_person_on_rank_0(tiny_dir, prompts_file, tmp_path, mo
     for step in (1, 2):
         assert_same_weights(adapter(two, step), adapter(one, step), lr)
     for g, w in zip(records(two / "metrics.jsonl"), records(one / "metrics.jsonl"), strict=True):
-        assert_same_metrics(g, w, flips=0.01 if mode == "pairwise" else 1e-6)
+        assert_same_metrics(g, w, flips=0.02 if mode == "pairwise" else 1e-6)
 
 
 @needs_launch

@@ -49,9 +49,10 @@ def test_least_sure_pairs_picks_the_closest_rewards_within_a_prompt():
 
 def test_online_loop_learns_the_persons_rule(tmp_path):
     """Budget 2 questions per step, refit every 4 labels: the reward model comes to rank the
-    person's rule (agreement with the person on fresh pairs of the last steps' samples: 0.85 with
-    this seed, chance is 0.5), and the policy's score under the person's rule rises (0.78 -> 4.0
-    letters 'a' per completion). About 50 s on 2 idle CPU cores."""
+    person's rule (agreement with the person on fresh pairs of the last steps' samples: 0.90 with
+    this seed, chance is 0.5), and the policy's score under the person's rule rises (0.39 -> 3.77
+    letters 'a' per completion). Seeds 0-5 all pass at actor_lr 5e-3 (rises 1.2-3.4; at 1e-2, 4 of
+    the 6 did not rise by 1). About 10 s on 2 idle CPU cores."""
     from tui_trainer.run import build_run
 
     # a small alphabet (the chat template's and prompts' letters) and an untied head: the random
@@ -64,7 +65,7 @@ def test_online_loop_learns_the_persons_rule(tmp_path):
                "layers": -1, "adapter": "full", "agreement_window": 10}
     cfg = Config(model=str(tiny), run_dir=str(tmp_path / "run"), data=DataConfig(path=str(prompts)), steps=steps,
                  batch_size=2, num_samples=4, max_new_tokens=8, minibatch_size=8, ppo_epochs=2, save_every=0,
-                 actor_lr=1e-2, adapter=AdapterConfig(rank=4, layers=2),
+                 actor_lr=5e-3, adapter=AdapterConfig(rank=4, layers=2),
                  judges=[JudgeSpec("reward", 1.0, options)])
     person = ScriptedPerson()
     events: list = []

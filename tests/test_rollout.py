@@ -268,3 +268,28 @@ def test_entropy_equals_the_full_forwards_distribution(model):
         assert np.allclose(entropy[row, :n], ref, atol=1e-4), (row, entropy[row, :n], ref)
         assert (entropy[row, n:] == 0).all()
 
+
+
+@pytest.mark.parametrize("vocab", [100, 1024])
+def test_the_two_level_draw_is_the_categorical_distribution(vocab):
+    """Block by log-mass, then token within the block by Gumbel-max: each token comes with its softmax
+    probability, with a last block padded (100 = 13 blocks of 8, less 4) or none (1024 = 32 x 32)."""
+    from tui_trainer.engine.rollout import block_size, row_keys, two_level_draw
+
+    assert block_size(vocab) == {100: 8, 1024: 32}[vocab]
+    n = 40000
+    logits = mx.random.normal((vocab,), key=mx.random.key(vocab)) * 2.0
+    rows = mx.broadcast_to(logits, (n, vocab))
+    mass = mx.exp(rows - logits.max())
+    keys = row_keys(11, range(n), 1)[:, 0]
+    drawn = np.array(two_level_draw(rows, mass, keys))
+    p = np.array(mx.softmax(logits))
+    tv = 0.5 * np.abs(np.bincount(drawn, minlength=vocab) / n - p).sum()
+    assert drawn.max() < vocab and tv < 0.04, tv  # noise <= 0.5 sqrt(2 V / (pi n)): 0.02 at V = 100
+    # a row's draw depends on its own key and logits only: rows drawn alone give the batch's tokens
+    alone = [int(two_level_draw(rows[i:i + 1], mass[i:i + 1], keys[i:i + 1])[0]) for i in range(5)]
+    assert alone == drawn[:5].tolist()
+    # a token with all the mass is always drawn, wherever its block is
+    sure = mx.where(mx.arange(vocab) == vocab - 1, 0.0, -200.0)[None]
+    assert np.array(two_level_draw(mx.broadcast_to(sure, (64, vocab)), mx.exp(mx.broadcast_to(sure, (64, vocab))),
+                                   keys[:64])).tolist() == [vocab - 1] * 64

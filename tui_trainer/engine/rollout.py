@@ -4,10 +4,12 @@ All ``B * n`` sequences run in one loop over the model's own caches as mlx-lm
 batch caches (``BatchKVCache``, ``BatchRotatingKVCache`` for sliding-window
 layers; engine/family.py): prompts are left-padded, and the cache gives every
 row its own RoPE offset and masks its padding, so a row decodes exactly as its
-prompt would alone. Sampling applies mlx-lm's top_p / top_k filters and draws with
-the Gumbel-max trick (what ``mx.random.categorical`` does) from noise keyed per row:
-row ``g`` of a draw with seed ``s`` uses the key of ``(s, g)``, split once per token
-(``row_keys``). So a row draws the same completion whatever batch it shares: rows
+prompt would alone. Sampling draws with the Gumbel-max trick (what ``mx.random.categorical``
+does) from noise keyed per row: row ``g`` of a draw with seed ``s`` uses the key of ``(s, g)``,
+split once per token (``row_keys``). Without filters the draw runs in two levels (a block of
+~sqrt(V) tokens by its mass, then a token within it: ``two_level_draw``, the same distribution
+from 448 noise values a row instead of 49152 for SmolLM2); with mlx-lm's top_p / top_k filters, over the
+whole filtered vocabulary. So a row draws the same completion whatever batch it shares: rows
 3..5 sampled alone (``row_offset=3``) equal rows 3..5 of the whole batch, and ranks
 sampling their shares of a global batch draw what one process draws (engine/distributed.py).
 
@@ -27,6 +29,7 @@ token, the critic's values before the update, so the trainer needs no value pass
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,6 +96,35 @@ def _gumbel(keys: mx.array, vocab: int) -> mx.array:
     return mx.vmap(lambda k: mx.random.gumbel(shape=(vocab,), key=k))(keys)
 
 
+def block_size(vocab: int) -> int:
+    """The power of two nearest sqrt(vocab): the two levels of ``two_level_draw`` about equal."""
+    return 1 << max(0, round(math.log2(vocab) / 2))
+
+
+def two_level_draw(logits: mx.array, mass: mx.array, keys: mx.array) -> mx.array:
+    """Gumbel-max over the vocabulary in two levels, with sqrt(V) noise values a row instead of V.
+
+    The vocabulary is cut into blocks of ``block_size(V)`` tokens (the last padded). The largest
+    logit + Gumbel noise of a block is itself Gumbel-distributed around the block's log-mass, so
+    drawing a block b by argmax_b(log sum_{i in b} exp z_i + G_b), then a token of b by
+    argmax_{i in b}(z_i + G_i), draws token i with probability exp z_i / sum_j exp z_j: the
+    categorical distribution, as one Gumbel-max over all V tokens does. ``logits`` (N, V) are the
+    draw's log-probs up to a per-row constant, ``mass`` = exp(logits - c) for a per-row c (the
+    rollout's softmax numerators, already computed), ``keys`` (N, 2) one PRNG key a row: a row's
+    draw depends on its key and its logits only, whatever batch it is in."""
+    n, vocab = logits.shape
+    blk = block_size(vocab)
+    blocks = -(-vocab // blk)
+    pad = blocks * blk - vocab
+    if pad:
+        logits = mx.concatenate([logits, mx.full((n, pad), -mx.inf, logits.dtype)], axis=1)
+        mass = mx.concatenate([mass, mx.zeros((n, pad), mass.dtype)], axis=1)
+    noise = _gumbel(keys, blocks + blk)
+    block = mx.argmax(mx.log(mass.reshape(n, blocks, blk).sum(axis=-1)) + noise[:, :blocks], axis=-1)
+    within = mx.take_along_axis(logits.reshape(n, blocks, blk), block[:, None, None], axis=1)[:, 0]
+    return block * blk + mx.argmax(within + noise[:, blocks:], axis=-1)
+
+
 def _sample(
     model: nn.Module,
     prompts: list[list[int]],
@@ -140,18 +172,19 @@ def _sample(
     # say logits / T. The filters run in make_sampler's order (top_p, then top_k).
     keys = row_keys(seed, range(row_offset, row_offset + n), max_new_tokens) if temperature > 0 else None
 
-    def sampler(scaled: mx.array, log_z: mx.array, t: int) -> mx.array:
-        """argmax of the (filtered) log-probs plus Gumbel noise; without filters the log-probs'
-        per-row constant log Z is left out (it moves no argmax)."""
+    def sampler(scaled: mx.array, mass: mx.array, log_z: mx.array, t: int) -> mx.array:
+        """Without filters, the two-level Gumbel-max draw from the softmax numerators ``mass``
+        (the log-probs' per-row constant log Z moves no argmax); with top_p / top_k, argmax of
+        the filtered log-probs plus a vocabulary of Gumbel noise."""
         if keys is None:
             return mx.argmax(scaled, axis=-1)
-        logp_all = scaled
-        if (0 < top_p < 1.0) or top_k > 0:
-            logp_all = scaled - log_z
-            if 0 < top_p < 1.0:
-                logp_all = apply_top_p(logp_all, top_p)
-            if top_k > 0:
-                logp_all = apply_top_k(logp_all, top_k)
+        if not ((0 < top_p < 1.0) or top_k > 0):
+            return two_level_draw(scaled, mass, keys[:, t])
+        logp_all = scaled - log_z
+        if 0 < top_p < 1.0:
+            logp_all = apply_top_p(logp_all, top_p)
+        if top_k > 0:
+            logp_all = apply_top_k(logp_all, top_k)
         return mx.argmax(logp_all + _gumbel(keys[:, t], logp_all.shape[-1]), axis=-1)
 
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
@@ -174,7 +207,7 @@ def _sample(
         e = cpu_math.exp(scaled - m)
         total = e.sum(axis=-1, keepdims=True)
         log_z = m + mx.log(total)
-        tok = sampler(scaled, log_z, t).astype(mx.int32)
+        tok = sampler(scaled, e, log_z, t).astype(mx.int32)
         lp = mx.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - log_z[:, 0]
         ent = log_z[:, 0] - (e * scaled).sum(axis=-1) / total[:, 0]
         alive = mx.logical_not(done)
