@@ -6,11 +6,10 @@ layers; engine/family.py): prompts are left-padded, and the cache gives every
 row its own RoPE offset and masks its padding, so a row decodes exactly as its
 prompt would alone. Sampling draws with the Gumbel-max trick (what ``mx.random.categorical``
 does) from noise keyed per row: row ``g`` of a draw with seed ``s`` uses the key of ``(s, g)``,
-split once per token (``row_keys``). Without filters the draw runs in two levels (a block of
-~sqrt(V) tokens by its mass, then a token within it: ``two_level_draw``, the same distribution
-from 448 noise values a row instead of 49152 for SmolLM2); with mlx-lm's top_p / top_k filters, over the
-whole filtered vocabulary. So a row draws the same completion whatever batch it shares: rows
-3..5 sampled alone (``row_offset=3``) equal rows 3..5 of the whole batch, and ranks
+split once per token (``row_keys``). The draw runs in two levels (a block of ~sqrt(V) tokens by
+its mass, then a token within it: ``two_level_draw``, the same distribution from 448 noise values
+a row instead of 49152 for SmolLM2), after mlx-lm's top_p / top_k filters when they are set.
+So a row draws the same completion whatever batch it shares: rows 3..5 sampled alone (``row_offset=3``) equal rows 3..5 of the whole batch, and ranks
 sampling their shares of a global batch draw what one process draws (engine/distributed.py).
 
 The log-prob kept for each sampled token is ``log_softmax(logits / T)`` at that
@@ -104,7 +103,7 @@ def block_size(vocab: int) -> int:
 def two_level_draw(logits: mx.array, mass: mx.array, keys: mx.array) -> mx.array:
     """Gumbel-max over the vocabulary in two levels, with sqrt(V) noise values a row instead of V.
 
-    The vocabulary is cut into blocks of ``block_size(V)`` tokens (the last padded). The largest
+    The vocabulary is cut into blocks of ``block_size(V)`` tokens (the last may be short). The largest
     logit + Gumbel noise of a block is itself Gumbel-distributed around the block's log-mass, so
     drawing a block b by argmax_b(log sum_{i in b} exp z_i + G_b), then a token of b by
     argmax_{i in b}(z_i + G_i), draws token i with probability exp z_i / sum_j exp z_j: the
@@ -114,14 +113,15 @@ def two_level_draw(logits: mx.array, mass: mx.array, keys: mx.array) -> mx.array
     draw depends on its key and its logits only, whatever batch it is in."""
     n, vocab = logits.shape
     blk = block_size(vocab)
-    blocks = -(-vocab // blk)
-    pad = blocks * blk - vocab
-    if pad:
-        logits = mx.concatenate([logits, mx.full((n, pad), -mx.inf, logits.dtype)], axis=1)
-        mass = mx.concatenate([mass, mx.zeros((n, pad), mass.dtype)], axis=1)
+    full = vocab // blk
+    sums = mass[:, :full * blk].reshape(n, full, blk).sum(axis=-1)
+    if full * blk < vocab:  # the last, short block
+        sums = mx.concatenate([sums, mass[:, full * blk:].sum(axis=-1, keepdims=True)], axis=1)
+    blocks = sums.shape[1]
     noise = _gumbel(keys, blocks + blk)
-    block = mx.argmax(mx.log(mass.reshape(n, blocks, blk).sum(axis=-1)) + noise[:, :blocks], axis=-1)
-    within = mx.take_along_axis(logits.reshape(n, blocks, blk), block[:, None, None], axis=1)[:, 0]
+    block = mx.argmax(mx.log(sums) + noise[:, :blocks], axis=-1)
+    idx = block[:, None] * blk + mx.arange(blk)
+    within = mx.where(idx < vocab, mx.take_along_axis(logits, mx.minimum(idx, vocab - 1), axis=1), -mx.inf)
     return block * blk + mx.argmax(within + noise[:, blocks:], axis=-1)
 
 
@@ -173,19 +173,19 @@ def _sample(
     keys = row_keys(seed, range(row_offset, row_offset + n), max_new_tokens) if temperature > 0 else None
 
     def sampler(scaled: mx.array, mass: mx.array, log_z: mx.array, t: int) -> mx.array:
-        """Without filters, the two-level Gumbel-max draw from the softmax numerators ``mass``
-        (the log-probs' per-row constant log Z moves no argmax); with top_p / top_k, argmax of
-        the filtered log-probs plus a vocabulary of Gumbel noise."""
+        """The two-level Gumbel-max draw from the softmax numerators ``mass`` (the log-probs'
+        per-row constant log Z moves no argmax); top_p / top_k set the entries they remove to
+        -inf in the log-probs and 0 in the numerators."""
         if keys is None:
             return mx.argmax(scaled, axis=-1)
-        if not ((0 < top_p < 1.0) or top_k > 0):
-            return two_level_draw(scaled, mass, keys[:, t])
-        logp_all = scaled - log_z
-        if 0 < top_p < 1.0:
-            logp_all = apply_top_p(logp_all, top_p)
-        if top_k > 0:
-            logp_all = apply_top_k(logp_all, top_k)
-        return mx.argmax(logp_all + _gumbel(keys[:, t], logp_all.shape[-1]), axis=-1)
+        if (0 < top_p < 1.0) or top_k > 0:
+            scaled = scaled - log_z
+            if 0 < top_p < 1.0:
+                scaled = apply_top_p(scaled, top_p)
+            if top_k > 0:
+                scaled = apply_top_k(scaled, top_k)
+            mass = mx.where(scaled > -mx.inf, mass, 0.0)
+        return two_level_draw(scaled, mass, keys[:, t])
 
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
