@@ -305,8 +305,8 @@ class Job:
                 if status is not None and int(status) == RANK_TIMEOUT_EXIT and self.timed_out is None:
                     self.timed_out = rank
                 continue
-            if _NOISE.match(line) or _LOST.match(line):
-                continue
+            if not line or _NOISE.match(line) or _LOST.match(line):  # blank: e.g. a colour reset left
+                continue  # on its own line when mlx.launch's coloured warning was cut by a killed rank
             out = self._err if self._err is not None else sys.stderr.buffer
             try:
                 out.write(raw)
